@@ -1,0 +1,23 @@
+"""ss4rec: SS4Rec (arXiv:2502.08132) trained and evaluated through RecBole, on CPU or GPU.
+
+    >>> import ss4rec
+    >>> result = ss4rec.run(model="SS4Rec", dataset="ml-100k",
+    ...                     config_dict={"epochs": 1, "hidden_size": 32})  # doctest: +SKIP
+    >>> result["test"]["ndcg@10"]  # doctest: +SKIP
+
+Importing the package makes RecBole 1.2.1 work on numpy 2 (see ``ss4rec.compat``) and
+registers ``SS4Rec`` with RecBole, so ``recbole.quick_start.run_recbole(model="SS4Rec")``
+works as well.
+"""
+
+from ss4rec import compat as _compat
+
+_compat.apply()
+
+from ss4rec.model import SS4Rec  # noqa: E402
+from ss4rec.pipeline import run  # noqa: E402
+
+_compat.register_with_recbole()
+
+__version__ = "0.1.0"
+__all__ = ["SS4Rec", "run", "__version__"]

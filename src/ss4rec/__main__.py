@@ -1,0 +1,5 @@
+import sys
+
+from ss4rec.cli import main
+
+sys.exit(main())

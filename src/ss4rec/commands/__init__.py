@@ -1,0 +1,1 @@
+"""One module per ``ss4rec`` subcommand; see :mod:`ss4rec.cli`."""
