@@ -149,7 +149,7 @@ def fetch(
         _download_to_part(url, part, progress=progress, timeout=timeout)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
-            _discard(part)
+            _discard_partial(part)
             raise DataError(f"disk full while downloading {_display(url)} into "
                             f"{final.parent}: free some space or point SS4REC_CACHE "
                             "at a larger disk") from exc
@@ -158,7 +158,7 @@ def fetch(
     actual = _hash_file(part, expected or {"sha256": None})
     wrong = _mismatches(actual, expected)
     if wrong:
-        _discard(part)
+        _discard_partial(part)
         details = "; ".join(f"{name} expected {expected[name]}, got {actual[name]}"
                             for name in wrong)
         raise DataError(f"checksum mismatch for {_display(url)}: {details}. The download "
@@ -216,10 +216,10 @@ def _download_to_part(url: str, part: Path, *, progress: bool, timeout: float) -
             raise DataError(f"download failed: unexpected HTTP {status} for {_display(url)}")
         remaining = _int_or_none(response.headers.get("Content-Length"))
         total = start + remaining if remaining is not None else None
+        if remaining:
+            _check_free_space(part, remaining, url)
         if start == 0:
             _save_validator(validator_file, response.headers)
-        if remaining:
-            _check_free_space(part.parent, remaining, url)
         bar = _ProgressBar(part.name[: -len(".part")], total, start) if progress else None
         received = 0
         with open(part, mode) as out:
@@ -246,8 +246,7 @@ def _finish_or_restart_after_416(url, part, have, error, progress, timeout) -> N
     total = _content_range_total(error.headers.get("Content-Range"))
     if total is not None and total == have:
         return
-    _discard(part)
-    _discard(_validator_path(part))
+    _discard_partial(part)
     _download_to_part(url, part, progress=progress, timeout=timeout)
 
 
@@ -259,9 +258,12 @@ def _raise_interrupted(url, part, have, total, cause) -> None:
                     f"(partial file kept at {part})") from cause
 
 
-def _check_free_space(folder: Path, needed: int, url: str) -> None:
+def _check_free_space(part: Path, needed: int, url: str) -> None:
+    """Refuse early, rather than fill the disk, when the rest cannot fit."""
+    folder = part.parent
     free = shutil.disk_usage(folder).free
     if free < needed:
+        _discard_partial(part)
         raise DataError(f"disk full: {_display(url)} needs {needed / 1e6:.1f} MB but "
                         f"{folder} has {free / 1e6:.1f} MB free; free some space or "
                         "point SS4REC_CACHE at a larger disk")
@@ -323,6 +325,11 @@ def _discard(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+def _discard_partial(part: Path) -> None:
+    _discard(part)
+    _discard(_validator_path(part))
 
 
 def _content_range_start(value: str | None) -> int | None:
