@@ -52,7 +52,9 @@ def redact_url(url: str) -> str:
     'https://discord.com/...'
     """
     parsed = urllib.parse.urlparse(url)
-    return f"{parsed.scheme}://{parsed.hostname or '?'}/..."
+    if not parsed.scheme or not parsed.hostname:
+        return "<webhook URL without scheme or host>"
+    return f"{parsed.scheme}://{parsed.hostname}/..."
 
 
 class Notifier:
