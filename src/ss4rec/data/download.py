@@ -377,6 +377,7 @@ class _ProgressBar:
         self.label, self.total, self.start = label, total, start
         self.started_at = time.monotonic()
         self.last_drawn_at = float("-inf")
+        self.drawn_width = 0
 
     def update(self, have: int) -> None:
         now = time.monotonic()
@@ -393,5 +394,8 @@ class _ProgressBar:
             amount = f"{100 * have / self.total:5.1f}%  {have / 1e6:.1f}/{self.total / 1e6:.1f} MB"
         else:
             amount = f"{have / 1e6:.1f} MB"
-        self.stream.write(f"{self.label}  {amount}  {rate:.1f} MB/s{end}")
+        line = f"{self.label}  {amount}  {rate:.1f} MB/s"
+        if self.interactive:  # overwrite what is left of a longer previous line
+            line, self.drawn_width = line.ljust(self.drawn_width), len(line)
+        self.stream.write(line + end)
         self.stream.flush()
