@@ -22,6 +22,8 @@ from ss4rec.errors import UserError
 # take the whole CLI down with an import error.
 _COMMAND_MODULES = (
     "ss4rec.commands.train",
+    "ss4rec.commands.convert",
+    "ss4rec.commands.split",
 )
 
 
