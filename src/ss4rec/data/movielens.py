@@ -232,16 +232,22 @@ def iter_ratings(
                             f"got {first[:80]!r}")
     names = [f"c{i}" for i in range(fmt.n_columns)]
     wanted = [names[i] for i in fmt.columns]
+    spacers = [n for n in names if n not in wanted]  # the empty fields inside '::'
     dtypes = dict(zip(wanted, (np.int64, np.int64, np.float64, np.int64)))
     n_rows = 0
     with source.open(layout.ratings) as handle:
         try:
             reader = pd.read_csv(
-                handle, sep=fmt.sep, header=None, names=names, usecols=wanted, dtype=dtypes,
+                # no usecols: with it, the parser would silently drop extra fields
+                handle, sep=fmt.sep, header=None, names=names, dtype=dtypes,
                 skiprows=1 if fmt.header else 0, chunksize=chunk_rows, encoding="latin-1",
                 engine="c", index_col=False, quoting=csv.QUOTE_NONE,
             )
             for chunk in reader:
+                if len(chunk) == 0:
+                    continue
+                if spacers and not chunk[spacers].isna().all(axis=None):
+                    raise ValueError("a single ':' where '::' was expected")
                 chunk = chunk[wanted]
                 chunk.columns = ["user", "item", "rating", "timestamp"]
                 rating = chunk["rating"].to_numpy()
