@@ -1,0 +1,1 @@
+"""Data: the exact-time RecBole dataset, the MovieLens adapter, temporal splits, downloads."""

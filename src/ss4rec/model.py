@@ -1,0 +1,216 @@
+r"""SS4Rec: continuous-time sequential recommendation with state space models.
+
+Paper: "SS4Rec: Continuous-Time Sequential Recommendation with State Space Models"
+(arXiv:2502.08132). Semantics follow the released code (XiaoWei-i/SS4Rec), without its bugs:
+
+* item embedding (padding id 0), no positional embedding;
+* per position ``k`` of a right-padded sequence of length ``n``: the interval to the next
+  interaction ``t[k+1] - t[k]``; at the last real position the interval to the *target*
+  (the positive item's time in training, the evaluated interaction's time when
+  predicting); padded positions 0. Intervals are computed in float64 from exact
+  timestamps (see :class:`ss4rec.data.dataset.SS4RecDataset`), then divided by
+  ``time_unit``;
+* each block: ``y = LN(x + Drop(S5(x, dt)))`` then ``out = LN(y + Drop(Mamba(y)))``
+  (one LayerNorm shared by both residuals, as in the official code);
+* scores are dot products with the tied item-embedding matrix; CE (default) or BPR loss.
+
+``model_type`` ablations are real here (the official code reads the key and ignores it):
+``SS4Rec`` (both layers), ``S5-only`` (no Mamba), ``S6-only`` (no S5: time-blind, as
+Mamba4Rec without its feed-forward), ``ignore-time`` (S5 with a constant unit step).
+
+state_dict keys equal the official module names (``item_embedding.weight``,
+``model.{i}.S5.seq.*``, ``model.{i}.S6.*``, ``model.{i}.LayerNorm.*``), so official
+checkpoints load (:meth:`SS4Rec.load_state_dict` drops the official, unused top-level
+``LayerNorm``).
+
+Usage::
+
+    import ss4rec
+    ss4rec.run(model="SS4Rec", dataset="ml-100k", config_dict={"epochs": 1})
+"""
+
+from __future__ import annotations
+
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.loss import BPRLoss
+from torch import nn
+
+from ss4rec.errors import ConfigError
+from ss4rec import ssm
+
+MODEL_TYPES = ("SS4Rec", "S5-only", "S6-only", "ignore-time")
+LOSS_TYPES = ("CE", "BPR")
+TIME_UNITS = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0, "days": 86400.0}
+
+# Keys of the official model that this implementation does not use (the official
+# forward never calls its top-level LayerNorm).
+_OFFICIAL_UNUSED_KEYS = ("LayerNorm.weight", "LayerNorm.bias")
+
+
+def time_unit_seconds(time_unit) -> float:
+    """Seconds per unit for ``time_unit`` (a name in TIME_UNITS or a positive number)."""
+    if isinstance(time_unit, str):
+        if time_unit not in TIME_UNITS:
+            raise ConfigError(
+                f"time_unit={time_unit!r} is not one of {sorted(TIME_UNITS)} "
+                "(or a positive number of seconds per unit)"
+            )
+        return TIME_UNITS[time_unit]
+    if isinstance(time_unit, bool) or not isinstance(time_unit, (int, float)) or time_unit <= 0:
+        raise ConfigError(
+            f"time_unit={time_unit!r} must be one of {sorted(TIME_UNITS)} or a positive number"
+        )
+    return float(time_unit)
+
+
+def time_intervals(time_seq: torch.Tensor, seq_len: torch.Tensor, target_time: torch.Tensor) -> torch.Tensor:
+    """Interval from each position to the next interaction (the target at the last one).
+
+    Args:
+        time_seq: ``[B L]`` timestamps of the history, right-padded (any float dtype;
+            float64 keeps epoch seconds exact).
+        seq_len: ``[B]`` number of real positions (>= 1).
+        target_time: ``[B]`` time of the interaction being predicted.
+
+    Returns:
+        ``[B L]`` intervals in the dtype of ``time_seq``; padded positions are 0.
+    """
+    batch, length = time_seq.shape
+    target_time = target_time.to(time_seq.dtype)
+    nxt = torch.cat([time_seq[:, 1:], time_seq.new_zeros(batch, 1)], dim=1)  # [B L]
+    positions = torch.arange(length, device=time_seq.device)  # [L]
+    last = (seq_len - 1).unsqueeze(1)  # [B 1]
+    nxt = torch.where(positions == last, target_time.unsqueeze(1), nxt)
+    gaps = nxt - time_seq
+    return torch.where(positions <= last, gaps, torch.zeros_like(gaps))
+
+
+class SSBlock(nn.Module):
+    """One SS4Rec block: time-aware S5, then Mamba, each with dropout, residual and LayerNorm."""
+
+    def __init__(self, hidden_size, d_P, d_state, d_conv, expand, dt_min, dt_max, dropout_prob,
+                 model_type, mamba_backend):
+        super().__init__()
+        self.model_type = model_type
+        if model_type != "S6-only":
+            self.S5 = ssm.S5(width=hidden_size, state_width=d_P, dt_min=dt_min, dt_max=dt_max)
+        if model_type != "S5-only":
+            self.S6 = ssm.Mamba(d_model=hidden_size, d_state=d_state, d_conv=d_conv, expand=expand,
+                            backend=mamba_backend)
+        self.dropout = nn.Dropout(dropout_prob)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=1e-12)
+
+    def forward(self, x: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        # x: [B L H], dt: [B L] (float32, already in time units)
+        if self.model_type != "S6-only":
+            step = 1.0 if self.model_type == "ignore-time" else dt
+            x = self.LayerNorm(x + self.dropout(self.S5(x, step)))
+        if self.model_type != "S5-only":
+            x = self.LayerNorm(x + self.dropout(self.S6(x)))
+        return x
+
+
+class SS4Rec(SequentialRecommender):
+    r"""SS4Rec as a RecBole sequential recommender (see the module docstring)."""
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = config["hidden_size"]
+        self.num_layers = config["num_layers"]
+        self.dropout_prob = config["dropout_prob"]
+        self.loss_type = config["loss_type"]
+        self.model_type = config["model_type"]
+        self.time_unit = time_unit_seconds(config["time_unit"])
+        if self.model_type not in MODEL_TYPES:
+            raise ConfigError(f"model_type={self.model_type!r} is not one of {MODEL_TYPES}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"loss_type={self.loss_type!r} is not one of {LOSS_TYPES}")
+        if config["d_H"] is not None and config["d_H"] != self.hidden_size:
+            raise ConfigError(
+                f"d_H={config['d_H']} must equal hidden_size={self.hidden_size} "
+                "(S5 works on the hidden state); drop d_H or make them equal"
+            )
+
+        self.TIME_FIELD = config["TIME_FIELD"]
+        self.TIME_SEQ = self.TIME_FIELD + config["LIST_SUFFIX"]
+        if self.TIME_SEQ not in dataset.field2type:
+            raise ConfigError(
+                f"SS4Rec needs the time field {self.TIME_FIELD!r}, but the dataset has no "
+                f"{self.TIME_SEQ!r}: add {self.TIME_FIELD!r} to load_col.inter "
+                f"(e.g. load_col: {{inter: [user_id, item_id, {self.TIME_FIELD}]}})"
+            )
+
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.model = nn.ModuleList(
+            SSBlock(
+                hidden_size=self.hidden_size,
+                d_P=config["d_P"],
+                d_state=config["d_state"],
+                d_conv=config["d_conv"],
+                expand=config["expand"],
+                dt_min=config["dt_min"],
+                dt_max=config["dt_max"],
+                dropout_prob=self.dropout_prob,
+                model_type=self.model_type,
+                mamba_backend=config["mamba_backend"],
+            )
+            for _ in range(self.num_layers)
+        )
+        self.loss_fct = BPRLoss() if self.loss_type == "BPR" else nn.CrossEntropyLoss()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        # As the official code, but parameters flagged `_no_reinit` (Mamba's dt_proj.bias,
+        # initialised to inverse-softplus of dt in [dt_min, dt_max]) keep their init.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            if not getattr(module.bias, "_no_reinit", False):
+                module.bias.data.zero_()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load our own or an official SS4Rec state_dict (its unused top-level LayerNorm is dropped)."""
+        state_dict = {k: v for k, v in state_dict.items() if k not in _OFFICIAL_UNUSED_KEYS}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, item_seq, item_seq_len, time_seq, target_time):
+        # item_seq: [B L] item ids; item_seq_len: [B]; time_seq: [B L]; target_time: [B]
+        dt = time_intervals(time_seq, item_seq_len, target_time)  # [B L], float64 if exact
+        dt = (dt / self.time_unit).float()
+        output = self.item_embedding(item_seq)  # [B L H]
+        for block in self.model:
+            output = block(output, dt)  # [B L H]
+        return self.gather_indexes(output, item_seq_len - 1)  # [B H]
+
+    def _seq_output(self, interaction):
+        return self.forward(
+            interaction[self.ITEM_SEQ],
+            interaction[self.ITEM_SEQ_LEN],
+            interaction[self.TIME_SEQ],
+            interaction[self.TIME_FIELD],  # the time of the target / evaluated interaction
+        )
+
+    def calculate_loss(self, interaction):
+        seq_output = self._seq_output(interaction)  # [B H]
+        pos_items = interaction[self.POS_ITEM_ID]
+        if self.loss_type == "BPR":
+            neg_items = interaction[self.NEG_ITEM_ID]
+            pos_score = (seq_output * self.item_embedding(pos_items)).sum(-1)  # [B]
+            neg_score = (seq_output * self.item_embedding(neg_items)).sum(-1)  # [B]
+            return self.loss_fct(pos_score, neg_score)
+        logits = seq_output @ self.item_embedding.weight.t()  # [B n_items]
+        return self.loss_fct(logits, pos_items)
+
+    def predict(self, interaction):
+        seq_output = self._seq_output(interaction)  # [B H]
+        test_item_emb = self.item_embedding(interaction[self.ITEM_ID])  # [B H]
+        return (seq_output * test_item_emb).sum(-1)  # [B]
+
+    def full_sort_predict(self, interaction):
+        seq_output = self._seq_output(interaction)  # [B H]
+        return seq_output @ self.item_embedding.weight.t()  # [B n_items]

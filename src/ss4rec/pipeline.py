@@ -1,0 +1,288 @@
+"""``ss4rec.run``: RecBole's pipeline for SS4Rec or any RecBole model, kept in one run folder.
+
+    >>> import ss4rec
+    >>> result = ss4rec.run(model="SASRec", dataset="ml-100k",
+    ...                     config_files=["ml-100k-quick"], config_dict={"epochs": 1},
+    ...                     output_dir="runs/sasrec-demo")  # doctest: +SKIP
+    >>> result["test"]["ndcg@10"]  # doctest: +SKIP
+
+Steps: check config keys; resolve the dataset (bundled ML-100K, or ``data_path/NAME``;
+never a download); build RecBole's ``Config`` (blind to ``sys.argv``); ``create_dataset``;
+``data_preparation``; the model; :class:`ss4rec.trainer.SS4RecTrainer`; fit; evaluate the
+best checkpoint on the test split; write ``results.json``. Everything RecBole writes
+(logs, tensorboard, checkpoints) lands in ``output_dir``, not the current directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from ss4rec.config import check_keys, load_config_file, model_config_file
+from ss4rec.errors import ConfigError, DataError, UserError
+
+BUNDLED_DATASET = "ml-100k"
+
+# Settings every run gets unless the user overrides them (lowest priority).
+_RUN_DEFAULTS = {"show_progress": False}
+
+
+def resolve_model(name: str):
+    """A model name -> (canonical name, class). SS4Rec is ours; others are RecBole's."""
+    from recbole.utils import get_model
+
+    from ss4rec.model import SS4Rec
+
+    if name.lower() == "ss4rec":
+        return "SS4Rec", SS4Rec
+    for canonical in recbole_model_names():
+        if canonical.lower() == name.lower():
+            return canonical, get_model(canonical)
+    close = [m for m in recbole_model_names() + ["SS4Rec"] if m.lower().startswith(name.lower()[:3])]
+    hint = f" (similar: {', '.join(close[:5])})" if close else ""
+    raise ConfigError(f"unknown model {name!r}{hint}; use SS4Rec or a RecBole model name such as SASRec")
+
+
+def recbole_model_names() -> list[str]:
+    """Names of RecBole's models (from its per-model YAML files)."""
+    from ss4rec.config import _recbole_dir
+
+    return sorted(p.stem for p in (_recbole_dir() / "properties" / "model").glob("*.yaml"))
+
+
+def dataset_location(dataset: str, data_path) -> Path:
+    """Folder holding ``dataset``'s atomic files; a clear DataError if there is none."""
+    if data_path is None and dataset == BUNDLED_DATASET:
+        from ss4rec.config import _recbole_dir
+
+        return _recbole_dir() / "dataset_example" / BUNDLED_DATASET
+    root = Path(data_path if data_path is not None else "dataset").resolve()
+    folder = root / dataset
+    if not any(folder.glob(f"{dataset}*.inter")):
+        raise DataError(
+            f"dataset {dataset!r} not found: expected {folder / (dataset + '.inter')}. "
+            f"Convert the GroupLens files with `ss4rec convert PATH/TO/{dataset}.zip {root}` "
+            f"(or pass --data-path to the folder holding {dataset}/{dataset}.inter); "
+            f"'{BUNDLED_DATASET}' is bundled and needs no files"
+        )
+    return folder
+
+
+@contextlib.contextmanager
+def _isolated_argv():
+    # RecBole's Config turns every --key=value in sys.argv into a config key (our CLI
+    # flags, pytest's flags). Build it with an argv that holds only the program name.
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path):
+    # RecBole writes log_tensorboard/ (and others) relative to the current directory.
+    saved = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(saved)
+
+
+@contextlib.contextmanager
+def _run_logging(log_file: Path):
+    """RecBole logs through the root logger: send it to the run's log file and stderr."""
+    root = logging.getLogger()
+    handlers = [logging.FileHandler(log_file, encoding="utf-8"), logging.StreamHandler(sys.stderr)]
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    saved_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(saved_level)
+
+
+def _negative_sampling(merged: dict, model_defaults: dict, user: dict) -> dict:
+    """``train_neg_sample_args`` to match ``loss_type`` unless the user set it.
+
+    RecBole refuses CE with negative sampling on (its default) and trains BPR without
+    negatives into a crash: derive the setting from the loss instead of asking for it.
+    """
+    if "train_neg_sample_args" in user:
+        return {}
+    loss_type = merged.get("loss_type", model_defaults.get("loss_type"))
+    if loss_type == "CE":
+        return {"train_neg_sample_args": None}
+    if loss_type == "BPR":
+        return {"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
+    return {}
+
+
+def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(),
+                 config_dict=None, device: str | None = None, output_dir=None):
+    """Merge and check settings, then build RecBole's ``Config``. Returns (config, model_class).
+
+    Priority (low to high): run defaults, the model's YAML, ``config_files`` in order,
+    ``config_dict``.
+    """
+    import torch
+    from recbole.config import Config
+
+    model_name, model_class = resolve_model(model)
+    model_defaults = load_config_file(model_config_file(model_name)) if model_config_file(model_name) else {}
+    user = {}
+    for f in config_files or ():
+        data = load_config_file(f)
+        check_keys(data, model_name, source=str(f))
+        user.update(data)
+    if config_dict:
+        check_keys(config_dict, model_name, source="config_dict")
+        user.update(config_dict)
+    # RecBole only reads its own models' YAML; SS4Rec's defaults go in as external settings.
+    merged = {**_RUN_DEFAULTS, **(model_defaults if model_name == "SS4Rec" else {}), **user}
+    merged.update(_negative_sampling(merged, model_defaults, user))
+
+    data_path = merged.pop("data_path", None)
+    folder = dataset_location(dataset, data_path)
+    merged["data_path"] = str(folder.parent)
+    if output_dir is not None:
+        merged["checkpoint_dir"] = str(Path(output_dir).resolve() / "checkpoints")
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            "--device cuda was asked for, but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use --device cpu "
+            "or install a CUDA build of torch on a GPU machine"
+        )
+    if device not in (None, "cpu", "cuda"):
+        raise UserError(f"device must be cpu or cuda, not {device!r}")
+    if device == "cpu":
+        merged["use_gpu"] = False
+
+    saved_cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    with _isolated_argv():
+        config = Config(model=model_class, dataset=dataset, config_dict=merged)
+    # RecBole's _init_device overwrites CUDA_VISIBLE_DEVICES with gpu_id: undo that.
+    if saved_cvd is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = saved_cvd
+    if device == "cpu" or not merged.get("use_gpu", True):
+        config["device"] = torch.device("cpu")
+    # RecBole forces ml-100k to its bundled copy whatever data_path says; honour ours.
+    config["data_path"] = str(folder)
+    return config, model_class
+
+
+def versions() -> dict:
+    import numpy
+    import pandas
+    import recbole
+    import torch
+
+    import ss4rec
+
+    return {
+        "ss4rec": ss4rec.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
+        "recbole": recbole.__version__, "numpy": numpy.__version__, "pandas": pandas.__version__,
+    }
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def default_output_dir(model: str, dataset: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{model}-{dataset}-{stamp}"
+
+
+def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), config_dict=None,
+        output_dir=None, device: str | None = None, saved: bool = True) -> dict:
+    """Train and test ``model`` on ``dataset`` through RecBole; return (and save) the results.
+
+    Args:
+        model: ``SS4Rec`` or any RecBole model name (``SASRec``, ``GRU4Rec``, ``BERT4Rec``, ...).
+        dataset: ``ml-100k`` (bundled, no files needed) or a name under ``data_path``.
+        config_files: YAML files (or packaged config names such as ``ml-100k-quick``).
+        config_dict: settings overriding the files (highest priority).
+        output_dir: the run folder (default ``runs/MODEL-DATASET-TIME``): results.json,
+            train.log, checkpoints/ and RecBole's tensorboard logs.
+        device: ``cpu``, ``cuda`` or None (RecBole's choice: GPU when available).
+        saved: save checkpoints and test the best one (else test the last model).
+
+    Returns:
+        The contents of ``results.json``: model, dataset, best_valid, test, epochs_run,
+        train_seconds, seconds_per_epoch, parameters, checkpoint, config, versions.
+    """
+    import torch
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from ss4rec.checkpoint import config_to_plain
+    from ss4rec.trainer import SS4RecTrainer
+
+    out = Path(output_dir if output_dir is not None else default_output_dir(model, dataset)).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config, model_class = build_config(model, dataset, config_files, config_dict, device, out)
+
+    with _run_logging(out / "train.log"), _working_dir(out):
+        logger = logging.getLogger()
+        init_seed(config["seed"], config["reproducibility"])
+        logger.info(f"run folder: {out}")
+        data = create_dataset(config)
+        logger.info(data)
+        train_data, valid_data, test_data = data_preparation(config, data)
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        net = model_class(config, train_data._dataset).to(config["device"])
+        n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        logger.info(f"{config['model']}: {n_params:,} trainable parameters")
+        trainer = SS4RecTrainer(config, net)
+        trainer.saved_model_file = str(Path(config["checkpoint_dir"]) / f"{config['model']}-best.pth")
+
+        start = time.time()
+        best_valid_score, best_valid = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+        train_seconds = time.time() - start
+        test = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+        epochs_run = len(trainer.train_loss_dict)
+
+    result = {
+        "model": config["model"],
+        "dataset": dataset,
+        "best_valid_score": float(best_valid_score),
+        "best_valid": {k: float(v) for k, v in (best_valid or {}).items()},
+        "test": {k: float(v) for k, v in (test or {}).items()},
+        "epochs_run": epochs_run,
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / max(epochs_run, 1),
+        "parameters": n_params,
+        "n_users": data.user_num,
+        "n_items": data.item_num,
+        "checkpoint": trainer.saved_model_file if saved else None,
+        "run_dir": str(out),
+        "device": str(config["device"]),
+        "config": config_to_plain(config),
+        "versions": versions(),
+    }
+    if torch.cuda.is_available() and str(config["device"]).startswith("cuda"):
+        result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    _write_json_atomic(out / "results.json", result)
+    return result
