@@ -21,8 +21,10 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from ss4rec.checkpoint import to_plain
 from ss4rec.config import check_keys, load_config_file, model_config_file
 from ss4rec.errors import ConfigError, DataError, UserError
 
@@ -185,7 +187,60 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
         config["device"] = torch.device("cpu")
     # RecBole forces ml-100k to its bundled copy whatever data_path says; honour ours.
     config["data_path"] = str(folder)
+    # What rebuilds this exact run later (evaluate, recommend, drift): saved in checkpoints.
+    config["run_settings"] = {"model": model_name, "dataset": dataset, "device": device,
+                              "config_dict": to_plain(merged)}
     return config, model_class
+
+
+def restore(checkpoint, device: str | None = "cpu", config_dict=None):
+    """Rebuild a finished run from its checkpoint: same settings, same data split, trained weights.
+
+        >>> run = restore("runs/demo/checkpoints/SS4Rec-best.pth")  # doctest: +SKIP
+        >>> scores = run.model.full_sort_predict(batch)  # doctest: +SKIP
+
+    Args:
+        checkpoint: a checkpoint written by :func:`run` (``checkpoints/MODEL-best.pth``).
+        device: where to put the model (default cpu).
+        config_dict: settings to change (e.g. ``{"data_path": ...}`` if the data moved).
+
+    Returns:
+        A :class:`RestoredRun` with config, dataset, train/valid/test loaders, model and
+        the raw checkpoint dict.
+    """
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from ss4rec.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    settings = state.get("config", {}).get("run_settings")
+    if not settings:
+        raise UserError(f"checkpoint {checkpoint} has no run_settings: it was not written by ss4rec.run")
+    merged = dict(settings["config_dict"])
+    merged.update(config_dict or {})
+    config, model_class = build_config(settings["model"], settings["dataset"], (), merged, device)
+    init_seed(config["seed"], config["reproducibility"])
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = model_class(config, train_data._dataset).to(config["device"])
+    net.load_state_dict(state["state_dict"])
+    net.eval()
+    return RestoredRun(config, data, train_data, valid_data, test_data, net, state)
+
+
+@dataclass
+class RestoredRun:
+    """A trained model with the exact data and settings it was trained with."""
+
+    config: object
+    dataset: object
+    train_data: object
+    valid_data: object
+    test_data: object
+    model: object
+    checkpoint: dict
 
 
 def versions() -> dict:
