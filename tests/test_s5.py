@@ -6,7 +6,7 @@ import pytest
 import s5 as s5_pytorch
 import torch
 
-from ss4rec.ssm.s5 import LAMBDA_REAL_MAX, S5, s5_scan, s5_scan_reference
+from ss4rec.ssm.s5 import LAMBDA_REAL_MAX, S5, s5_scan, s5_scan_reference, zoh_decay, zoh_scan
 
 # Largest allowed relative error max|ours - oracle| / max|oracle|, per comparison.
 TOLERANCE = {
@@ -188,6 +188,36 @@ def test_scan_gradcheck_with_broadcast_decay():
     initial = torch.randn(2, 4, dtype=torch.complex128, generator=generator)
     inputs = tuple(t.requires_grad_() for t in (decay, drive, initial))
     assert torch.autograd.gradcheck(s5_scan, inputs)
+
+
+@pytest.mark.parametrize("scale_shape", [(3, 17, 1), (3, 1, 1), (1, 1, 1)])
+@pytest.mark.parametrize("with_initial_state", [False, True])
+def test_fused_zoh_scan_equals_discretise_then_reference_loop(scale_shape, with_initial_state):
+    generator = torch.Generator().manual_seed(len(scale_shape) + scale_shape[1])
+    real, complex_ = torch.float64, torch.complex128
+    scale = torch.rand(scale_shape, generator=generator, dtype=real) * 3
+    if scale_shape[1] > 1:
+        scale[:, ::4] = 0.0  # duplicate timestamps
+        scale[:, 1::5] = 1e6  # huge gaps: Λ̄ = 0
+    base_step = torch.rand(6, generator=generator, dtype=real) * 0.1
+    lam = torch.complex(-torch.rand(6, generator=generator, dtype=real), torch.randn(6, generator=generator, dtype=real) * 5)
+    scaled_input = torch.randn(3, 17, 6, generator=generator, dtype=complex_)
+    initial = torch.randn(3, 6, generator=generator, dtype=complex_) if with_initial_state else None
+    output_grad = torch.randn(3, 17, 6, generator=generator, dtype=complex_)
+
+    def reference(scale, base_step, lam, scaled_input, initial):
+        lam_bar = zoh_decay(scale, base_step, lam)
+        return s5_scan_reference(lam_bar, (lam_bar - 1) * scaled_input, initial)
+
+    results = []
+    for function in (zoh_scan, reference):
+        inputs = [t.clone().requires_grad_() for t in (scale, base_step, lam, scaled_input)]
+        inputs.append(initial.clone().requires_grad_() if initial is not None else None)
+        function(*inputs).backward(output_grad)
+        results.append([function(*inputs).detach()] + [t.grad for t in inputs if t is not None])
+    names = ["states", "grad step_scale", "grad base_step", "grad lam", "grad input", "grad x0"]
+    for name, fused, plain in zip(names, *results):
+        assert relative_error(fused, plain) <= TOLERANCE["scan_fp64"], name
 
 
 # ---------------------------------------------------------------- causality and extreme gaps

@@ -56,6 +56,8 @@ __all__ = [
     "make_dplr_hippo",
     "s5_scan",
     "s5_scan_reference",
+    "zoh_decay",
+    "zoh_scan",
 ]
 
 # Largest real part of Λ used in the forward: keeps |exp(ΛΔ)| <= 1 for every Δ >= 0.
@@ -166,13 +168,34 @@ def _chunked_scan(
     return states
 
 
-class _LinearScan(torch.autograd.Function):
-    """Differentiable chunked scan; the backward is the adjoint recurrence, run as a scan.
+def _scan_backward(
+    a: torch.Tensor, states: torch.Tensor, grad_states: torch.Tensor, initial_state: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients of ``x_k = a_k x_{k-1} + b_k`` w.r.t. ``b``, ``a`` and ``x_{-1}``.
 
-    With ``g_k = dLoss/dx_k`` (PyTorch's conjugate-Wirtinger convention for complex tensors):
-    ``λ_k = g_k + conj(a_{k+1}) λ_{k+1}``, ``dLoss/db_k = λ_k``,
-    ``dLoss/da_k = λ_k conj(x_{k-1})`` and ``dLoss/dx_{-1} = conj(a_0) λ_0``.
+    With ``g_k = dLoss/dx_k`` (PyTorch's conjugate-Wirtinger convention for complex tensors)
+    the adjoint ``λ_k = g_k + conj(a_{k+1}) λ_{k+1}`` runs as a reverse scan; then
+    ``dLoss/db_k = λ_k``, ``dLoss/da_k = λ_k conj(x_{k-1})``, ``dLoss/dx_{-1} = conj(a_0) λ_0``.
     """
+    a = a.expand_as(states)
+    next_decay = torch.empty_like(states)  # conj(a_{k+1}); the last one meets a zero state
+    next_decay[:, :-1] = a[:, 1:].conj()
+    next_decay[:, -1] = 0
+    adjoint = _chunked_scan(next_decay, grad_states.to(states.dtype), None, reverse=True)  # [B L P]
+    del next_decay
+    grad_a = torch.empty_like(states)
+    torch.mul(adjoint[:, 1:], states[:, :-1].conj(), out=grad_a[:, 1:])
+    if initial_state is None:
+        grad_a[:, 0] = 0
+        grad_initial = None
+    else:
+        torch.mul(adjoint[:, 0], initial_state.to(states.dtype).conj(), out=grad_a[:, 0])
+        grad_initial = (a[:, 0].conj() * adjoint[:, 0]).to(initial_state.dtype)
+    return adjoint, grad_a, grad_initial
+
+
+class _LinearScan(torch.autograd.Function):
+    """Differentiable chunked scan; the backward is the adjoint recurrence, run as a scan."""
 
     @staticmethod
     def forward(ctx, a, b, initial_state):
@@ -184,24 +207,7 @@ class _LinearScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_states):
         a, states, initial_state = ctx.saved_tensors
-        a = a.expand_as(states)
-        next_decay = torch.empty_like(states)  # conj(a_{k+1}); the last one meets a zero state
-        next_decay[:, :-1] = a[:, 1:].conj()
-        next_decay[:, -1] = 0
-        adjoint = _chunked_scan(next_decay, grad_states.to(states.dtype), None, reverse=True)  # [B L P]
-
-        grad_a = grad_b = grad_initial = None
-        if ctx.needs_input_grad[0]:
-            grad_a = torch.empty_like(states)
-            torch.mul(adjoint[:, 1:], states[:, :-1].conj(), out=grad_a[:, 1:])
-            if initial_state is None:
-                grad_a[:, 0] = 0
-            else:
-                torch.mul(adjoint[:, 0], initial_state.to(states.dtype).conj(), out=grad_a[:, 0])
-        if ctx.needs_input_grad[1]:
-            grad_b = adjoint
-        if initial_state is not None and ctx.needs_input_grad[2]:
-            grad_initial = (a[:, 0].conj() * adjoint[:, 0]).to(initial_state.dtype)
+        grad_b, grad_a, grad_initial = _scan_backward(a, states, grad_states, initial_state)
         return grad_a, grad_b, grad_initial
 
 
@@ -238,6 +244,96 @@ def s5_scan(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None
             f"got {tuple(initial_state.shape)}"
         )
     return _LinearScan.apply(a, b, initial_state)
+
+
+def zoh_decay(step_scale: torch.Tensor, base_step: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Zero-order-hold decay ``Λ̄ = exp(ΛΔ)`` with ``Δ = step_scale · base_step`` (differentiable).
+
+    Args:
+        step_scale: real, broadcastable to ``[B L 1]``.
+        base_step: real ``[P]`` (``exp(log_step)``).
+        lam: complex ``[P]`` with ``Re(Λ) < 0``.
+
+    Returns:
+        complex ``[B L P]`` (or the broadcast shape). Computed as ``exp(Re ΛΔ)·(cos + i sin)(Im ΛΔ)``
+        (complex ``exp`` is several times slower on CPU) and set to exactly 0 where
+        ``Re(ΛΔ) < -UNDERFLOW_EXPONENT``: there ``|Λ̄| < 5e-18``, far below fp32 resolution,
+        and skipping ``exp`` of huge negative numbers keeps CPUs off their slow denormal path.
+    """
+    step = step_scale * base_step  # [B L P]
+    log_magnitude = step * lam.real  # <= 0
+    magnitude = torch.exp(log_magnitude.clamp(min=-UNDERFLOW_EXPONENT))
+    magnitude = magnitude * (log_magnitude >= -UNDERFLOW_EXPONENT)
+    return torch.polar(magnitude, step * lam.imag)
+
+
+class _ZOHScan(torch.autograd.Function):
+    """Fused ZOH discretisation + scan: states of ``x_k = Λ̄_k x_{k-1} + (Λ̄_k - 1) v_k``.
+
+    Only ``v``, the states and ``step_scale`` are kept for the backward (``Λ̄`` is recomputed
+    there), so training stores two ``[B L P]`` complex tensors for the whole layer.
+    """
+
+    @staticmethod
+    def forward(ctx, step_scale, base_step, lam, scaled_input, initial_state):
+        with torch.no_grad():
+            lam_bar = zoh_decay(step_scale, base_step, lam)  # [B L P]
+            drive = (lam_bar - 1) * scaled_input
+            states = _chunked_scan(lam_bar, drive, initial_state)
+        ctx.save_for_backward(step_scale, base_step, lam, scaled_input, states, initial_state)
+        return states
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_states):
+        step_scale, base_step, lam, scaled_input, states, initial_state = ctx.saved_tensors
+        lam_bar = zoh_decay(step_scale, base_step, lam).expand_as(states)  # [B L P]
+        grad_drive, grad_lam_bar, grad_initial = _scan_backward(lam_bar, states, grad_states, initial_state)
+        grad_lam_bar.addcmul_(grad_drive, scaled_input.conj())  # drive = (Λ̄ - 1) v
+        grad_input = grad_drive.mul_((lam_bar - 1).conj())  # [B L P]
+        # Λ̄ = exp(ΛΔ): dLoss/dΛ = Σ Δ g conj(Λ̄); dLoss/dΔ = Re(g conj(Λ Λ̄)), with g = dLoss/dΛ̄
+        weighted = grad_lam_bar.mul_(lam_bar.conj())  # [B L P]
+        step = step_scale * base_step  # [B L P] (or broadcastable)
+        grad_lam = (weighted * step).sum(dim=(0, 1))  # [P]
+        grad_step = (weighted * lam.conj()).real  # [B L P]
+        grad_base_step = (grad_step * step_scale).sum(dim=(0, 1))  # [P]
+        grad_scale = None
+        if ctx.needs_input_grad[0]:
+            grad_scale = (grad_step * base_step).sum(-1, keepdim=True).sum_to_size(step_scale.shape)
+        return grad_scale, grad_base_step, grad_lam, grad_input, grad_initial
+
+
+def zoh_scan(
+    step_scale: torch.Tensor,
+    base_step: torch.Tensor,
+    lam: torch.Tensor,
+    scaled_input: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """S5 states for ``Λ̄ = exp(ΛΔ)``, ``B̄u = (Λ̄ - 1) ⊙ (B̃u / Λ)``, ``Δ = step_scale · base_step``.
+
+    Equal (up to rounding) to ``s5_scan_reference(Λ̄, (Λ̄ - 1) * scaled_input, initial_state)``
+    with ``Λ̄ = zoh_decay(step_scale, base_step, lam)``, with gradients for every argument.
+
+    Args:
+        step_scale: real ``[B L 1]``, ``[B 1 1]`` or ``[1 1 1]``.
+        base_step: real ``[P]``.
+        lam: complex ``[P]``, ``Re(Λ) < 0``.
+        scaled_input: ``B̃u / Λ``, complex ``[B L P]``.
+        initial_state: complex ``[B P]`` or ``None`` (zeros).
+
+    Example::
+
+        >>> lam = torch.tensor([-1.0 + 2.0j]); v = torch.ones(1, 4, 1, dtype=torch.complex64)
+        >>> zoh_scan(torch.ones(1, 4, 1), torch.ones(1), lam, v).shape
+        torch.Size([1, 4, 1])
+    """
+    if scaled_input.dim() != 3 or lam.shape != scaled_input.shape[-1:]:
+        raise ValueError(
+            f"zoh_scan: need scaled_input [B L P] and lam [P], got {tuple(scaled_input.shape)} "
+            f"and {tuple(lam.shape)}"
+        )
+    return _ZOHScan.apply(step_scale, base_step, lam, scaled_input, initial_state)
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,29 +413,6 @@ class S5StateSpace(nn.Module):
         """``Λ`` with ``Re(Λ)`` clamped to ``<= LAMBDA_REAL_MAX`` (so ``|exp(ΛΔ)| <= 1``). ``[P]``"""
         lam = self.Lambda.to(complex_dtype)
         return torch.complex(lam.real.clamp(max=LAMBDA_REAL_MAX), lam.imag)
-
-    def discretize(self, step_scale: torch.Tensor, complex_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero-order hold for steps ``Δ = step_scale * exp(log_step)``.
-
-        Args:
-            step_scale: real, broadcastable to ``[B L 1]`` (``[1 1 1]``, ``[B 1 1]`` or ``[B L 1]``).
-
-        Returns:
-            ``(Λ̄, Λ)``: ``Λ̄ = exp(ΛΔ)`` ``[B L P]`` (or ``[1 1 P]``/``[B 1 P]``) and the
-            clamped ``Λ`` ``[P]``. ``Λ̄`` is computed as ``exp(Re ΛΔ)·(cos + i sin)(Im ΛΔ)``
-            (complex ``exp`` is several times slower on CPU) and set to exactly 0 where
-            ``Re(ΛΔ) < -UNDERFLOW_EXPONENT``: there ``|Λ̄| < 5e-18``, far below fp32
-            resolution, and clamping first keeps ``exp`` (and later products) off the slow
-            denormal path on CPU.
-        """
-        lam = self.stable_lambda(complex_dtype)  # [P]
-        step = step_scale * self.log_step.to(step_scale.dtype).exp()  # [B L P]
-        log_magnitude = step * lam.real  # <= 0
-        angle = step * lam.imag
-        magnitude = torch.exp(log_magnitude.clamp(min=-UNDERFLOW_EXPONENT))
-        magnitude = magnitude * (log_magnitude >= -UNDERFLOW_EXPONENT)
-        lam_bar = torch.complex(magnitude * torch.cos(angle), magnitude * torch.sin(angle))
-        return lam_bar, lam
 
     def input_projection(self, u: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """``(B̃ u) / Λ`` for real ``u [B L H]`` -> complex ``[B L P]`` (one real matmul).
@@ -441,8 +514,9 @@ class S5(nn.Module):
             u = signal.to(real_dtype)  # [B L H]
             scale = self._step(step_scale, batch, length, u)  # [1 1 1], [B 1 1] or [B L 1]
             # zero-order hold: Λ̄ = exp(ΛΔ), B̄u = (Λ̄ - 1)/Λ ⊙ B̃u
-            lam_bar, lam = self.seq.discretize(scale, complex_dtype)  # [B L P] (or broadcastable)
-            drive = (lam_bar - 1) * self.seq.input_projection(u, lam)  # [B L P]
+            lam = self.seq.stable_lambda(complex_dtype)  # [P]
+            base_step = self.seq.log_step.to(real_dtype).exp()  # [P]
+            scaled_input = self.seq.input_projection(u, lam)  # B̃u / Λ  [B L P]
             if state is not None:
                 if state.shape != (batch, self.state_width):
                     raise ValueError(
@@ -450,7 +524,7 @@ class S5(nn.Module):
                         f"got {tuple(state.shape)}"
                     )
                 state = state.to(complex_dtype)
-            states = s5_scan(lam_bar.to(complex_dtype), drive, state)  # [B L P]
+            states = zoh_scan(scale, base_step, lam, scaled_input, state)  # [B L P]
             out = self.seq.output_projection(states, real_dtype) + self.seq.D.to(real_dtype) * u
         if return_state:
             return out, states[:, -1]
