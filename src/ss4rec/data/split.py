@@ -56,21 +56,21 @@ class _InterFile:
                             f"{self.header[self.time_col]!r}; expected 'timestamp:float'")
 
     def chunks(self, columns: list[int] | None = None):
-        """Yield ``(first_line_number, DataFrame of str)`` chunks of the data lines."""
+        """Yield ``(first_line_number, DataFrame of str)`` chunks of the data lines.
+
+        A bad line anywhere makes the file be re-read line by line, so the error names
+        the first bad line exactly (blank lines count, as editors count them).
+        """
         line_no = 2
         try:
             reader = pd.read_csv(
                 self.path, sep="\t", header=None, skiprows=1, dtype=str, keep_default_na=False,
                 chunksize=CHUNK_ROWS, quoting=3, engine="c", encoding="utf-8",
                 names=list(range(len(self.header))), usecols=columns, skip_blank_lines=False,
-                index_col=False,
-            )
+            )  # no index_col=False: it would silently drop extra fields
             for chunk in reader:
-                short = chunk.isna().to_numpy().any(axis=1)  # a line with too few fields
-                if short.any():
-                    bad_line = line_no + int(np.flatnonzero(short)[0])
-                    raise DataError(f"{self.path}: line {bad_line}: expected {len(self.header)} "
-                                    f"tab-separated fields ({', '.join(self.header)}), found fewer")
+                if chunk.isna().to_numpy().any():  # a line with too few fields
+                    self._raise_first_bad_line("a line with too few fields")
                 yield line_no, chunk
                 line_no += len(chunk)
         except pd.errors.EmptyDataError:
@@ -78,17 +78,12 @@ class _InterFile:
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
             self._raise_first_bad_line(exc)
 
-    def timestamps(self, chunk: pd.DataFrame, first_line: int) -> np.ndarray:
+    def timestamps(self, chunk: pd.DataFrame) -> np.ndarray:
         """The chunk's timestamps as float64 (exact for epoch seconds); DataError if bad."""
         column = chunk[self.time_col]
         values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values) | (values < 0)
-        if bad.any():
-            index = int(np.flatnonzero(bad)[0])
-            raw = column.iloc[index]
-            what = "is blank" if raw.strip() == "" else f"is {raw[:40]!r}"
-            raise DataError(f"{self.path}: line {first_line + index}: the timestamp {what}; "
-                            "expected non-negative epoch seconds")
+        if not (np.isfinite(values) & (values >= 0)).all():
+            self._raise_first_bad_line("a bad timestamp")
         return values
 
     def _raise_first_bad_line(self, cause: Exception):
@@ -106,6 +101,15 @@ class _InterFile:
                 if len(fields) != width:
                     raise DataError(f"{self.path}: line {line_no}: expected {width} tab-separated "
                                     f"fields ({', '.join(self.header)}), found {len(fields)}")
+                raw_time = fields[self.time_col].strip()
+                try:
+                    good_time = float(raw_time) >= 0 and np.isfinite(float(raw_time))
+                except ValueError:
+                    good_time = False
+                if not good_time:
+                    what = "is blank" if raw_time == "" else f"is {raw_time[:40]!r}"
+                    raise DataError(f"{self.path}: line {line_no}: the timestamp {what}; "
+                                    "expected non-negative epoch seconds")
         raise DataError(f"{self.path}: could not be parsed ({cause})")
 
 
@@ -141,7 +145,7 @@ def parse_cut_time(text: str) -> float:
 
 
 def _all_timestamps(inter: _InterFile) -> np.ndarray:
-    parts = [inter.timestamps(chunk, first) for first, chunk in inter.chunks([inter.time_col])]
+    parts = [inter.timestamps(chunk) for first, chunk in inter.chunks([inter.time_col])]
     if not parts or sum(len(p) for p in parts) == 0:
         raise DataError(f"{inter.path}: no interactions after the header")
     return np.concatenate(parts)
@@ -240,7 +244,7 @@ def _write_sides(inter: _InterFile, name: str, cut: float, stage: Path) -> dict:
                        "users": set(), "items": set()}
     try:
         for first_line, chunk in inter.chunks():
-            times = inter.timestamps(chunk, first_line)
+            times = inter.timestamps(chunk)
             in_past = times <= cut
             for side, mask in (("past", in_past), ("future", ~in_past)):
                 if not mask.any():
