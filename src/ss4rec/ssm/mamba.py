@@ -230,11 +230,14 @@ class Mamba(nn.Module):
         x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)  # [B L Di]
         x = F.silu(x)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # bias added in fp32 inside the softplus, as mamba-ssm's delta_bias
-        delta = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())
-        A = -torch.exp(self.A_log.float())  # [Di N], negative
+        # the scan and what surrounds it run in fp32 at least (fp64 stays fp64)
+        compute = torch.promote_types(hidden.dtype, torch.float32)
+        # bias added in the compute dtype inside the softplus, as mamba-ssm's delta_bias
+        delta = F.softplus(F.linear(dt, self.dt_proj.weight).to(compute) + self.dt_proj.bias.to(compute))
+        A = -torch.exp(self.A_log.to(compute))  # [Di N], negative
         y = selective_scan(x, delta, A, B, C, chunk_size=self.scan_chunk_size)  # [B L Di]
-        y = (y.float() + x.float() * self.D.float()) * F.silu(z.float())
+        x, z = x.to(compute), z.to(compute)
+        y = (y.to(compute) + x * self.D.to(compute)) * F.silu(z)
         return self.out_proj(y.to(hidden.dtype))  # [B L d_model]
 
     # ---------------------------------------------------------------- cuda path
