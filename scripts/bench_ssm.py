@@ -8,10 +8,11 @@ Usage::
 
 Prints markdown tables: time per forward+backward (median over ``--repeats``) and peak extra
 memory, with random positive per-step gaps ``[B L]`` (what SS4Rec feeds its S5 layer). Each
-case runs in a fresh subprocess so peaks do not mix: on CPU the peak is the resident-set high
-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the first
-full-size forward+backward; ``ru_maxrss`` where that is not possible) minus the resident set
-before it, with glibc told to return freed blocks to the system (``MALLOC_MMAP_THRESHOLD_``);
+case runs in fresh subprocesses (one for memory, one for time) so peaks do not mix. On CPU
+the peak is the resident-set high water mark (``VmHWM``, reset through
+``/proc/self/clear_refs``; ``ru_maxrss`` where that is not possible) of the second full-size
+forward+backward, minus the resident set before it, with glibc told to return freed blocks
+to the system (``MALLOC_MMAP_THRESHOLD_``) so the resident set follows the live tensors;
 on CUDA it is ``torch.cuda.max_memory_allocated`` above the memory already allocated.
 
 Target at the default shape on CPU: ours >= 10x faster and <= 1/10 of s5-pytorch's peak.
@@ -46,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward passes")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable on shared machines)")
     parser.add_argument("--worker", choices=list(IMPLEMENTATIONS), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=["memory", "time"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -89,32 +91,12 @@ def run_worker(args: argparse.Namespace) -> dict:
         x.grad = None
         layer(x, gaps).backward(output_grad)
 
-    # One tiny pass loads lazily initialised code (kernels, autograd engine) so it does not
-    # count as peak; the peak is then taken on the first full-size pass, before any cache of
-    # freed full-size blocks exists.
-    layer(x[:1, :2], gaps[:1, :2]).sum().backward()
-    layer.zero_grad(set_to_none=True)
-    x.grad = None
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        forward_backward()
-        torch.cuda.synchronize()
-        peak_bytes = torch.cuda.max_memory_allocated() - before
-        memory_method = "cuda max_memory_allocated"
-    elif _reset_peak_rss() and _proc_status_kib("VmRSS") is not None:
-        before = _proc_status_kib("VmRSS")
-        forward_backward()
-        peak_bytes = (_proc_status_kib("VmHWM") - before) * 1024
-        memory_method = "VmHWM - VmRSS"
-    else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        forward_backward()
-        peak_bytes = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-        memory_method = "ru_maxrss delta"
+    # The first pass also allocates one-time state (about 30 MB for either layer on CPU:
+    # library workspaces, the autograd engine); the peak is taken on the second pass.
+    forward_backward()
+    if args.measure == "memory":
+        return measure_peak_memory(forward_backward, device)
 
-    forward_backward()  # warm-up
     times = []
     for _ in range(args.repeats):
         if device.type == "cuda":
@@ -124,25 +106,46 @@ def run_worker(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return {
-        "ms": 1000 * statistics.median(times),
-        "peak_mb": peak_bytes / 2**20,
-        "memory_method": memory_method,
-    }
+    return {"ms": 1000 * statistics.median(times)}
 
 
-def run_case(args: argparse.Namespace, implementation: str) -> dict:
+def measure_peak_memory(forward_backward, device) -> dict:
+    """Peak extra memory of one call of ``forward_backward``, in MiB."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        forward_backward()
+        torch.cuda.synchronize()
+        return {"peak_mb": (torch.cuda.max_memory_allocated() - before) / 2**20, "memory_method": "cuda max_memory_allocated"}
+    if _reset_peak_rss() and _proc_status_kib("VmRSS") is not None:
+        before = _proc_status_kib("VmRSS")
+        forward_backward()
+        return {"peak_mb": (_proc_status_kib("VmHWM") - before) / 1024, "memory_method": "VmHWM - VmRSS"}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    forward_backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_mb": (after - before) / 1024, "memory_method": "ru_maxrss delta"}
+
+
+def run_case(args: argparse.Namespace, implementation: str, measure: str) -> dict:
     command = [
-        sys.executable, __file__, "--worker", implementation, "--device", args.device,
-        "--batch", str(args.batch), "--length", str(args.length), "--width", str(args.width),
-        "--state", str(args.state), "--repeats", str(args.repeats), "--threads", str(args.threads),
+        sys.executable, __file__, "--worker", implementation, "--measure", measure,
+        "--device", args.device, "--batch", str(args.batch), "--length", str(args.length),
+        "--width", str(args.width), "--state", str(args.state), "--repeats", str(args.repeats),
+        "--threads", str(args.threads),
     ]  # fmt: skip
-    # glibc: serve every block above 64 KiB by mmap and unmap it when freed, so the resident
-    # set follows the live tensors instead of keeping freed heap memory around
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    env = dict(os.environ)
+    if measure == "memory":
+        # glibc: serve every block above 64 KiB by mmap and unmap it when freed, so the
+        # resident set follows the live tensors instead of keeping freed heap memory around
+        # (this slows allocation down, hence timings come from a separate run without it)
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     finished = subprocess.run(command, capture_output=True, text=True, env=env)
     if finished.returncode != 0:
-        raise RuntimeError(f"benchmark case {implementation!r} failed:\n{finished.stderr[-3000:]}")
+        raise RuntimeError(f"benchmark case {implementation!r} ({measure}) failed:\n{finished.stderr[-3000:]}")
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
@@ -152,7 +155,7 @@ def run_case(args: argparse.Namespace, implementation: str) -> dict:
 def s5_rows(args: argparse.Namespace) -> list[dict]:
     rows = []
     for implementation, label in IMPLEMENTATIONS.items():
-        result = run_case(args, implementation)
+        result = {**run_case(args, implementation, "memory"), **run_case(args, implementation, "time")}
         rows.append({
             "layer": label,
             "device": args.device,
@@ -201,7 +204,7 @@ def main(argv=None) -> None:
     print(
         f"\nours vs s5-pytorch: {reference['_ms'] / ours['_ms']:.1f}x faster, "
         f"{reference['_peak_mb'] / max(ours['_peak_mb'], 1e-9):.1f}x less peak memory "
-        f"(median of {args.repeats} passes; peak memory: {ours['_memory_method']}, first full-size pass)"
+        f"(median of {args.repeats} passes; peak memory: {ours['_memory_method']}, second pass)"
     )
     print_mamba_table(args.device)
 

@@ -286,16 +286,32 @@ class _ZOHScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_states):
+        # Works with μ = conj(λ), the conjugated adjoint, so no product needs a conjugated
+        # operand (PyTorch materialises those): μ_k = conj(g_k) + Λ̄_{k+1} μ_{k+1}, and each
+        # gradient is the conjugate of a plain product.
         step_scale, base_step, lam, scaled_input, states, initial_state = ctx.saved_tensors
         lam_bar = zoh_decay(step_scale, base_step, lam).expand_as(states)  # [B L P]
-        grad_drive, grad_lam_bar, grad_initial = _scan_backward(lam_bar, states, grad_states, initial_state)
-        grad_lam_bar.addcmul_(grad_drive, scaled_input.conj())  # drive = (Λ̄ - 1) v
-        grad_input = grad_drive.mul_((lam_bar - 1).conj())  # [B L P]
-        # Λ̄ = exp(ΛΔ): dLoss/dΛ = Σ Δ g conj(Λ̄); dLoss/dΔ = Re(g conj(Λ Λ̄)), with g = dLoss/dΛ̄
-        weighted = grad_lam_bar.mul_(lam_bar.conj())  # [B L P]
+        next_decay = torch.empty_like(states)  # Λ̄_{k+1}; the last one meets a zero state
+        next_decay[:, :-1] = lam_bar[:, 1:]
+        next_decay[:, -1] = 0
+        adjoint_conj = _chunked_scan(next_decay, grad_states.conj_physical(), None, reverse=True)  # μ [B L P]
+        del next_decay
+
+        grad_initial = None
+        if initial_state is not None and ctx.needs_input_grad[4]:
+            grad_initial = (lam_bar[:, 0] * adjoint_conj[:, 0]).conj_physical_().to(initial_state.dtype)
+        # drive = (Λ̄ - 1) v  ->  dLoss/dv = conj(μ (Λ̄ - 1))
+        grad_input = (lam_bar - 1).mul_(adjoint_conj).conj_physical_()  # [B L P]
+        # Λ̄_k multiplies x_{k-1} and v_k  ->  dLoss/dΛ̄ = conj(μ (x_{k-1} + v_k))
+        source = scaled_input.clone()  # x_{k-1} + v_k
+        source[:, 1:] += states[:, :-1]
+        if initial_state is not None:
+            source[:, 0] += initial_state.to(states.dtype)
+        # Λ̄ = exp(ΛΔ): dLoss/dΛ = Σ Δ G conj(Λ̄), dLoss/dΔ = Re(G conj(Λ Λ̄)), G = dLoss/dΛ̄
+        weighted_conj = source.mul_(adjoint_conj).mul_(lam_bar)  # conj(G conj(Λ̄)) [B L P]
         step = step_scale * base_step  # [B L P] (or broadcastable)
-        grad_lam = (weighted * step).sum(dim=(0, 1))  # [P]
-        grad_step = (weighted * lam.conj()).real  # [B L P]
+        grad_lam = (weighted_conj * step).sum(dim=(0, 1)).conj()  # [P]
+        grad_step = (weighted_conj * lam).real  # [B L P]
         grad_base_step = (grad_step * step_scale).sum(dim=(0, 1))  # [P]
         grad_scale = None
         if ctx.needs_input_grad[0]:
