@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=64, help="H, features")
     parser.add_argument("--state", type=int, default=32, help="P, complex states")
     parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward passes")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable on shared machines)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable on shared machines)")
     parser.add_argument("--worker", choices=list(IMPLEMENTATIONS), help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=["memory", "time"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -83,7 +83,8 @@ def run_worker(args: argparse.Namespace) -> dict:
     layer = S5(args.width, args.state, dt_min=0.001, dt_max=0.1).to(device)
     x = torch.randn(args.batch, args.length, args.width, device=device, requires_grad=True)  # [B L H]
     # positive gaps over several orders of magnitude (seconds between interactions)
-    gaps = torch.rand(args.batch, args.length, device=device) * 10.0 ** torch.randint(0, 5, (args.batch, args.length), device=device)
+    decades = torch.randint(0, 5, (args.batch, args.length), device=device)
+    gaps = torch.rand(args.batch, args.length, device=device) * 10.0**decades  # [B L]
     output_grad = torch.randn(args.batch, args.length, args.width, device=device)
 
     def forward_backward():
@@ -119,7 +120,8 @@ def measure_peak_memory(forward_backward, device) -> dict:
         before = torch.cuda.memory_allocated()
         forward_backward()
         torch.cuda.synchronize()
-        return {"peak_mb": (torch.cuda.max_memory_allocated() - before) / 2**20, "memory_method": "cuda max_memory_allocated"}
+        peak = torch.cuda.max_memory_allocated() - before
+        return {"peak_mb": peak / 2**20, "memory_method": "cuda max_memory_allocated"}
     if _reset_peak_rss() and _proc_status_kib("VmRSS") is not None:
         before = _proc_status_kib("VmRSS")
         forward_backward()
@@ -145,7 +147,9 @@ def run_case(args: argparse.Namespace, implementation: str, measure: str) -> dic
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     finished = subprocess.run(command, capture_output=True, text=True, env=env)
     if finished.returncode != 0:
-        raise RuntimeError(f"benchmark case {implementation!r} ({measure}) failed:\n{finished.stderr[-3000:]}")
+        raise RuntimeError(
+            f"benchmark case {implementation!r} ({measure}) failed:\n{finished.stderr[-3000:]}"
+        )
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 

@@ -38,7 +38,8 @@ def make_pair(seed: int = 0, width: int = WIDTH, state: int = STATE):
 def random_gaps(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     """Positive per-step gaps spanning 0 to ~1e3, with duplicate timestamps (zeros)."""
     generator = torch.Generator().manual_seed(seed)
-    gaps = torch.rand(batch, length, generator=generator) * 10.0 ** torch.randint(-2, 4, (batch, length), generator=generator)
+    decades = torch.randint(-2, 4, (batch, length), generator=generator)
+    gaps = torch.rand(batch, length, generator=generator) * 10.0**decades
     gaps[torch.rand(batch, length, generator=generator) < 0.15] = 0.0
     return gaps
 
@@ -139,10 +140,13 @@ def test_state_passing_matches_s5_pytorch_and_a_single_run():
         oracle_full, oracle_last = oracle(x, gaps, return_state=True)
         first_half, middle = ours(x[:, :12], gaps[:, :12], return_state=True)
         second_half = ours(x[:, 12:], gaps[:, 12:], state=middle)
+        _, oracle_middle = oracle(x[:, :12], gaps[:, :12], return_state=True)
+        oracle_second_half = oracle(x[:, 12:], gaps[:, 12:], state=oracle_middle)
     assert last.shape == (2, STATE) and last.dtype == torch.complex64
     assert relative_error(last, oracle_last) <= TOLERANCE["output_fp32"]
     assert relative_error(full, oracle_full) <= TOLERANCE["output_fp32"]
     assert relative_error(torch.cat([first_half, second_half], 1), full) <= TOLERANCE["output_fp32"]
+    assert relative_error(second_half, oracle_second_half) <= TOLERANCE["output_fp32"]
 
 
 # ---------------------------------------------------------------- the scan
@@ -183,7 +187,8 @@ def test_chunked_scan_equals_reference_loop(length, with_initial_state, dtype):
 
 def test_scan_gradcheck_with_broadcast_decay():
     generator = torch.Generator().manual_seed(0)
-    decay = torch.polar(torch.rand(4, dtype=torch.float64, generator=generator), torch.rand(4, dtype=torch.float64, generator=generator))
+    magnitude, angle = torch.rand(2, 4, dtype=torch.float64, generator=generator)
+    decay = torch.polar(magnitude, angle)  # [P], broadcast over [B L P]
     drive = torch.randn(2, 11, 4, dtype=torch.complex128, generator=generator)
     initial = torch.randn(2, 4, dtype=torch.complex128, generator=generator)
     inputs = tuple(t.requires_grad_() for t in (decay, drive, initial))
@@ -200,7 +205,8 @@ def test_fused_zoh_scan_equals_discretise_then_reference_loop(scale_shape, with_
         scale[:, ::4] = 0.0  # duplicate timestamps
         scale[:, 1::5] = 1e6  # huge gaps: Λ̄ = 0
     base_step = torch.rand(6, generator=generator, dtype=real) * 0.1
-    lam = torch.complex(-torch.rand(6, generator=generator, dtype=real), torch.randn(6, generator=generator, dtype=real) * 5)
+    lam_real, lam_imag = torch.rand(6, generator=generator, dtype=real), torch.randn(6, generator=generator, dtype=real)
+    lam = torch.complex(-lam_real, lam_imag * 5)
     scaled_input = torch.randn(3, 17, 6, generator=generator, dtype=complex_)
     initial = torch.randn(3, 6, generator=generator, dtype=complex_) if with_initial_state else None
     output_grad = torch.randn(3, 17, 6, generator=generator, dtype=complex_)
@@ -258,7 +264,8 @@ def test_extreme_gaps_give_finite_outputs_and_gradients(gap_kind):
     assert torch.isfinite(out).all()
     assert torch.isfinite(x.grad).all()
     for name, parameter in ours.named_parameters():
-        assert torch.isfinite(torch.view_as_real(parameter.grad) if parameter.grad.is_complex() else parameter.grad).all(), name
+        grad = torch.view_as_real(parameter.grad) if parameter.grad.is_complex() else parameter.grad
+        assert torch.isfinite(grad).all(), name
 
 
 def test_zero_gaps_keep_the_state_and_huge_gaps_forget_it():

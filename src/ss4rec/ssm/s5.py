@@ -5,11 +5,15 @@ between two interactions). s5-pytorch handles a per-step ``step_scale`` by build
 ``B̄`` of shape ``[L, P, H]`` for every sequence; this module computes the same output with
 O(B·L·P) memory:
 
-* ``Bu = u @ B̃ᵀ`` is projected once (``[B L P]`` complex), then scaled per step with the
-  zero-order-hold factor ``(Λ̄ − 1) / Λ`` (since ``B̄ u = ((Λ̄ − 1)/Λ) ⊙ (B̃ u)``);
-* the diagonal recurrence ``x_k = Λ̄_k ⊙ x_{k−1} + (B̄u)_k`` runs as a chunked scan
-  (:func:`s5_scan`): about ``2·sqrt(L)`` vectorised steps instead of ``L``, with a hand-written
-  backward (a reverse scan), so autograd stores only ``Λ̄`` and the states.
+* ``B̃u / Λ`` is projected once (one real matmul, ``[B L P]`` complex) and scaled per step
+  by ``Λ̄ − 1`` (since ``B̄ u = ((Λ̄ − 1)/Λ) ⊙ (B̃ u)``);
+* the diagonal recurrence ``x_k = Λ̄_k ⊙ x_{k−1} + (B̄u)_k`` runs as a chunked scan: about
+  ``2·sqrt(L)`` vectorised steps instead of ``L`` (:func:`s5_scan` is the generic op);
+* discretisation and scan are one autograd op (:func:`zoh_scan`) with a hand-written
+  backward (a reverse scan of the adjoint) that recomputes ``Λ̄``, so training keeps only
+  ``B̃u/Λ`` and the states (two ``[B L P]`` complex tensors) for this part of the layer.
+
+:func:`s5_scan_reference` is the plain per-step loop the fast ops are tested against.
 
 Parameters, their names, shapes, dtypes and their initialisation (DPLR-HiPPO ``Λ``,
 ``B̃ = V⁻¹B``, ``C̃ = CV``, ``log_step ~ U[log dt_min, log dt_max]``) are those of s5-pytorch,
@@ -20,7 +24,10 @@ Deliberate differences from s5-pytorch:
   is unchanged, but the forward uses ``min(Re Λ, -1e-4) + i Im Λ`` so ``|Λ̄| = exp(Re(Λ)Δ) ≤ 1``
   never overflows, whatever the gap (the clamp's gradient is zero while it is active).
   s5-pytorch initialises ``Re(Λ) = -0.5``, so this changes nothing at init.
-* ``step_scale`` must be finite and ``>= 0`` (a negative gap means unsorted timestamps).
+* ``Λ̄`` is set to exactly 0 once ``Re(ΛΔ) < -UNDERFLOW_EXPONENT`` (``|Λ̄| < 5e-18``, below
+  fp32 resolution; it keeps CPU arithmetic off the slow denormal path).
+* ``step_scale`` must be finite and ``>= 0`` (a negative gap means unsorted timestamps). The
+  check reads the values, which costs one host-device sync per call on GPU.
 * Discretisation and scan always run in fp32/complex64 (fp64/complex128 for fp64 inputs),
   with autocast disabled; the output is fp32 (fp64) whatever the input dtype.
 * Options SS4Rec does not use (``bidir``, ``liquid``, ``degree``, ``factor_rank``,
@@ -294,7 +301,7 @@ class _ZOHScan(torch.autograd.Function):
         next_decay = torch.empty_like(states)  # Λ̄_{k+1}; the last one meets a zero state
         next_decay[:, :-1] = lam_bar[:, 1:]
         next_decay[:, -1] = 0
-        adjoint_conj = _chunked_scan(next_decay, grad_states.conj_physical(), None, reverse=True)  # μ [B L P]
+        adjoint_conj = _chunked_scan(next_decay, grad_states.conj_physical(), None, reverse=True)  # μ
         del next_decay
 
         grad_initial = None
@@ -326,7 +333,7 @@ def zoh_scan(
     scaled_input: torch.Tensor,
     initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """S5 states for ``Λ̄ = exp(ΛΔ)``, ``B̄u = (Λ̄ - 1) ⊙ (B̃u / Λ)``, ``Δ = step_scale · base_step``.
+    """S5 states with ``Λ̄ = exp(ΛΔ)``, ``B̄u = (Λ̄ - 1) ⊙ (B̃u / Λ)``, ``Δ = step_scale·base_step``.
 
     Equal (up to rounding) to ``s5_scan_reference(Λ̄, (Λ̄ - 1) * scaled_input, initial_state)``
     with ``Λ̄ = zoh_decay(step_scale, base_step, lam)``, with gradients for every argument.
