@@ -1,0 +1,355 @@
+"""Top-K recommendations for users of a trained run, with original ids, titles and genres.
+
+    >>> from ss4rec.pipeline import restore
+    >>> from ss4rec.recommend import recommend
+    >>> run = restore("runs/demo/checkpoints/SS4Rec-best.pth")  # doctest: +SKIP
+    >>> recommend(run, ["1", "42"], k=5, exclude_seen=True)  # doctest: +SKIP
+      user_id  rank item_id     score            title                 genres
+    0       1     1     313  7.123456          Titanic          Drama|Romance
+    ...
+
+``recommend`` also takes the checkpoint path itself (it then calls
+:func:`ss4rec.pipeline.restore`); pass a :class:`~ss4rec.pipeline.RestoredRun` when asking
+many times, so the dataset is loaded once.
+
+What the model sees, per user:
+
+* the user's *full* history: every interaction of the user in the run's dataset (train,
+  valid and test alike), time-ordered as RecBole orders it, of which the model reads the
+  last ``MAX_ITEM_LIST_LENGTH`` items (RecBole's sequential dataset stores histories only
+  as per-target prefixes, so the full sequence is rebuilt from them);
+* the time of the request ``at`` (SS4Rec discretises its last step with the gap from the
+  last interaction to it). Default: the user's last interaction time plus the median gap
+  between the user's consecutive interactions. Time-blind RecBole models (SASRec,
+  GRU4Rec, ...) get the same fields and ignore them.
+
+The padding item (internal id 0) is never recommended; ``exclude_seen`` also drops every
+item in the user's full history. Ids are RecBole's original tokens (strings, as in the
+atomic files); titles and genres come from the dataset's ``.item`` file, read as text.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ss4rec.errors import UserError
+
+# Column names (before ':type') that hold a title / genres in an atomic `.item` file:
+# RecBole's bundled ML-100K says `movie_title` and `class`; `ss4rec convert` writes `genre`.
+_GENRE_FIELDS = ("genre", "genres", "class", "category", "categories")
+ON_UNKNOWN = ("warn", "raise", "ignore")
+
+
+def parse_time(value) -> float:
+    """A request time as epoch seconds (UTC).
+
+    Accepts epoch seconds (int, float or a numeric string), an ISO 8601 date or date/time
+    string (UTC unless it carries an offset) or a ``datetime`` (naive = UTC).
+
+        >>> parse_time("1998-04-01")
+        891388800.0
+        >>> parse_time("1998-04-01T10:00:00+02:00")
+        891417600.0
+        >>> parse_time(891388800)
+        891388800.0
+    """
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                return parse_time(datetime.fromisoformat(text))
+            except ValueError:
+                raise UserError(
+                    f"request time {value!r} is neither epoch seconds (e.g. 891388800) nor an "
+                    "ISO date/time (e.g. 1998-04-01 or 1998-04-01T10:00:00Z, UTC unless an "
+                    "offset is given)"
+                ) from None
+    else:
+        raise UserError(f"request time must be epoch seconds, an ISO string or a datetime, not {type(value).__name__}")
+    if not math.isfinite(seconds):
+        raise UserError(f"request time {value!r} is not a finite number of seconds")
+    return seconds
+
+
+@dataclass
+class _History:
+    """One user's full interaction history (internal ids), oldest first."""
+
+    items: np.ndarray  # [N] internal item ids
+    times: np.ndarray  # [N] timestamps in the dataset's units and dtype
+
+
+def _histories(dataset, internal_uids: np.ndarray) -> dict[int, _History]:
+    """Full histories of the given users, rebuilt from RecBole's augmented ``inter_feat``.
+
+    After augmentation each row of a sequential dataset is one *target* interaction (the
+    user's 2nd, 3rd, ... one) with the items before it in ``item_id_list``; a user's first
+    interaction is only the first element of the list of the user's earliest row. Sorting
+    the rows stably by (user, time) restores RecBole's own order, ties included.
+    """
+    feat = dataset.inter_feat
+    uid_field, item_field, time_field = dataset.uid_field, dataset.iid_field, dataset.time_field
+    item_list_field = getattr(dataset, "item_id_list_field", item_field + dataset.config["LIST_SUFFIX"])
+    time_list_field = getattr(dataset, f"{time_field}_list_field", time_field + dataset.config["LIST_SUFFIX"])
+
+    all_uids = feat[uid_field].numpy()
+    rows = np.flatnonzero(np.isin(all_uids, internal_uids))  # [R] in the current order
+    uids = all_uids[rows]
+    times = feat[time_field][rows].numpy()
+    rows = rows[np.lexsort((times, uids))]  # lexsort is stable: ties keep RecBole's order
+    uids = all_uids[rows]
+    target_items = feat[item_field][rows].numpy()
+    target_times = feat[time_field][rows].numpy()
+    first_items = feat[item_list_field][rows, 0].numpy()
+    first_times = feat[time_list_field][rows, 0].numpy()
+
+    histories = {}
+    starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if len(uids) else np.array([], dtype=int)
+    ends = np.r_[starts[1:], len(uids)]
+    for start, end in zip(starts, ends):
+        histories[int(uids[start])] = _History(
+            items=np.concatenate([first_items[start:start + 1], target_items[start:end]]),
+            times=np.concatenate([first_times[start:start + 1], target_times[start:end]]),
+        )
+    return histories
+
+
+def _time_is_scaled(run) -> bool:
+    """True if RecBole min-max scaled the time field (``normalize_all``/``normalize_field``).
+
+    :class:`ss4rec.data.dataset.SS4RecDataset` never scales it; RecBole's own dataset does
+    under the bundled ``ml-100k.yaml`` (``normalize_all: True``).
+    """
+    from ss4rec.data.dataset import SS4RecDataset
+
+    if isinstance(run.dataset, SS4RecDataset):
+        return False
+    time_field = run.dataset.time_field
+    listed = run.config["normalize_field"] or ()
+    return bool(run.config["normalize_all"]) or time_field in listed
+
+
+def item_details(config) -> pd.DataFrame | None:
+    """Title and genres per original item id from the dataset's ``.item`` file, or None.
+
+    Read directly as text (not through RecBole, which loads only ``load_col`` columns and
+    splits titles into tokens). Genres are joined with ``|``. Returns a frame indexed by
+    the item token with the columns ``title`` and/or ``genres`` it found.
+
+        >>> item_details(run.config).loc["1"]  # doctest: +SKIP
+        title                       Toy Story
+        genres    Animation|Children's|Comedy
+    """
+    path = Path(config["data_path"]) / f"{config['dataset']}.item"
+    if not path.is_file():
+        return None
+    raw = pd.read_csv(path, sep=config["field_separator"] or "\t", dtype=str, keep_default_na=False,
+                      quoting=csv.QUOTE_NONE, encoding=config["encoding"] or "utf-8", engine="python")
+    names = {column.split(":")[0]: column for column in raw.columns}
+    id_column = names.get(config["ITEM_ID_FIELD"])
+    if id_column is None:
+        return None
+    details = pd.DataFrame(index=raw[id_column].str.strip())
+    title = next((names[n] for n in names if "title" in n.lower()), None)
+    genres = next((names[n] for n in names if n.lower() in _GENRE_FIELDS), None)
+    if title is not None:
+        details["title"] = raw[title].to_numpy()
+    if genres is not None:
+        separator = config["seq_separator"] or " "
+        details["genres"] = ["|".join(g for g in value.split(separator) if g) for value in raw[genres]]
+    if details.columns.empty:
+        return None
+    return details[~details.index.duplicated()]
+
+
+def _as_user_list(users) -> list[str]:
+    if isinstance(users, (str, int, np.integer)):
+        users = [users]
+    tokens = [str(u).strip() for u in users]
+    if not tokens:
+        raise UserError("no user ids given: pass at least one original user id (e.g. '1')")
+    return list(dict.fromkeys(tokens))  # drop repeats, keep the order
+
+
+def _report_skipped(skipped: dict[str, str], on_unknown: str) -> None:
+    if not skipped or on_unknown == "ignore":
+        return
+    message = "; ".join(f"user {u!r}: {why}" for u, why in skipped.items())
+    if on_unknown == "raise":
+        raise UserError(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _model_input(run, histories: list[_History], request_times: list[float]):
+    """A RecBole ``Interaction`` for ``full_sort_predict``: last MAX_ITEM_LIST_LENGTH items."""
+    from recbole.data.interaction import Interaction
+
+    dataset, model = run.dataset, run.model
+    max_len = run.config["MAX_ITEM_LIST_LENGTH"]
+    time_field = dataset.time_field
+    time_dtype = dataset.inter_feat[time_field].dtype
+    batch = len(histories)
+    item_seq = torch.zeros(batch, max_len, dtype=torch.long)  # [B L], right-padded with 0
+    time_seq = torch.zeros(batch, max_len, dtype=time_dtype)  # [B L]
+    lengths = torch.zeros(batch, dtype=torch.long)  # [B]
+    for row, history in enumerate(histories):
+        items, times = history.items[-max_len:], history.times[-max_len:]
+        item_seq[row, : len(items)] = torch.from_numpy(items)
+        time_seq[row, : len(times)] = torch.from_numpy(times)
+        lengths[row] = len(items)
+    return Interaction({
+        model.ITEM_SEQ: item_seq,
+        model.ITEM_SEQ_LEN: lengths,
+        time_field + run.config["LIST_SUFFIX"]: time_seq,
+        time_field: torch.tensor(request_times, dtype=time_dtype),  # [B] time of the request
+    })
+
+
+def recommend(run, users, k: int = 10, exclude_seen: bool = False, at=None, *,
+              device: str | None = "cpu", batch_size: int = 256, on_unknown: str = "warn") -> pd.DataFrame:
+    """Top-``k`` items for each user, best first.
+
+    Args:
+        run: a :class:`~ss4rec.pipeline.RestoredRun` or a checkpoint path written by
+            :func:`ss4rec.run` (restored on ``device``).
+        users: one original user id or a list of them (``"1"`` or ``1``; ids are matched as text).
+        k: items per user (fewer if fewer items are left to recommend).
+        exclude_seen: drop the items already in the user's history.
+        at: the time of the request for every user: epoch seconds, an ISO date/time
+            (UTC unless it has an offset) or a ``datetime``. Default: per user, the last
+            interaction time plus the user's median gap between interactions. It must not
+            be earlier than a user's last interaction.
+        device: where to restore the model when ``run`` is a path.
+        batch_size: users scored per forward pass.
+        on_unknown: what to do about user ids that cannot be answered (not in the run's
+            dataset, or without a history): ``"warn"`` (default), ``"raise"`` or
+            ``"ignore"``. The others are answered in every case except ``"raise"``.
+
+    Returns:
+        A DataFrame with the columns ``user_id, rank, item_id, score`` and ``title``,
+        ``genres`` when the dataset has a ``.item`` file with them. Ids are the original
+        tokens (strings). ``df.attrs["skipped_users"]`` maps each unanswered user id to the
+        reason; ``df.attrs["request_time"]`` maps each answered user to the request time
+        given to the model (in the dataset's time units).
+
+    Raises:
+        UserError: bad arguments, ``at`` before a user's last interaction, or no user answerable.
+    """
+    from ss4rec.pipeline import RestoredRun, restore
+
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise UserError(f"k must be a positive whole number of items, not {k!r}")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be positive, not {batch_size!r}")
+    if on_unknown not in ON_UNKNOWN:
+        raise UserError(f"on_unknown must be one of {ON_UNKNOWN}, not {on_unknown!r}")
+    if not isinstance(run, RestoredRun):
+        run = restore(run, device=device)
+    tokens = _as_user_list(users)
+    dataset, model = run.dataset, run.model
+
+    # Original ids -> internal ids; ids absent from the run's dataset are reported.
+    token_to_id = dataset.field2token_id[dataset.uid_field]
+    skipped, known = {}, {}
+    for token in tokens:
+        internal = token_to_id.get(token)
+        if internal is None or internal == 0:  # 0 is RecBole's [PAD] user
+            skipped[token] = (f"not a user of this run's dataset ({run.config['dataset']} after its filters, "
+                              f"{dataset.user_num - 1} users); check the id")
+        else:
+            known[token] = internal
+    histories = _histories(dataset, np.array(list(known.values()), dtype=np.int64))
+    for token, internal in list(known.items()):
+        if internal not in histories:
+            skipped[token] = "has a single interaction, so RecBole's sequential dataset holds no history for it"
+            del known[token]
+    if not known:
+        raise UserError("no user could be answered: " + "; ".join(f"user {u!r}: {why}" for u, why in skipped.items()))
+    _report_skipped(skipped, on_unknown)
+
+    request_times = _request_times(run, {t: histories[i] for t, i in known.items()}, at)
+    details = item_details(run.config)
+
+    frames = []
+    answered = list(known)
+    for start in range(0, len(answered), batch_size):
+        chunk = answered[start:start + batch_size]
+        chunk_histories = [histories[known[t]] for t in chunk]
+        interaction = _model_input(run, chunk_histories, [request_times[t] for t in chunk])
+        with torch.no_grad():
+            scores = model.full_sort_predict(interaction.to(run.config["device"]))
+        scores = scores.view(len(chunk), -1).float().cpu()  # [B n_items]
+        scores[:, 0] = -torch.inf  # the padding item is not an item
+        if exclude_seen:
+            for row, history in enumerate(chunk_histories):
+                scores[row, torch.from_numpy(history.items)] = -torch.inf
+        top_scores, top_items = scores.topk(min(k, scores.shape[1]), dim=1)  # [B k]
+        for row, token in enumerate(chunk):
+            keep = torch.isfinite(top_scores[row])
+            items = top_items[row][keep].numpy()
+            frames.append(pd.DataFrame({
+                "user_id": token,
+                "rank": np.arange(1, len(items) + 1),
+                "item_id": [str(i) for i in dataset.id2token(dataset.iid_field, items)],
+                "score": top_scores[row][keep].numpy().astype(float),
+            }))
+    result = pd.concat(frames, ignore_index=True)
+    if details is not None:
+        result = result.join(details, on="item_id")
+        for column in details.columns:
+            result[column] = result[column].fillna("")
+    result.attrs["skipped_users"] = skipped
+    result.attrs["request_time"] = request_times
+    return result
+
+
+def _request_times(run, histories: dict[str, _History], at) -> dict[str, float]:
+    """The request time per user, in the dataset's time units (see :func:`recommend`)."""
+    default = {}
+    for token, history in histories.items():
+        gaps = np.diff(history.times.astype(np.float64))  # [N-1], N >= 2
+        default[token] = float(history.times[-1]) + float(np.median(gaps))
+    if at is None:
+        return default
+    seconds = parse_time(at)
+    if _time_is_scaled(run):
+        # RecBole min-max scaled the time field: epoch seconds cannot be expressed in it.
+        warnings.warn(
+            f"this run's dataset min-max scaled its time field {run.dataset.time_field!r} "
+            "(normalize_all / normalize_field), so the request time cannot be given in its units; "
+            "using the default request time. RecBole's sequential baselines do not read it anyway.",
+            UserWarning, stacklevel=3,
+        )
+        return default
+    early = {t: float(h.times[-1]) for t, h in histories.items() if float(h.times[-1]) > seconds}
+    if early:
+        shown = ", ".join(f"{t!r} ({_iso(last)})" for t, last in list(early.items())[:5])
+        raise UserError(
+            f"request time {_iso(seconds)} is before the last interaction of user(s) {shown}"
+            f"{' and others' if len(early) > 5 else ''}; give a later time or leave it out "
+            "(default: last interaction plus the user's median gap)"
+        )
+    return {token: seconds for token in histories}
+
+
+def _iso(seconds: float) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds:g}"
