@@ -1,0 +1,277 @@
+"""Train several models under identical data settings and tabulate their test metrics.
+
+    >>> from ss4rec.compare import compare
+    >>> rows = compare("SS4Rec,SASRec,GRU4Rec,S6-only", dataset="ml-100k",
+    ...                config_files=["ml-100k-quick"], epochs=10,
+    ...                output_dir="runs/cmp")  # doctest: +SKIP
+    >>> [(r["model"], r["status"], r["ndcg@10"]) for r in rows]  # doctest: +SKIP
+
+Every model trains in its own subprocess (``python -m ss4rec train``), so a crash or an
+out-of-memory kill in one cannot take the others down, and peak memory is measured per
+model: the subprocess's peak RSS on CPU (``os.wait4``), ``torch.cuda.max_memory_allocated``
+from its ``results.json`` on CUDA.
+
+Identical settings: one merged config (``COMPARE_DEFAULTS`` < config files < ``config_dict``
+< ``epochs``) goes to every model, minus the keys that belong to *another* compared model
+only (``hidden_size`` from a config means nothing to NeuMF). Model-specific settings come
+from each model's own defaults. ``S5-only``, ``S6-only`` and ``ignore-time`` are SS4Rec
+with ``model_type`` set.
+
+Output (``output_dir``): ``comparison.csv``, ``comparison.md`` (rewritten after every
+model, so a long run shows its progress), and one folder per model holding its
+``settings.yaml``, ``train.out`` (the subprocess's output), ``results.json`` and checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ss4rec.errors import UserError
+
+# Settings every compared model shares unless the config files say otherwise: the
+# leave-one-out, time-ordered, full-ranking protocol and the cut-offs of the table.
+COMPARE_DEFAULTS = {
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+    "metrics": ["Hit", "NDCG", "MRR"],
+    "topk": [1, 5, 10, 20],
+    "valid_metric": "NDCG@10",
+    "show_progress": False,
+}
+
+# SS4Rec ablations, run as SS4Rec with ``model_type`` set (see ss4rec.model.MODEL_TYPES).
+ABLATIONS = ("S5-only", "S6-only", "ignore-time")
+
+METRIC_ORDER = ("hit", "ndcg", "mrr")
+COST_COLUMNS = ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb",
+                "memory_kind", "parameters")
+
+
+@dataclass
+class ModelSpec:
+    """One entry of ``--models``: its label in the table, the model to train, extra settings."""
+
+    label: str
+    model: str
+    overrides: dict = field(default_factory=dict)
+
+
+def parse_models(text) -> list[ModelSpec]:
+    """``"SS4Rec,SASRec,S6-only"`` (or a list) -> model specs; ablations become SS4Rec + model_type.
+
+    Names are not checked here: an unknown name fails in its own subprocess and is
+    reported in the table like any other failure.
+    """
+    names = text.split(",") if isinstance(text, str) else list(text)
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise UserError("--models is empty: give a comma-separated list, e.g. --models SS4Rec,SASRec")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserError(f"--models names {', '.join(duplicates)} more than once; each model runs once")
+    specs = []
+    for name in names:
+        ablation = next((a for a in ABLATIONS if a.lower() == name.lower()), None)
+        if ablation:
+            specs.append(ModelSpec(ablation, "SS4Rec", {"model_type": ablation}))
+        else:
+            specs.append(ModelSpec(name, name))
+    return specs
+
+
+def shared_settings(config_files=(), config_dict=None, epochs=None) -> dict:
+    """The one merged config every model gets (before per-model filtering)."""
+    from ss4rec.config import load_config_file
+
+    merged = dict(COMPARE_DEFAULTS)
+    for f in config_files or ():
+        merged.update(load_config_file(f))
+    merged.update(config_dict or {})
+    if epochs is not None:
+        if int(epochs) < 1:
+            raise UserError(f"--epochs must be at least 1, not {epochs}")
+        merged["epochs"] = int(epochs)
+    return merged
+
+
+def _own_keys(model: str) -> set[str]:
+    """Keys of a model's own defaults file (empty for unknown names)."""
+    from ss4rec.config import load_config_file, model_config_file
+
+    path = model_config_file(model)
+    return set(load_config_file(path)) if path is not None else set()
+
+
+def settings_for(spec: ModelSpec, shared: dict, specs) -> dict:
+    """``shared`` without other models' own keys, plus ``spec``'s overrides."""
+    from ss4rec.config import known_keys
+
+    general = known_keys("")  # RecBole's and ss4rec's keys, no model's
+    own = _own_keys(spec.model)
+    others = set().union(*(_own_keys(s.model) for s in specs if s.model != spec.model))
+    foreign = {k for k in shared if k in others and k not in own and k not in general}
+    settings = {k: v for k, v in shared.items() if k not in foreign}
+    settings.update(spec.overrides)
+    return settings
+
+
+def _failure_cause(log_file: Path, returncode: int) -> str:
+    """The one-line cause of a failed subprocess: its ``error:`` line, else its last words."""
+    lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines() if log_file.exists() else []
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (out of memory?)" if -returncode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    last = next((line for line in reversed(lines) if line.strip()), "no output")
+    return f"exit code {returncode}: {last.strip()}"
+
+
+def _run_subprocess(command, log_file: Path, timeout_s=None):
+    """Run ``command`` with its output in ``log_file``. Returns (returncode, peak RSS in MiB, timed_out).
+
+    ``os.wait4`` reports the resource use of exactly this child (RUSAGE_CHILDREN would
+    be the maximum over every child so far).
+    """
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    start = time.monotonic()
+    timed_out = False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)  # its whole session: RecBole's workers too
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.5)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return proc.returncode, usage.ru_maxrss / 1024, timed_out  # ru_maxrss: KiB on Linux
+
+
+def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, device=None,
+              timeout_s=None) -> dict:
+    """Train one model in a subprocess; a table row (status ``ok`` or ``failed`` with ``error``)."""
+    import json
+
+    model_dir = out_dir / _folder_name(spec.label)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    settings_file = model_dir / "settings.yaml"
+    settings_file.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    results_file = model_dir / "results.json"
+    if results_file.exists():
+        results_file.unlink()  # a stale file must not pass for this run's result
+    command = [sys.executable, "-m", "ss4rec", "train", "--model", spec.model, "--dataset", dataset,
+               "--config", str(settings_file), "--output", str(model_dir)]
+    if device:
+        command += ["--device", device]
+    row = {"model": spec.label, "status": "failed", "run_dir": str(model_dir), "error": ""}
+    returncode, peak_rss_mb, timed_out = _run_subprocess(command, model_dir / "train.out", timeout_s)
+    if timed_out:
+        row["error"] = f"timed out after {timeout_s:.0f} s"
+    elif returncode != 0 or not results_file.exists():
+        row["error"] = _failure_cause(model_dir / "train.out", returncode)
+    else:
+        results = json.loads(results_file.read_text(encoding="utf-8"))
+        row.update(results["test"])
+        row.update(status="ok", seconds_per_epoch=results["seconds_per_epoch"],
+                   epochs_run=results["epochs_run"], train_seconds=results["train_seconds"],
+                   parameters=results["parameters"])
+        if "peak_gpu_memory_mb" in results:
+            row.update(peak_memory_mb=results["peak_gpu_memory_mb"], memory_kind="cuda")
+        else:
+            row.update(peak_memory_mb=peak_rss_mb, memory_kind="rss")
+    return row
+
+
+def _folder_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def metric_columns(topk) -> list[str]:
+    return [f"{m}@{k}" for m in METRIC_ORDER for k in topk]
+
+
+def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None, epochs=None,
+            output_dir="runs/compare", device=None, timeout_s=None, log=print) -> list[dict]:
+    """Train every model of ``models`` under the same settings; write the comparison table.
+
+    Args:
+        models: ``"SS4Rec,SASRec,..."`` or a list of names (RecBole models, SS4Rec, ablations).
+        dataset, config_files, config_dict: as for :func:`ss4rec.run`, shared by all models.
+        epochs: overrides ``epochs`` for every model.
+        output_dir: where the table and one folder per model go.
+        device: ``cpu``, ``cuda`` or None (RecBole's choice).
+        timeout_s: per-model wall-clock limit; a model past it is killed and marked failed.
+        log: where progress lines go (``print``; ``None`` for silence).
+
+    Returns:
+        One row per model: ``model``, ``status`` (``ok``/``failed``), metrics, costs, ``error``.
+    """
+    specs = parse_models(models)
+    out_dir = Path(output_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shared = shared_settings(config_files, config_dict, epochs)
+    rows = []
+    for spec in specs:
+        if log:
+            log(f"[compare] {spec.label}: training ({out_dir / _folder_name(spec.label)})", flush=True)
+        row = run_model(spec, settings_for(spec, shared, specs), dataset, out_dir, device, timeout_s)
+        rows.append(row)
+        if log:
+            detail = f"ndcg@10 {row.get('ndcg@10', float('nan')):.4f}" if row["status"] == "ok" else row["error"]
+            log(f"[compare] {spec.label}: {row['status']} ({detail})", flush=True)
+        write_tables(rows, out_dir, shared, dataset)
+    return rows
+
+
+def write_tables(rows, out_dir, shared: dict, dataset: str) -> None:
+    """``comparison.csv`` (every column) and ``comparison.md`` (readable) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    columns = ["model", "status", *metric_columns(shared.get("topk", [10])), *COST_COLUMNS, "run_dir", "error"]
+    with open(out_dir / "comparison.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+    (out_dir / "comparison.md").write_text(markdown_table(rows, shared, dataset), encoding="utf-8")
+
+
+def markdown_table(rows, shared: dict, dataset: str) -> str:
+    """The comparison as a Markdown table, failures listed with their causes below it."""
+    metrics = metric_columns(shared.get("topk", [10]))
+    header = ["model", *[m.replace("hit", "HR").replace("ndcg", "NDCG").replace("mrr", "MRR") for m in metrics],
+              "s/epoch", "epochs", "peak MiB", "params"]
+    lines = [
+        f"Dataset `{dataset}`; MAX_ITEM_LIST_LENGTH {shared.get('MAX_ITEM_LIST_LENGTH', 'default')}, "
+        f"epochs {shared.get('epochs', 'default')}, train_batch_size {shared.get('train_batch_size', 'default')}, "
+        f"valid metric {shared.get('valid_metric')}; test split, full ranking.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in rows:
+        if row["status"] != "ok":
+            lines.append("| " + " | ".join([row["model"], "failed", *[""] * (len(header) - 2)]) + " |")
+            continue
+        memory = f"{row['peak_memory_mb']:.0f} ({row['memory_kind']})"
+        cells = [row["model"], *[f"{row.get(m, float('nan')):.4f}" for m in metrics],
+                 f"{row['seconds_per_epoch']:.1f}", str(row["epochs_run"]), memory, f"{row['parameters']:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        lines += ["", "Failed:", ""] + [f"- {r['model']}: {r['error']}" for r in failed]
+    return "\n".join(lines) + "\n"
