@@ -26,8 +26,14 @@ CHECKPOINT_FORMAT = "ss4rec-checkpoint-v1"
 
 def to_plain(value):
     """Recursively turn config values into data ``torch.load(weights_only=True)`` accepts."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, str):
         return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):  # also numpy.float64 (a float subclass weights_only refuses)
+        return float(value)
     if isinstance(value, enum.Enum):
         return value.name
     if isinstance(value, dict):
@@ -87,3 +93,44 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             f"checkpoint {path} is not an ss4rec checkpoint (no format={CHECKPOINT_FORMAT!r} key)"
         )
     return state
+
+
+def rng_state() -> dict:
+    """Every global random generator's state, as data ``weights_only`` loading accepts.
+
+    Python's state is a tuple of ints (kept as a list); numpy's key array becomes a tensor,
+    since ``weights_only`` refuses numpy arrays.
+
+        >>> state = rng_state(); set_rng_state(state)  # doctest: +SKIP
+    """
+    import random
+
+    import numpy as np
+
+    version, mt_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(mt_state), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured (CUDA only where this machine has CUDA)."""
+    import random
+
+    import numpy as np
+
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -11,3 +11,11 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset that is missing, malformed or unusable."""
+
+
+class TrainingGuardError(UserError):
+    """Training stopped by a guard (non-finite loss or gradient, LR 0, stuck loss, frozen metrics).
+
+    The message names the cause, where it happened (epoch, batch, optimiser step) and the fix;
+    the last good checkpoint and a debug bundle are saved next to the run's checkpoints.
+    """

@@ -34,10 +34,16 @@ BUNDLED_DATASET = "ml-100k"
 _RUN_DEFAULTS = {"show_progress": False}
 
 
-def resolve_model(name: str):
-    """A model name -> (canonical name, class). SS4Rec is ours; others are RecBole's."""
+def resolve_model(name):
+    """A model name -> (canonical name, class). SS4Rec is ours; others are RecBole's.
+
+    A model class is used as it is, named by its ``__name__`` (RecBole loads the defaults
+    YAML of that name: a subclass named like its RecBole base inherits the base's defaults).
+    """
     from recbole.utils import get_model
 
+    if not isinstance(name, str):
+        return name.__name__, name
     from ss4rec.model import SS4Rec
 
     if name.lower() == "ss4rec":
@@ -269,7 +275,7 @@ def default_output_dir(model: str, dataset: str) -> Path:
 
 
 def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), config_dict=None,
-        output_dir=None, device: str | None = None, saved: bool = True) -> dict:
+        output_dir=None, device: str | None = None, saved: bool = True, resume=None) -> dict:
     """Train and test ``model`` on ``dataset`` through RecBole; return (and save) the results.
 
     Args:
@@ -281,6 +287,8 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
             train.log, checkpoints/ and RecBole's tensorboard logs.
         device: ``cpu``, ``cuda`` or None (RecBole's choice: GPU when available).
         saved: save checkpoints and test the best one (else test the last model).
+        resume: a ``checkpoints/MODEL-last.pth`` of an interrupted run: continue it from its
+            next epoch (same settings expected; ``output_dir`` defaults to that run's folder).
 
     Returns:
         The contents of ``results.json``: model, dataset, best_valid, test, epochs_run,
@@ -293,7 +301,10 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     from ss4rec.checkpoint import config_to_plain
     from ss4rec.trainer import SS4RecTrainer
 
-    out = Path(output_dir if output_dir is not None else default_output_dir(model, dataset)).resolve()
+    if output_dir is None and resume is not None:
+        output_dir = Path(resume).resolve().parent.parent  # RUN/checkpoints/MODEL-last.pth
+    model_label = getattr(model, "__name__", model)
+    out = Path(output_dir if output_dir is not None else default_output_dir(model_label, dataset)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     config, model_class = build_config(model, dataset, config_files, config_dict, device, out)
 
@@ -310,13 +321,20 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         logger.info(f"{config['model']}: {n_params:,} trainable parameters")
         trainer = SS4RecTrainer(config, net)
         trainer.saved_model_file = str(Path(config["checkpoint_dir"]) / f"{config['model']}-best.pth")
+        if resume is not None:
+            trainer.resume_checkpoint(resume)
 
-        start = time.time()
-        best_valid_score, best_valid = trainer.fit(
-            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-        )
-        train_seconds = time.time() - start
-        test = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+        failed = True
+        try:
+            start = time.time()
+            best_valid_score, best_valid = trainer.fit(
+                train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+            )
+            train_seconds = time.time() - start
+            test = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+            failed = False
+        finally:  # W&B: test metrics, then wandb.finish (also after a crash)
+            trainer.close(test_result=None if failed else test, failed=failed)
         epochs_run = len(trainer.train_loss_dict)
 
     result = {
@@ -336,6 +354,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         "device": str(config["device"]),
         "config": config_to_plain(config),
         "versions": versions(),
+        "training": trainer.training_summary(),  # epochs_ran (0-based), resumed_from, steps, LR
     }
     if torch.cuda.is_available() and str(config["device"]).startswith("cuda"):
         result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -1,31 +1,279 @@
-"""RecBole's Trainer, extended: checkpoints that load on torch >= 2.6.
+"""RecBole's Trainer, extended: guards, safe checkpoints, exact resume, LR schedules, W&B.
 
-RecBole's ``Trainer`` pickles its ``Config`` into checkpoints and reloads them with a plain
-``torch.load``, which torch >= 2.6 refuses (``weights_only=True`` by default): training
-succeeds, then ``evaluate(load_best_model=True)`` crashes. This subclass saves plain dicts
-(:mod:`ss4rec.checkpoint`) atomically and loads them with ``weights_only=True``.
-Everything else is RecBole's own loop.
+:class:`SS4RecTrainer` keeps RecBole's ``fit`` / ``evaluate`` loop and changes only:
+
+- **checkpoints**: plain dicts (:mod:`ss4rec.checkpoint`), written atomically, loaded with
+  ``weights_only=True`` (RecBole pickles its ``Config``, which torch >= 2.6 refuses).
+  ``MODEL-best.pth`` at each new best, ``MODEL-last.pth`` after every epoch; both hold
+  model, optimiser, LR schedule, epoch, optimiser step, best score and result, early-stopping
+  counter, guard state and every random generator (Python, numpy, torch, CUDA, and the
+  training dataloader's own shuffling generator), so :meth:`resume_checkpoint` continues a
+  killed run as if it had never stopped.
+- **one training step** (``_train_epoch``, RecBole's loop plus hooks): gradient accumulation
+  (``grad_accum_steps``), the LR schedule, the pre-clip gradient norm every optimiser step,
+  ``clip_grad_norm``, and the guards of :mod:`ss4rec.guards` (non-finite loss or gradient,
+  LR 0 while steps remain, loss stuck at the random baseline, frozen validation metrics).
+  A guard stops training with :class:`~ss4rec.errors.TrainingGuardError`, after saving the
+  last good weights (``MODEL-lastgood.pth``) and a debug bundle (``MODEL-guard-debug.json``:
+  config, the failing batch's ids, loss / LR / grad-norm history) in the checkpoint folder.
+- **W&B**: :class:`ss4rec.wandb_logging.WandbRunLogger` replaces RecBole's logger, so a run
+  makes exactly one ``wandb.init``; :meth:`close` calls ``wandb.finish``.
+
+    >>> trainer = SS4RecTrainer(config, model)  # doctest: +SKIP
+    >>> trainer.resume_checkpoint("runs/demo/checkpoints/SS4Rec-last.pth")  # doctest: +SKIP
+    >>> best_score, best_result = trainer.fit(train_data, valid_data)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import collections
+import json
+import os
+from pathlib import Path
+
 import torch
 from recbole.trainer import Trainer
+from torch.nn.utils.clip_grad import clip_grad_norm_
+from tqdm import tqdm
 
-from ss4rec.checkpoint import config_to_plain, load_checkpoint, save_checkpoint
+from ss4rec.checkpoint import (config_to_plain, load_checkpoint, rng_state, save_checkpoint,
+                               set_rng_state, to_plain)
+from ss4rec.errors import TrainingGuardError, UserError
+from ss4rec.guards import LRSchedule, TrainingGuards, baseline_loss, guard_settings, optimizer_steps
+from ss4rec.wandb_logging import WandbRunLogger
+
+STEP_LOG_LENGTH = 1000  # optimiser steps of loss / LR / grad-norm history kept for debug bundles
+
+
+def _grad_scaler(enabled: bool):
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3; torch.cuda.amp's is deprecated
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def _total_norm(grads, norm_type: float) -> float:
+    """The norm of all gradients together, as ``clip_grad_norm_`` computes it (before clipping)."""
+    if not grads:
+        return 0.0
+    norms = torch.stack([torch.linalg.vector_norm(g.detach(), norm_type) for g in grads])
+    return float(torch.linalg.vector_norm(norms, norm_type))
 
 
 class SS4RecTrainer(Trainer):
-    """RecBole ``Trainer`` with plain-dict, atomically written, safely loaded checkpoints."""
+    """RecBole ``Trainer`` with guards, safe checkpoints, exact resume, LR schedules and W&B."""
 
-    def _checkpoint_state(self, epoch: int) -> dict:
+    def __init__(self, config, model):
+        self.guard_config = guard_settings(config)
+        for key, value in self.guard_config.items():  # unset keys: show the defaults used
+            if config[key] is None:
+                config[key] = value
+        # RecBole's __init__ starts its own W&B run when log_wandb is on; ours replaces it,
+        # so hide the flag from it: exactly one wandb.init per run.
+        log_wandb = config["log_wandb"]
+        config["log_wandb"] = False
+        try:
+            super().__init__(config, model)
+        finally:
+            config["log_wandb"] = log_wandb
+        self.wandblogger = WandbRunLogger(config)
+
+        self.grad_accum_steps = self.guard_config["grad_accum_steps"]
+        self.guards = TrainingGuards(
+            self.guard_config, baseline_loss(config["loss_type"], getattr(model, "n_items", None))
+        )
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.lr_schedule: LRSchedule | None = None
+        self.optim_step = 0  # optimiser steps taken in the whole run (RecBole's cur_step is
+        self.total_optim_steps = None  # its early-stopping counter, kept as it is)
+        self.step_log = collections.deque(maxlen=STEP_LOG_LENGTH)
+        self.epochs_ran: list[int] = []  # epoch indices trained by this process
+        self.resumed_from: dict | None = None
+        self.last_checkpoint_file = os.path.join(self.checkpoint_dir, f"{config['model']}-last.pth")
+        self._scaler = None
+        self._pending_resume = None
+        self._train_data = None
+        self._has_valid = False
+        self._saved = True
+        self._latest_valid_result = None
+        self._epoch = 0
+        self._where = None
+        self._batch = None
+
+    # ---- fit: RecBole's loop, with a per-epoch "last" checkpoint and guard bookkeeping ----
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None):
+        self._prepare_fit(train_data, valid_data, saved)
+
+        def after_evaluation(epoch_idx, valid_score):
+            # RecBole calls this after early stopping and the best checkpoint are updated:
+            # the right moment for a "last" checkpoint a resume can continue from.
+            if saved:
+                self._save_last(epoch_idx)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        try:
+            return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                               show_progress=show_progress, callback_fn=after_evaluation)
+        except TrainingGuardError as err:
+            self._record_guard_stop(err)
+            raise
+
+    def _prepare_fit(self, train_data, valid_data, saved):
+        self._train_data = train_data
+        self._has_valid = bool(valid_data)
+        self._saved = saved
+        self.batches_per_epoch = len(train_data)
+        self.total_optim_steps = optimizer_steps(self.batches_per_epoch, self.grad_accum_steps, self.epochs)
+        s = self.guard_config
+        if s["lr_scheduler"] != "none" or s["lr_warmup_steps"]:
+            length = s["lr_schedule_steps"] or self.total_optim_steps
+            self.lr_schedule = LRSchedule(s["lr_scheduler"], length, s["lr_warmup_steps"], float(s["lr_min_ratio"]))
+            self.logger.info(
+                f"LR schedule: {s['lr_scheduler']}, {s['lr_warmup_steps']} warmup steps, {length} "
+                f"optimiser steps in all ({self.batches_per_epoch} batches per epoch / "
+                f"grad_accum_steps {self.grad_accum_steps} -> {self.total_optim_steps} steps in "
+                f"{self.epochs} epochs), final LR {s['lr_min_ratio']} x learning_rate"
+            )
+            if length > self.total_optim_steps:
+                self.logger.warning(
+                    f"lr_schedule_steps={length} is longer than the {self.total_optim_steps} optimiser "
+                    "steps of this run: the LR never reaches its final value (leave lr_schedule_steps "
+                    "unset to fit the schedule to the run)"
+                )
+        if self._pending_resume is not None:
+            if self._pending_resume["rng"] is not None:
+                set_rng_state(self._pending_resume["rng"])
+            generator_state = self._pending_resume["generator"]
+            if generator_state is not None and getattr(train_data, "generator", None) is not None:
+                train_data.generator.set_state(generator_state)  # RecBole shuffles with its own generator
+            self._pending_resume = None
+
+    def _is_eval_epoch(self, epoch_idx: int) -> bool:
+        return self._has_valid and self.eval_step > 0 and (epoch_idx + 1) % self.eval_step == 0
+
+    # ---- one epoch: RecBole's _train_epoch with accumulation, LR schedule, norms and guards ----
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.model.train()
+        loss_func = loss_func or self.model.calculate_loss
+        self._epoch = epoch_idx
+        total_loss = None
+        iter_data = tqdm(train_data, total=len(train_data), ncols=100,
+                         desc=f"Train {epoch_idx:>5}") if show_progress else train_data
+        if not self.config["single_spec"] and train_data.shuffle:
+            train_data.sampler.set_epoch(epoch_idx)
+        if self._scaler is None:
+            self._scaler = _grad_scaler(self.enable_scaler)
+        n_batches = len(train_data)
+        first_step = self.optim_step
+        group_loss, group_size = 0.0, 0
+        self.optimizer.zero_grad()
+        for batch_idx, interaction in enumerate(iter_data):
+            interaction = interaction.to(self.device)
+            self._batch = interaction
+            self._where = f"epoch {epoch_idx}, batch {batch_idx} (optimiser step {self.optim_step})"
+            sync_loss = 0
+            if not self.config["single_spec"]:
+                self.set_reduce_hook()
+                sync_loss = self.sync_grad_loss()
+            with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
+                losses = loss_func(interaction)
+            if isinstance(losses, tuple):
+                loss = sum(losses)
+                values = tuple(part.item() for part in losses)
+                total_loss = values if total_loss is None else tuple(map(sum, zip(total_loss, values)))
+                loss_value = sum(values)
+            else:
+                loss = losses
+                loss_value = losses.item()
+                total_loss = loss_value if total_loss is None else total_loss + loss_value
+            self.guards.check_loss(loss_value, self._where)
+            # Gradients of a group of batches add up: scale each so the group's is their mean.
+            group_start = batch_idx - batch_idx % self.grad_accum_steps
+            group_len = min(self.grad_accum_steps, n_batches - group_start)
+            self._scaler.scale((loss + sync_loss) / group_len).backward()
+            group_loss, group_size = group_loss + loss_value, group_size + 1
+            if group_size == group_len:
+                self._optimizer_step(group_loss / group_size)
+                group_loss, group_size = 0.0, 0
+        self.epochs_ran.append(epoch_idx)
+        self._log_epoch_steps(epoch_idx, first_step)
+        if self._saved and not self._is_eval_epoch(epoch_idx):
+            self._save_last(epoch_idx)  # no evaluation follows: this epoch's state is final
+        return total_loss
+
+    def _optimizer_step(self, step_loss: float) -> None:
+        if self.enable_scaler:
+            self._scaler.unscale_(self.optimizer)  # norms and clipping on true gradient values
+        named = [(name, p) for name, p in self.model.named_parameters() if p.grad is not None]
+        clip = dict(self.clip_grad_norm or {})
+        grad_norm = _total_norm([p.grad for _, p in named], float(clip.get("norm_type", 2.0)))
+        if not self.enable_scaler:  # a GradScaler expects inf gradients now and then: it skips those steps
+            self.guards.check_grads(named, grad_norm, self._where)
+        if clip:
+            clip_grad_norm_([p for _, p in named], **clip)
+        lr = self._apply_lr_schedule()
+        self.guards.check_lr(lr, self.optim_step, self.total_optim_steps, self._where)
+        self._scaler.step(self.optimizer)
+        self._scaler.update()
+        self.optimizer.zero_grad()
+
+        record = {"step": self.optim_step, "epoch": self._epoch, "loss": step_loss, "lr": lr,
+                  "grad_norm": grad_norm}
+        self.step_log.append(record)
+        self.tensorboard.add_scalar("Train/step_loss", step_loss, self.optim_step)
+        self.tensorboard.add_scalar("Train/lr", lr, self.optim_step)
+        self.tensorboard.add_scalar("Train/grad_norm", grad_norm, self.optim_step)
+        self.wandblogger.log_step({"loss": step_loss, "lr": lr, "grad_norm": grad_norm}, self.optim_step)
+        self.optim_step += 1
+        self.guards.check_baseline(step_loss, self.optim_step, self._where)
+
+    def _apply_lr_schedule(self) -> float:
+        """Set this step's LR on every parameter group; return the largest."""
+        if self.lr_schedule is not None:
+            factor = self.lr_schedule.factor(self.optim_step)
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base * factor
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+    def _log_epoch_steps(self, epoch_idx: int, first_step: int) -> None:
+        steps = [r for r in self.step_log if r["step"] >= first_step]
+        if not steps:
+            return
+        norms = [r["grad_norm"] for r in steps]
+        self.logger.info(
+            f"epoch {epoch_idx}: {len(steps)} optimiser steps (run: {self.optim_step}/"
+            f"{self.total_optim_steps}), lr {steps[0]['lr']:.4g} -> {steps[-1]['lr']:.4g}, "
+            f"grad norm (pre-clip) mean {sum(norms) / len(norms):.4g} max {max(norms):.4g}"
+        )
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self._latest_valid_result = valid_result
+        self.guards.check_metrics(valid_result, self._epoch)
+        return valid_score, valid_result
+
+    # ---- checkpoints ----
+
+    def _checkpoint_state(self, epoch: int, best_valid_result=None) -> dict:
+        generator = getattr(self._train_data, "generator", None)
         return {
             "model": self.config["model"],
             "epoch": epoch,
-            "cur_step": self.cur_step,
+            "cur_step": self.cur_step,  # RecBole's early-stopping counter
+            "optim_step": self.optim_step,
             "best_valid_score": float(self.best_valid_score),
+            "best_valid_result": to_plain(dict(best_valid_result)) if best_valid_result else None,
             "state_dict": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": {**self.lr_schedule.state_dict(), "base_lrs": list(self.base_lrs),
+                          "step": self.optim_step} if self.lr_schedule else None,
+            "grad_accum_steps": self.grad_accum_steps,
+            "guards": self.guards.state_dict(),
+            "rng": rng_state(),
+            "dataloader_generator": generator.get_state() if generator is not None else None,
             "config": config_to_plain(self.config),
         }
 
@@ -33,19 +281,124 @@ class SS4RecTrainer(Trainer):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
         path = kwargs.pop("saved_model_file", self.saved_model_file)
-        save_checkpoint(self._checkpoint_state(epoch), path)
+        if epoch < 0 and self.resumed_from:
+            # RecBole saves the current weights as "best" when no epoch is left to train;
+            # after a resume that would overwrite the real best checkpoint.
+            self.logger.info(f"nothing left to train after epoch {self.start_epoch - 1}")
+            return
+        # At a new best RecBole saves before storing best_valid_result: the latest result is it.
+        best_result = kwargs.pop("best_valid_result", self._latest_valid_result)
+        save_checkpoint(self._checkpoint_state(epoch, best_result), path)
         if verbose:
             self.logger.info(f"Saving current: {path}")
 
+    def _save_last(self, epoch_idx: int) -> None:
+        self._save_checkpoint(epoch_idx, verbose=False, saved_model_file=self.last_checkpoint_file,
+                              best_valid_result=self.best_valid_result)
+        self.logger.info(f"epoch {epoch_idx} done; saved {self.last_checkpoint_file} "
+                         f"(resume with --resume to continue from epoch {epoch_idx + 1})")
+
     def resume_checkpoint(self, resume_file):
+        """Continue the run saved in ``resume_file`` (``MODEL-last.pth``) from its next epoch.
+
+        Restores model, optimiser, LR-schedule position, epoch, optimiser step, best score and
+        result, early-stopping counter, guard state and every random generator. Unlike
+        RecBole's, it leaves ``saved_model_file`` (the best checkpoint) where it is.
+        """
         checkpoint = load_checkpoint(resume_file, map_location=self.device)
-        self.saved_model_file = str(resume_file)
+        if str(checkpoint.get("model", "")).lower() != str(self.config["model"]).lower():
+            raise UserError(
+                f"checkpoint {resume_file} is for model {checkpoint.get('model')!r}, this run trains "
+                f"{self.config['model']!r}: resume with the same --model"
+            )
+        if checkpoint.get("grad_accum_steps", 1) != self.grad_accum_steps:
+            self.logger.warning(f"grad_accum_steps changed from {checkpoint.get('grad_accum_steps', 1)} "
+                                f"to {self.grad_accum_steps}: the LR schedule position shifts")
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
+        self.optim_step = checkpoint.get("optim_step", 0)
         self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint.get("best_valid_result")
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+        self.guards.load_state_dict(checkpoint.get("guards") or {})
+        self._pending_resume = {"rng": checkpoint.get("rng"),
+                                "generator": checkpoint.get("dataloader_generator")}
+        self.resumed_from = {"checkpoint": str(resume_file), "epochs_done": self.start_epoch,
+                             "start_epoch": self.start_epoch}
+        self.logger.info(
+            f"Resuming from {resume_file}: epochs 0..{self.start_epoch - 1} done (0-based), training "
+            f"continues at epoch index {self.start_epoch} (epoch {self.start_epoch + 1} of "
+            f"{self.epochs}), optimiser step {self.optim_step}, best valid score "
+            f"{self.best_valid_score:.4f}, early-stopping counter {self.cur_step}"
+        )
+
+    # ---- guard stop: last good weights and a debug bundle ----
+
+    def _record_guard_stop(self, err: TrainingGuardError) -> None:
+        folder = Path(self.checkpoint_dir)
+        name = self.config["model"]
+        saved = []
+        weights_ok = all(bool(p.isfinite().all()) for p in self.model.parameters())
+        good_path = folder / f"{name}-lastgood.pth"
+        if weights_ok:
+            # Mid-epoch weights just before the failing update: for inspection. The epoch
+            # recorded is the last completed one, so a resume redoes the interrupted epoch.
+            state = self._checkpoint_state(self._epoch - 1, self.best_valid_result)
+            state["guard_stop"] = {"error": str(err), "where": self._where}
+            save_checkpoint(state, good_path)
+            saved.append(f"last good weights {good_path}")
+        bundle_path = folder / f"{name}-guard-debug.json"
+        bundle = {
+            "error": str(err),
+            "where": self._where,
+            "epoch": self._epoch,
+            "optimiser_step": self.optim_step,
+            "weights_finite": weights_ok,
+            "batch_ids": self._batch_ids(),
+            "step_history": list(self.step_log),
+            "epoch_losses": {str(k): v for k, v in self.train_loss_dict.items()},
+            "valid_history": self.guards.metric_history,
+            "last_checkpoint": self.last_checkpoint_file if os.path.exists(self.last_checkpoint_file) else None,
+            "lastgood_checkpoint": str(good_path) if weights_ok else None,
+            "config": config_to_plain(self.config),
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = bundle_path.with_name(f".{bundle_path.name}.tmp")
+        tmp.write_text(json.dumps(bundle, indent=1, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, bundle_path)
+        saved.append(f"debug bundle {bundle_path}")
+        if os.path.exists(self.last_checkpoint_file):
+            saved.append(f"resume point (after the fix) {self.last_checkpoint_file}")
+        err.args = (f"{err}. Saved: {'; '.join(saved)}",)
+        self.logger.error(str(err))
+
+    def _batch_ids(self) -> dict:
+        if self._batch is None:
+            return {}
+        ids = {}
+        for key in ("USER_ID_FIELD", "ITEM_ID_FIELD"):
+            field = self.config[key]
+            values = self._batch.interaction.get(field) if field else None
+            if values is not None:
+                ids[field] = values.tolist()
+        return ids
+
+    # ---- results and shutdown ----
+
+    def training_summary(self) -> dict:
+        """What this process trained: for ``results.json``."""
+        lrs = [r["lr"] for r in self.step_log]
+        return {
+            "epochs_ran": list(self.epochs_ran),
+            "resumed_from": self.resumed_from,
+            "optimizer_steps": self.optim_step,
+            "planned_optimizer_steps": self.total_optim_steps,
+            "grad_accum_steps": self.grad_accum_steps,
+            "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule else None,
+            "lr_last_steps": lrs[-3:],
+            "last_checkpoint": self.last_checkpoint_file if os.path.exists(self.last_checkpoint_file) else None,
+        }
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -55,3 +408,10 @@ class SS4RecTrainer(Trainer):
             self.model.load_state_dict(checkpoint["state_dict"])
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def close(self, test_result=None, failed: bool = False) -> None:
+        """Log the test metrics to W&B and finish its run (RecBole never calls wandb.finish)."""
+        if test_result:
+            self.wandblogger.log_test(test_result)
+        self.wandblogger.finish(exit_code=1 if failed else 0)
+

@@ -43,6 +43,9 @@ def add_subparser(subparsers) -> None:
     add_config_arguments(parser)
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="run folder (default: runs/MODEL-DATASET-TIME)")
+    parser.add_argument("--resume", default=None, metavar="CKPT",
+                        help="continue an interrupted run from its checkpoints/MODEL-last.pth "
+                             "(same --model/--config/--set; --output defaults to that run's folder)")
     parser.set_defaults(func=main)
 
 
@@ -56,6 +59,7 @@ def main(args) -> int:
         config_dict=config_dict_from_args(args),
         output_dir=args.output,
         device=args.device,
+        resume=args.resume,
     )
     test = {k: round(v, 4) for k, v in result["test"].items()}
     print(json.dumps({"run_dir": result["run_dir"], "test": test}, indent=2))
