@@ -178,13 +178,18 @@ class SS4Rec(SequentialRecommender):
         state_dict = {k: v for k, v in state_dict.items() if k not in _OFFICIAL_UNUSED_KEYS}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def forward(self, item_seq, item_seq_len, time_seq, target_time):
+    def sequence_output(self, item_seq, item_seq_len, time_seq, target_time):
+        """Hidden state at every position: ``[B L H]`` (position k sees items <= k)."""
         # item_seq: [B L] item ids; item_seq_len: [B]; time_seq: [B L]; target_time: [B]
         dt = time_intervals(time_seq, item_seq_len, target_time)  # [B L], float64 if exact
         dt = (dt / self.time_unit).float()
         output = self.item_embedding(item_seq)  # [B L H]
         for block in self.model:
             output = block(output, dt)  # [B L H]
+        return output
+
+    def forward(self, item_seq, item_seq_len, time_seq, target_time):
+        output = self.sequence_output(item_seq, item_seq_len, time_seq, target_time)  # [B L H]
         return self.gather_indexes(output, item_seq_len - 1)  # [B H]
 
     def _seq_output(self, interaction):
