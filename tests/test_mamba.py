@@ -26,7 +26,7 @@ TOLERANCE = {
 SHAPES = [
     (2, 1, 16, 4, 2, 32),  # L = 1
     (3, 7, 16, 4, 2, 3),  # L not divisible by the chunk size
-    (2, 33, 32, 8, 2, 8),  # several chunks plus a remainder of one step
+    (2, 17, 32, 8, 2, 8),  # two chunks plus a remainder of one step
     (1, 5, 8, 16, 1, 32),  # one chunk longer than L, expand 1
     (2, 12, 16, 4, 2, 1),  # chunk of one step
 ]
@@ -97,10 +97,10 @@ def test_torch_mamba_matches_per_step_recurrence(shape, dtype):
         assert_close_rel(grad.double(), expected_grads[name], rel, f"grad of {name}")
 
 
-@pytest.mark.parametrize("length,chunk", [(1, 4), (9, 4), (8, 4), (6, 1)])
+@pytest.mark.parametrize("length,chunk", [(1, 4), (9, 4), (4, 1)])
 def test_selective_scan_gradcheck(length, chunk):
     torch.manual_seed(1)
-    batch, d_inner, d_state = 2, 3, 4
+    batch, d_inner, d_state = 1, 2, 3
     kw = {"dtype": torch.float64, "requires_grad": True}
     u = torch.randn(batch, length, d_inner, **kw)
     delta = (torch.rand(batch, length, d_inner, dtype=torch.float64) * 0.5 + 0.01).requires_grad_()

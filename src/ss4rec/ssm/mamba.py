@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ss4rec.errors import ConfigError, UserError
-from ss4rec.ssm.scan import DEFAULT_CHUNK_SIZE, selective_scan
+from ss4rec.ssm.scan import DEFAULT_CHUNK_SIZE, selective_scan, selective_scan_reference
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,8 @@ class Mamba(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.backend = backend
         self.scan_chunk_size = scan_chunk_size
+        # torch backend's scan: "chunked" (fast) or "reference" (per-step loop, for benchmarks)
+        self.scan_impl = "chunked"
         self.last_backend: Optional[str] = None  # what the latest forward ran on
         self._logged_backend: Optional[str] = None
 
@@ -235,7 +237,10 @@ class Mamba(nn.Module):
         # bias added in the compute dtype inside the softplus, as mamba-ssm's delta_bias
         delta = F.softplus(F.linear(dt, self.dt_proj.weight).to(compute) + self.dt_proj.bias.to(compute))
         A = -torch.exp(self.A_log.to(compute))  # [Di N], negative
-        y = selective_scan(x, delta, A, B, C, chunk_size=self.scan_chunk_size)  # [B L Di]
+        if self.scan_impl == "reference":
+            y = selective_scan_reference(x, delta, A, B, C)  # [B L Di]
+        else:
+            y = selective_scan(x, delta, A, B, C, chunk_size=self.scan_chunk_size)  # [B L Di]
         x, z = x.to(compute), z.to(compute)
         y = (y.to(compute) + x * self.D.to(compute)) * F.silu(z)
         return self.out_proj(y.to(hidden.dtype))  # [B L d_model]
