@@ -121,9 +121,9 @@ def test_until_of_cuts_at_the_other_files_last_timestamp(real_inter, tmp_path, c
 
 
 def test_past_part_loads_in_recbole_and_trains_one_epoch(tmp_path, monkeypatch):
-    # 120 real users keep the epoch short on CPU
+    # 60 real users keep the epoch short on CPU
     full = pd.read_csv(RECBOLE_ML100K / "ml-100k.inter", sep="\t")
-    small = full[full["user_id:token"] <= 120]
+    small = full[full["user_id:token"] <= 60]
     inter = tmp_path / "data" / "small" / "small.inter"
     inter.parent.mkdir(parents=True)
     small.to_csv(inter, sep="\t", index=False)
