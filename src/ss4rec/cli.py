@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "ss4rec.commands.split",
     "ss4rec.commands.compare",
     "ss4rec.commands.evaluate",
+    "ss4rec.commands.recommend",
 )
 
 
