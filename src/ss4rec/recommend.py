@@ -196,7 +196,17 @@ def _report_skipped(skipped: dict[str, str], on_unknown: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def _model_input(run, histories: list[_History], request_times: list[float]):
+def _check_sequential(run) -> None:
+    from recbole.model.abstract_recommender import SequentialRecommender
+
+    if not isinstance(run.model, SequentialRecommender):
+        raise UserError(
+            f"recommend answers from interaction histories, so it needs a sequential model "
+            f"(SS4Rec, SASRec, GRU4Rec, ...); this checkpoint holds {type(run.model).__name__}"
+        )
+
+
+def _model_input(run, internal_uids: list[int], histories: list[_History], request_times: list[float]):
     """A RecBole ``Interaction`` for ``full_sort_predict``: last MAX_ITEM_LIST_LENGTH items."""
     from recbole.data.interaction import Interaction
 
@@ -214,6 +224,7 @@ def _model_input(run, histories: list[_History], request_times: list[float]):
         time_seq[row, : len(times)] = torch.from_numpy(times)
         lengths[row] = len(items)
     return Interaction({
+        dataset.uid_field: torch.tensor(internal_uids, dtype=torch.long),  # [B] (Caser, FPMC, HRM... read it)
         model.ITEM_SEQ: item_seq,
         model.ITEM_SEQ_LEN: lengths,
         time_field + run.config["LIST_SUFFIX"]: time_seq,
@@ -261,6 +272,7 @@ def recommend(run, users, k: int = 10, exclude_seen: bool = False, at=None, *,
         raise UserError(f"on_unknown must be one of {ON_UNKNOWN}, not {on_unknown!r}")
     if not isinstance(run, RestoredRun):
         run = restore(run, device=device)
+    _check_sequential(run)
     tokens = _as_user_list(users)
     dataset, model = run.dataset, run.model
 
@@ -291,7 +303,8 @@ def recommend(run, users, k: int = 10, exclude_seen: bool = False, at=None, *,
     for start in range(0, len(answered), batch_size):
         chunk = answered[start:start + batch_size]
         chunk_histories = [histories[known[t]] for t in chunk]
-        interaction = _model_input(run, chunk_histories, [request_times[t] for t in chunk])
+        interaction = _model_input(run, [known[t] for t in chunk], chunk_histories,
+                                   [request_times[t] for t in chunk])
         with torch.no_grad():
             scores = model.full_sort_predict(interaction.to(run.config["device"]))
         scores = scores.view(len(chunk), -1).float().cpu()  # [B n_items]
@@ -337,7 +350,9 @@ def _request_times(run, histories: dict[str, _History], at) -> dict[str, float]:
             UserWarning, stacklevel=3,
         )
         return default
-    early = {t: float(h.times[-1]) for t, h in histories.items() if float(h.times[-1]) > seconds}
+    # Compared in the dataset's precision: a float32 time field rounds epoch seconds to ~64 s.
+    as_stored = float(torch.tensor(seconds, dtype=run.dataset.inter_feat[run.dataset.time_field].dtype))
+    early = {t: float(h.times[-1]) for t, h in histories.items() if float(h.times[-1]) > as_stored}
     if early:
         shown = ", ".join(f"{t!r} ({_iso(last)})" for t, last in list(early.items())[:5])
         raise UserError(
