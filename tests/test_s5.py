@@ -310,6 +310,16 @@ def test_bf16_autocast_keeps_the_scan_in_fp32():
     assert relative_error(mixed, full) <= TOLERANCE["autocast"]
 
 
+def test_float64_input_runs_in_float64():
+    ours, _ = make_pair(seed=8)
+    x, gaps = torch.randn(2, 20, WIDTH), random_gaps(2, 20)
+    with torch.no_grad():
+        double = ours(x.double(), gaps.double())
+        single = ours(x, gaps)
+    assert double.dtype == torch.float64
+    assert relative_error(single.double(), double) <= TOLERANCE["output_fp32"]
+
+
 @pytest.mark.parametrize(
     "step_scale, message",
     [
