@@ -120,12 +120,12 @@ def _chunked_scan(
     Forward: ``x_k = a_k x_{k-1} + b_k`` from ``x_{-1} = initial_state`` (zeros if None).
     Reverse: ``x_k = a_k x_{k+1} + b_k`` from ``x_L = initial_state``.
 
-    The first ``n·T`` positions (``T ≈ sqrt(L)``; for ``reverse`` the last ``n·T``) are cut into
-    ``n`` chunks. (1) A loop over the ``T`` positions of a chunk runs all chunks' local
+    The first ``n·T`` positions (``T ≈ sqrt(L)``) are cut into ``n`` chunks. (1) A loop over the ``T`` positions of a chunk runs all chunks' local
     recurrences at once, from a zero state, and accumulates each position's decay since its
     chunk start. (2) A loop over the ``n`` chunks carries the true state across chunk
     boundaries. (3) One vectorised fix-up adds ``decay * state entering the chunk``. The
-    ``L - n·T < T`` leftover positions run as a plain loop. Only products of ``a`` are formed
+    ``L - n·T < T`` leftover positions at the end run as a plain loop (after the chunks, or
+    before them in reverse). Only products of ``a`` are formed
     (no division, no logs), so ``a = 0`` (huge gap) and ``a = 1`` (zero gap) stay exact.
     """
     batch, length, width = b.shape
