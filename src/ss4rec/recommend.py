@@ -274,11 +274,35 @@ def recommend(run, users, k: int = 10, exclude_seen: bool = False, at=None, *,
         run = restore(run, device=device)
     _check_sequential(run)
     tokens = _as_user_list(users)
-    dataset, model = run.dataset, run.model
 
-    # Original ids -> internal ids; ids absent from the run's dataset are reported.
+    known, histories, skipped = _resolve_users(run, tokens)
+    if not known:
+        raise UserError("no user could be answered: " + "; ".join(f"user {u!r}: {why}" for u, why in skipped.items()))
+    _report_skipped(skipped, on_unknown)
+    request_times = _request_times(run, {t: histories[i] for t, i in known.items()}, at)
+
+    answered = list(known)
+    frames = []
+    for start in range(0, len(answered), batch_size):
+        chunk = answered[start:start + batch_size]
+        frames.append(_top_k(run, chunk, [known[t] for t in chunk], [histories[known[t]] for t in chunk],
+                             [request_times[t] for t in chunk], k, exclude_seen))
+    result = pd.concat(frames, ignore_index=True)
+    details = item_details(run.config)
+    if details is not None:
+        result = result.join(details, on="item_id")
+        for column in details.columns:
+            result[column] = result[column].fillna("")
+    result.attrs["skipped_users"] = skipped
+    result.attrs["request_time"] = request_times
+    return result
+
+
+def _resolve_users(run, tokens: list[str]):
+    """Original ids -> ({token: internal id}, {internal id: history}, {token: why skipped})."""
+    dataset = run.dataset
     token_to_id = dataset.field2token_id[dataset.uid_field]
-    skipped, known = {}, {}
+    known, skipped = {}, {}
     for token in tokens:
         internal = token_to_id.get(token)
         if internal is None or internal == 0:  # 0 is RecBole's [PAD] user
@@ -291,45 +315,32 @@ def recommend(run, users, k: int = 10, exclude_seen: bool = False, at=None, *,
         if internal not in histories:
             skipped[token] = "has a single interaction, so RecBole's sequential dataset holds no history for it"
             del known[token]
-    if not known:
-        raise UserError("no user could be answered: " + "; ".join(f"user {u!r}: {why}" for u, why in skipped.items()))
-    _report_skipped(skipped, on_unknown)
+    return known, histories, skipped
 
-    request_times = _request_times(run, {t: histories[i] for t, i in known.items()}, at)
-    details = item_details(run.config)
 
+def _top_k(run, tokens, internal_uids, histories, request_times, k, exclude_seen) -> pd.DataFrame:
+    """One batch of users: scores from ``full_sort_predict``, masked, top-k, original ids."""
+    dataset = run.dataset
+    interaction = _model_input(run, internal_uids, histories, request_times)
+    with torch.no_grad():
+        scores = run.model.full_sort_predict(interaction.to(run.config["device"]))
+    scores = scores.view(len(tokens), -1).float().cpu()  # [B n_items]
+    scores[:, 0] = -torch.inf  # the padding item is not an item
+    if exclude_seen:
+        for row, history in enumerate(histories):
+            scores[row, torch.from_numpy(history.items)] = -torch.inf
+    top_scores, top_items = scores.topk(min(k, scores.shape[1]), dim=1)  # [B k]
     frames = []
-    answered = list(known)
-    for start in range(0, len(answered), batch_size):
-        chunk = answered[start:start + batch_size]
-        chunk_histories = [histories[known[t]] for t in chunk]
-        interaction = _model_input(run, [known[t] for t in chunk], chunk_histories,
-                                   [request_times[t] for t in chunk])
-        with torch.no_grad():
-            scores = model.full_sort_predict(interaction.to(run.config["device"]))
-        scores = scores.view(len(chunk), -1).float().cpu()  # [B n_items]
-        scores[:, 0] = -torch.inf  # the padding item is not an item
-        if exclude_seen:
-            for row, history in enumerate(chunk_histories):
-                scores[row, torch.from_numpy(history.items)] = -torch.inf
-        top_scores, top_items = scores.topk(min(k, scores.shape[1]), dim=1)  # [B k]
-        for row, token in enumerate(chunk):
-            keep = torch.isfinite(top_scores[row])
-            items = top_items[row][keep].numpy()
-            frames.append(pd.DataFrame({
-                "user_id": token,
-                "rank": np.arange(1, len(items) + 1),
-                "item_id": [str(i) for i in dataset.id2token(dataset.iid_field, items)],
-                "score": top_scores[row][keep].numpy().astype(float),
-            }))
-    result = pd.concat(frames, ignore_index=True)
-    if details is not None:
-        result = result.join(details, on="item_id")
-        for column in details.columns:
-            result[column] = result[column].fillna("")
-    result.attrs["skipped_users"] = skipped
-    result.attrs["request_time"] = request_times
-    return result
+    for row, token in enumerate(tokens):
+        keep = torch.isfinite(top_scores[row])  # fewer than k items left to recommend
+        items = top_items[row][keep].numpy()
+        frames.append(pd.DataFrame({
+            "user_id": token,
+            "rank": np.arange(1, len(items) + 1),
+            "item_id": [str(i) for i in dataset.id2token(dataset.iid_field, items)],
+            "score": top_scores[row][keep].numpy().astype(float),
+        }))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _request_times(run, histories: dict[str, _History], at) -> dict[str, float]:
