@@ -1,0 +1,44 @@
+"""notebooks/evaluate.ipynb runs headless (nbclient, the venv's kernel) on a tiny run it makes itself."""
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "evaluate.ipynb"
+
+
+def test_notebook_is_stored_without_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert code_cells
+    assert all(not c.outputs and c.execution_count is None for c in code_cells)
+
+
+def test_notebook_executes_and_saves_figures(tmp_path, monkeypatch):
+    small = tmp_path / "small.yaml"  # the tiny config, smaller still: seconds per model
+    small.write_text("MAX_ITEM_LIST_LENGTH: 10\nhidden_size: 16\ntrain_batch_size: 1024\n")
+    results = tmp_path / "results"
+    # The kernel inherits this environment: the notebook makes its own run into `results`.
+    monkeypatch.setenv("SS4REC_RESULTS", str(results))
+    monkeypatch.setenv("SS4REC_MODELS", "SASRec,GRU4Rec")
+    monkeypatch.setenv("SS4REC_CONFIG", f"tiny,{small}")
+    monkeypatch.setenv("SS4REC_EPOCHS", "1")
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()  # raises CellExecutionError on any failing cell
+
+    assert nb.cells[-1].outputs[0]["text"].strip() == sys.executable  # the venv's python
+    assert (results / "comparison.csv").is_file()
+    for figure in ("hr_ndcg_vs_k.png", "ndcg10_by_history.png"):
+        png = (results / figure).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    for model in ("SASRec", "GRU4Rec"):
+        assert (results / model / "evaluate" / "user_ranks.csv").is_file()
+    # The table cell shows both models.
+    outputs = "".join(str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
+    assert "SASRec" in outputs and "GRU4Rec" in outputs
