@@ -148,16 +148,22 @@ def _run_subprocess(command, log_file: Path, timeout_s=None):
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     start = time.monotonic()
     timed_out = False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)  # its whole session: RecBole's workers too
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.5)
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGKILL)  # its whole session: RecBole's workers too
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.5)
+    except BaseException:
+        # Its own session does not get the terminal's Ctrl-C: stop it with us.
+        os.killpg(proc.pid, signal.SIGKILL)
+        os.wait4(proc.pid, 0)
+        raise
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     return proc.returncode, usage.ru_maxrss / 1024, timed_out  # ru_maxrss: KiB on Linux
 
