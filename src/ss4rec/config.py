@@ -65,6 +65,8 @@ def known_keys(model: str) -> set[str]:
     """Every key that RecBole, the model ``model`` and ss4rec understand."""
     from recbole.utils import argument_list
 
+    import ss4rec.guards  # noqa: F401  (registers the trainer's keys in SS4REC_KEYS)
+
     props = _recbole_dir() / "properties"
     keys = set(_RECBOLE_EXTRA_KEYS) | SS4REC_KEYS
     for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):

@@ -166,6 +166,10 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
 
     data_path = merged.pop("data_path", None)
     folder = dataset_location(dataset, data_path)
+    if "load_col" not in merged and dataset != BUNDLED_DATASET:
+        # RecBole's default for datasets without a bundled YAML loads only user and item
+        # ids: no timestamp, so no time order and no SS4Rec. Load every column instead.
+        merged["load_col"] = None
     merged["data_path"] = str(folder.parent)
     if output_dir is not None:
         merged["checkpoint_dir"] = str(Path(output_dir).resolve() / "checkpoints")
