@@ -1,0 +1,31 @@
+"""The README's quickstart and .ci/run stay in sync; documented packaged configs exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ss4rec.config import resolve_config_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _quickstart_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quickstart.*?```bash\n(.*?)```", readme, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_quickstart_is_exactly_two_commands_and_ci_runs_the_test_one():
+    commands = _quickstart_commands()
+    assert len(commands) == 2
+    train, test = commands
+    assert "pip install torch==2.13.0" in train and "ss4rec train" in train and "ml-100k" in train
+    assert "pytest" in test
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test in ci, "the README's test command must be the one .ci/run runs"
+
+
+def test_packaged_configs_named_in_the_readme_exist():
+    for name in ("ss4rec", "ml-100k-quick", "tiny"):
+        assert resolve_config_file(name).is_file()
