@@ -64,6 +64,13 @@ def _sync(device: str) -> None:
 
 def measure(impl: str, batch: int, length: int, d_model: int, device: str, repeats: int = 3) -> dict:
     """Time one row in this process. peak_MB is exact on CUDA; on CPU use :func:`measure_isolated`."""
+    # RecBole (recbole/model/sequential_recommender/sine.py) switches autograd anomaly
+    # detection on for the whole process when it is imported; time the layer, not the checks.
+    with torch.autograd.set_detect_anomaly(False):
+        return _measure(impl, batch, length, d_model, device, repeats)
+
+
+def _measure(impl: str, batch: int, length: int, d_model: int, device: str, repeats: int) -> dict:
     torch.manual_seed(0)
     layer = _build_layer(impl, d_model, device)
     hidden = torch.randn(batch, length, d_model, device=device, requires_grad=True)
