@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "ss4rec.commands.compare",
     "ss4rec.commands.evaluate",
     "ss4rec.commands.recommend",
+    "ss4rec.commands.preflight",
 )
 
 
