@@ -95,6 +95,9 @@ class Mamba(nn.Module):
 
     Arguments are mamba-ssm 2.2.x's (``use_fast_path``/``layer_idx`` are replaced by
     ``backend``), plus ``scan_chunk_size`` for the torch scan (memory vs. loop overhead).
+    Attributes: ``last_backend`` is what the latest forward ran on; ``scan_impl`` picks the
+    torch backend's scan, ``"chunked"`` (default) or ``"reference"`` (the slow per-step
+    loop, for benchmarks).
     """
 
     def __init__(
@@ -237,6 +240,8 @@ class Mamba(nn.Module):
         # bias added in the compute dtype inside the softplus, as mamba-ssm's delta_bias
         delta = F.softplus(F.linear(dt, self.dt_proj.weight).to(compute) + self.dt_proj.bias.to(compute))
         A = -torch.exp(self.A_log.to(compute))  # [Di N], negative
+        if self.scan_impl not in ("chunked", "reference"):
+            raise ConfigError(f"Mamba: scan_impl must be 'chunked' or 'reference', got {self.scan_impl!r}")
         if self.scan_impl == "reference":
             y = selective_scan_reference(x, delta, A, B, C)  # [B L Di]
         else:
