@@ -228,3 +228,15 @@ def test_bfloat16_module_runs_with_fp32_scan():
     assert out.dtype == torch.bfloat16
     assert math.isfinite(out.float().sum().item())
     assert_close_rel(out.float(), expected.detach(), 0.05, "bf16 module")
+
+
+def test_reference_scan_impl_matches_chunked_and_bad_impl_raises():
+    torch.manual_seed(6)
+    layer = Mamba(16, d_state=4, backend="torch", scan_chunk_size=4).double()
+    hidden = torch.randn(2, 11, 16, dtype=torch.float64)
+    fast = layer(hidden)
+    layer.scan_impl = "reference"
+    assert_close_rel(layer(hidden), fast, 1e-12, "reference scan_impl")
+    layer.scan_impl = "blelloch"
+    with pytest.raises(ConfigError, match="scan_impl"):
+        layer(hidden)
