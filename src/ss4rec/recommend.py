@@ -3,10 +3,12 @@
     >>> from ss4rec.pipeline import restore
     >>> from ss4rec.recommend import recommend
     >>> run = restore("runs/demo/checkpoints/SS4Rec-best.pth")  # doctest: +SKIP
-    >>> recommend(run, ["1", "42"], k=5, exclude_seen=True)  # doctest: +SKIP
-      user_id  rank item_id     score            title                 genres
-    0       1     1     313  7.123456          Titanic          Drama|Romance
-    ...
+    >>> recommend(run, ["4", "33"], k=2, exclude_seen=True)  # doctest: +SKIP
+      user_id  rank item_id     score                  title                          genres
+    0       4     1     307  1.686063  Devil's Advocate, The   Crime|Horror|Mystery|Thriller
+    1       4     2     286  1.675440   English Patient, The               Drama|Romance|War
+    2      33     1     286  1.704410   English Patient, The               Drama|Romance|War
+    3      33     2     301  1.643363               In & Out                          Comedy
 
 ``recommend`` also takes the checkpoint path itself (it then calls
 :func:`ss4rec.pipeline.restore`); pass a :class:`~ss4rec.pipeline.RestoredRun` when asking
