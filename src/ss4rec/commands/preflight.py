@@ -1,0 +1,74 @@
+"""``ss4rec preflight``: check a run before spending compute on it; exit 1 on any FAIL.
+
+    $ ss4rec preflight --model SS4Rec --dataset ml-1m --data-path data/ --config ss4rec
+    $ ss4rec preflight --debug --device cpu --output runs/smoke   # + runs/smoke/preflight.json
+
+Takes the same config options as ``ss4rec train`` and builds the run the same way; prints
+the environment block, then a table of PASS / WARN / FAIL / SKIP checks (see
+:mod:`ss4rec.preflight`), then the verdict. The last line of a failed preflight is
+``error: <the first FAIL and its fix>``.
+
+``--notify URL`` (or ``$SS4REC_NOTIFY_URL``): a failed preflight is reported to the
+webhook as a run that started and failed, with the cause; a passing one posts nothing
+(the training that follows posts its own start and finish).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_subparser(subparsers) -> None:
+    from ss4rec.commands.train import add_config_arguments
+
+    parser = subparsers.add_parser("preflight", help="check environment, config, data and model before a run",
+                                   description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="also write DIR/preflight.json (the run folder of the run to come)")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="check that N GPUs are there for a multi-GPU run (default: 1)")
+    parser.add_argument("--notify", default=None, metavar="URL",
+                        help="webhook told about a failed preflight (default: $SS4REC_NOTIFY_URL)")
+    parser.add_argument("--no-env", action="store_true", help="do not print the environment block")
+    parser.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from ss4rec.commands.train import check_nproc, config_dict_from_args
+    from ss4rec.envinfo import environment_info, format_environment
+    from ss4rec.errors import UserError
+    from ss4rec.notify import Notifier
+    from ss4rec.preflight import FAIL, preflight
+
+    environment = environment_info()
+    if not args.no_env:
+        print(format_environment(environment), flush=True)
+    notifier = Notifier(args.notify)
+    run_dir = Path(args.output).resolve() if args.output else Path("(no run folder)")
+    try:
+        config_dict = config_dict_from_args(args)
+    except UserError as exc:  # e.g. a malformed --set: still a failed preflight to report
+        notifier.start(model=str(args.model), dataset=args.dataset, device=args.device or "auto", run_dir=run_dir)
+        notifier.failure(f"preflight: {exc}")
+        raise
+    report = preflight(args.model, args.dataset, args.config, config_dict, args.device,
+                       environment=environment)
+    try:
+        check_nproc(args.nproc)
+    except UserError as exc:
+        report.add("environment", "GPUs for --nproc", FAIL, str(exc))
+    print()
+    print(report.table(), flush=True)
+    if args.output:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "preflight.json").write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n",
+                                                encoding="utf-8")
+    if report.ok:
+        return 0
+    notifier.start(model=str(args.model), dataset=args.dataset, device=args.device or "auto", run_dir=run_dir)
+    notifier.failure(report.first_failure)
+    print(f"error: {report.first_failure}", file=sys.stderr)
+    return 1

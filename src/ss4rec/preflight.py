@@ -1,0 +1,521 @@
+"""Preflight: check a run's environment, config, data, model and optimiser before training.
+
+A GPU hour lost to a typo, a corrupted file or a NaN at step one is worth a few seconds
+of checking first. :func:`preflight` builds the run exactly as :func:`ss4rec.run` would
+(same config merge, same dataset, same model) and tries it on one real batch:
+
+    >>> from ss4rec.preflight import preflight
+    >>> report = preflight("SS4Rec", "ml-100k", config_files=["tiny"], device="cpu")  # doctest: +SKIP
+    >>> print(report.table())  # doctest: +SKIP
+    section      check                  status  detail
+    environment  versions               PASS    python 3.11.9, torch 2.13.0, recbole 1.2.1, ...
+    ...
+    estimate     epoch time and memory  PASS    ~4.1 s/epoch (16 batches x 0.26 s), ...
+    preflight PASS: 0 FAIL, 1 WARN
+    >>> report.ok, report.first_failure  # doctest: +SKIP
+    (True, None)
+
+Checks, by section (FAIL stops the run; WARN is worth reading; SKIP: an earlier FAIL
+made the check impossible):
+
+* environment: versions; numpy / pandas / recbole combinations known to work; the device
+  asked for exists; mamba-ssm's CUDA kernels when ``mamba_backend: cuda``.
+* config: unknown keys (and every other error of the config build), ``loss_type`` vs
+  negative sampling, the time field loaded, ``MAX_ITEM_LIST_LENGTH`` sane, guard settings.
+* data: the ``.inter`` file exists, its header declares ``name:type`` columns, timestamps
+  are numbers, finite and non-negative; users / items / interactions left after filtering.
+* model: built on the real dataset; one real training batch forward (finite loss; with CE,
+  close to ``ln(n_items)`` at init) and backward (finite gradient norm).
+* optimiser: ``learning_rate`` > 0, a known ``learner``, ``epochs`` >= 1.
+* estimate: seconds per epoch and peak memory from timing a few optimiser steps.
+
+``model`` may be a name or a model class (e.g. a subclass of a RecBole model), as in
+:func:`ss4rec.run`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+SECTIONS = ("environment", "config", "data", "model", "optimiser", "estimate")
+KNOWN_LEARNERS = ("adam", "sgd", "adagrad", "rmsprop", "sparse_adam", "adamw")
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+# CE loss at init counts as "near ln(n_items)" within this relative distance.
+INIT_LOSS_TOLERANCE = 0.25
+TIMED_BATCHES = 2
+
+
+@dataclass
+class Check:
+    """One line of the preflight table."""
+
+    section: str
+    name: str
+    status: str
+    detail: str
+
+
+@dataclass
+class PreflightReport:
+    """All checks of one preflight, in order; ``ok`` when none FAILed."""
+
+    model: str
+    dataset: str
+    device: str | None
+    checks: list[Check] = field(default_factory=list)
+    environment: dict = field(default_factory=dict)
+    estimate: dict = field(default_factory=dict)
+
+    def add(self, section: str, name: str, status: str, detail: str) -> Check:
+        check = Check(section, name, status, " ".join(str(detail).split()))
+        self.checks.append(check)
+        return check
+
+    @property
+    def ok(self) -> bool:
+        return not any(c.status == FAIL for c in self.checks)
+
+    @property
+    def first_failure(self) -> str | None:
+        """``section/check: detail`` of the first FAIL (the cause to report), or None."""
+        for c in self.checks:
+            if c.status == FAIL:
+                return f"preflight {c.section}/{c.name}: {c.detail}"
+        return None
+
+    def counts(self) -> dict:
+        return {s: sum(c.status == s for c in self.checks) for s in (PASS, WARN, FAIL, SKIP)}
+
+    def table(self) -> str:
+        """The checks as an aligned text table, ending with the verdict line."""
+        rows = [("section", "check", "status", "detail")] + [
+            (c.section, c.name, c.status, c.detail) for c in self.checks
+        ]
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        lines = [f"{a:<{w0}}  {b:<{w1}}  {s:<6}  {d}".rstrip() for a, b, s, d in rows]
+        n = self.counts()
+        verdict = "PASS" if self.ok else "FAIL"
+        lines.append(f"preflight {verdict}: {n[FAIL]} FAIL, {n[WARN]} WARN")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "model": self.model, "dataset": self.dataset, "device": self.device,
+                "first_failure": self.first_failure, "counts": self.counts(),
+                "checks": [asdict(c) for c in self.checks], "estimate": self.estimate,
+                "environment": self.environment}
+
+
+def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_dict=None,
+              device: str | None = None, environment: dict | None = None,
+              timed_batches: int = TIMED_BATCHES) -> PreflightReport:
+    """Run every check (see the module docstring) and return the report; never trains.
+
+    Args are those of :func:`ss4rec.run`. ``environment``: an already computed
+    :func:`ss4rec.envinfo.environment_info` (computed here when None).
+    """
+    from ss4rec.envinfo import environment_info
+
+    label = getattr(model, "__name__", model)
+    report = PreflightReport(model=str(label), dataset=dataset, device=device)
+    report.environment = environment if environment is not None else environment_info()
+    _check_environment(report, device)
+    config, model_class = _build(report, model, dataset, config_files, config_dict, device)
+    if config is None:
+        _skip_rest(report, "config")
+        return report
+    _check_config(report, config)
+    _check_optimiser(report, config)
+    inter_ok = _check_inter_file(report, config, dataset)
+    if not inter_ok:
+        _skip_rest(report, "data")
+        return report
+    loaded = _load_data(report, config)
+    if loaded is None:
+        _skip_rest(report, "data")
+        return report
+    _check_model_and_estimate(report, config, model_class, *loaded, timed_batches=timed_batches)
+    return report
+
+
+def _skip_rest(report: PreflightReport, failed_section: str) -> None:
+    done = {c.section for c in report.checks}
+    for section in SECTIONS[SECTIONS.index(failed_section) + 1:]:
+        if section not in done:
+            report.add(section, "-", SKIP, f"not checked: the {failed_section} checks failed")
+
+
+# ---- environment ---------------------------------------------------------------------------
+
+def _check_environment(report: PreflightReport, device: str | None) -> None:
+    env = report.environment
+    report.add("environment", "versions", PASS,
+               f"python {env['python']}, torch {env['torch']}, recbole {env['recbole']}, "
+               f"numpy {env['numpy']}, pandas {env['pandas']}")
+    problems, notes = [], []
+    if env["recbole"] != "1.2.1":
+        problems.append(f"recbole {env['recbole']} is not the tested 1.2.1 (pip install recbole==1.2.1)")
+    if env["pandas"] and int(env["pandas"].split(".")[0]) >= 3:
+        report.add("environment", "compatibility", FAIL,
+                   f"pandas {env['pandas']} silently breaks RecBole's loading: pip install 'pandas<3'")
+    else:
+        import numpy as np
+
+        if int(env["numpy"].split(".")[0]) >= 2:
+            if hasattr(np, "float_"):
+                notes.append(f"numpy {env['numpy']} with ss4rec's aliases for RecBole")
+            else:
+                problems.append("numpy 2 without ss4rec's aliases: `import ss4rec` before RecBole")
+        if problems:
+            report.add("environment", "compatibility", WARN, "; ".join(problems + notes))
+        else:
+            report.add("environment", "compatibility", PASS,
+                       "; ".join(notes) or "numpy, pandas and recbole versions known to work")
+    if device == "cuda" and not env["cuda"]["available"]:
+        report.add("environment", "device", FAIL,
+                   f"--device cuda, but torch {env['torch']} sees no CUDA GPU (CUDA build: "
+                   f"{env['cuda']['build'] or 'none'}): use --device cpu, or a CUDA torch on a GPU machine")
+    else:
+        where = device or ("cuda" if env["cuda"]["available"] else "cpu")
+        gpus = ", ".join(g["name"] for g in env["gpus"]) or "no GPU"
+        report.add("environment", "device", PASS, f"{where} ({gpus})")
+
+
+# ---- config --------------------------------------------------------------------------------
+
+def _build(report, model, dataset, config_files, config_dict, device):
+    """``build_config`` as ``ss4rec.run`` calls it; each kind of failure becomes a FAIL line."""
+    from ss4rec.errors import ConfigError, DataError, UserError
+    from ss4rec.pipeline import build_config
+
+    try:
+        return build_config(model, dataset, config_files, config_dict, device)
+    except DataError as exc:
+        report.add("data", "files exist", FAIL, str(exc))
+    except ConfigError as exc:
+        report.add("config", "keys and values", FAIL, str(exc))
+    except UserError as exc:
+        if device == "cuda" and any(c.name == "device" and c.status == FAIL for c in report.checks):
+            pass  # already reported by the environment checks
+        else:
+            report.add("environment", "device", FAIL, str(exc))
+    except ValueError as exc:  # RecBole's own config validation
+        text = str(exc)
+        if "loss_type is CE" in text:
+            report.add("config", "loss vs sampling", FAIL,
+                       f"{text.strip()} Fix: --set train_neg_sample_args=~ (CE scores every item), "
+                       "or --set loss_type=BPR")
+        else:
+            report.add("config", "keys and values", FAIL, f"RecBole rejects the config: {text}")
+    return None, None
+
+
+def _check_config(report: PreflightReport, config) -> None:
+    from ss4rec.config import check_keys  # noqa: F401  (keys were checked by build_config)
+    from ss4rec.errors import ConfigError
+    from ss4rec.guards import guard_settings
+
+    report.add("config", "keys and values", PASS, "every key is known (config files, --set)")
+
+    loss_type = config["loss_type"]
+    sampling = (config["train_neg_sample_args"] or {}).get("distribution", "none")
+    if loss_type == "BPR" and sampling == "none":
+        report.add("config", "loss vs sampling", FAIL,
+                   "loss_type BPR needs negative samples, but train_neg_sample_args is off: "
+                   "--set 'train_neg_sample_args={distribution: uniform, sample_num: 1}' or use CE")
+    else:
+        report.add("config", "loss vs sampling", PASS,
+                   f"loss_type {loss_type or 'model-defined'}, negative sampling {sampling}")
+
+    time_field = config["TIME_FIELD"]
+    load_col = config["load_col"]
+    loaded = load_col is None or time_field in (load_col.get("inter") or [])
+    is_ss4rec = config["model"] == "SS4Rec"
+    if loaded:
+        report.add("config", "time field", PASS, f"{time_field!r} is loaded")
+    else:
+        status = FAIL if is_ss4rec else WARN
+        why = "SS4Rec reads the real time gaps" if is_ss4rec else "no time order for the split"
+        report.add("config", "time field", status,
+                   f"{time_field!r} is not in load_col.inter ({why}): add it, e.g. "
+                   f"load_col: {{inter: [user_id, item_id, {time_field}]}}")
+
+    max_len = config["MAX_ITEM_LIST_LENGTH"]
+    if config["MODEL_TYPE"] is not None and str(config["MODEL_TYPE"]).endswith("SEQUENTIAL"):
+        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
+            report.add("config", "MAX_ITEM_LIST_LENGTH", FAIL,
+                       f"MAX_ITEM_LIST_LENGTH={max_len!r}: use an integer >= 2 (paper: 200 on ML-1M)")
+        elif max_len > 1000:
+            report.add("config", "MAX_ITEM_LIST_LENGTH", WARN,
+                       f"{max_len} positions per sequence: memory grows with it (paper: 50-200)")
+        else:
+            report.add("config", "MAX_ITEM_LIST_LENGTH", PASS, str(max_len))
+
+    try:
+        guard_settings(config)
+        report.add("config", "guards and schedule", PASS,
+                   f"lr_scheduler {config['lr_scheduler'] or 'none'}, "
+                   f"grad_accum_steps {config['grad_accum_steps'] or 1}")
+    except ConfigError as exc:
+        report.add("config", "guards and schedule", FAIL, str(exc))
+
+    backend = config["mamba_backend"] if is_ss4rec else None
+    if backend is not None:
+        _check_mamba_backend(report, config, backend)
+
+
+def _check_mamba_backend(report: PreflightReport, config, backend: str) -> None:
+    from ss4rec.ssm.mamba import GPU_INSTALL_HINT, mamba_kernels_available
+
+    on_cuda = str(config["device"]).startswith("cuda")
+    kernels = report.environment.get("mamba_kernels", {})
+    if backend == "cuda":
+        ok, reason = mamba_kernels_available()
+        if ok and kernels.get("ok", True) is False and "not checked" not in kernels.get("detail", ""):
+            ok, reason = False, kernels["detail"]
+        if not ok or not on_cuda:
+            where = "" if on_cuda else f" (and the run is on {config['device']})"
+            report.add("environment", "mamba kernels", FAIL,
+                       f"mamba_backend: cuda, but the kernels cannot run: {reason}{where}. Fix: "
+                       f"{GPU_INSTALL_HINT} on a CUDA machine, or --set mamba_backend=torch")
+        else:
+            report.add("environment", "mamba kernels", PASS, reason)
+    elif backend == "auto" and on_cuda and not kernels.get("ok"):
+        report.add("environment", "mamba kernels", WARN,
+                   "running on CUDA without mamba-ssm kernels: the PyTorch Mamba is slower "
+                   f"({GPU_INSTALL_HINT})")
+
+
+# ---- optimiser -----------------------------------------------------------------------------
+
+def _check_optimiser(report: PreflightReport, config) -> None:
+    lr = config["learning_rate"]
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+        report.add("optimiser", "learning rate", FAIL,
+                   f"learning_rate={lr!r}: nothing would train; use a positive number "
+                   "(paper: --set learning_rate=0.001)")
+    elif lr > 0.1:
+        report.add("optimiser", "learning rate", WARN, f"learning_rate={lr} is unusually large for Adam")
+    else:
+        report.add("optimiser", "learning rate", PASS, f"{lr:g}")
+    learner = str(config["learner"]).lower()
+    if learner not in KNOWN_LEARNERS:
+        report.add("optimiser", "learner", WARN,
+                   f"learner {config['learner']!r} is unknown: RecBole falls back to Adam "
+                   f"(known: {', '.join(KNOWN_LEARNERS)})")
+    else:
+        report.add("optimiser", "learner", PASS, learner)
+    epochs = config["epochs"]
+    if not isinstance(epochs, int) or epochs < 1:
+        report.add("optimiser", "epochs", FAIL, f"epochs={epochs!r}: use an integer >= 1")
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+def _check_inter_file(report: PreflightReport, config, dataset: str) -> bool:
+    """Header types and timestamps of NAME.inter, read directly (before RecBole does)."""
+    import pandas as pd
+
+    path = Path(config["data_path"]) / f"{dataset}.inter"
+    if not path.is_file():
+        report.add("data", "files exist", FAIL, f"{path} not found")
+        return False
+    report.add("data", "files exist", PASS, str(path))
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+    untyped = [h for h in header if ":" not in h or h.split(":", 1)[1] not in ATOMIC_TYPES]
+    names = {h.split(":", 1)[0]: h.split(":", 1)[1] if ":" in h else None for h in header}
+    fix = f"expected tab-separated name:type columns ({', '.join(ATOMIC_TYPES)}); re-create it with `ss4rec convert`"
+    if untyped:
+        report.add("data", "header types", FAIL, f"{path.name}: header column(s) {untyped} {fix}")
+        return False
+    wanted = {config["USER_ID_FIELD"]: "token", config["ITEM_ID_FIELD"]: "token"}
+    time_field = config["TIME_FIELD"]
+    if time_field in names:
+        wanted[time_field] = "float"
+    missing = [f"{n}:{t}" for n, t in wanted.items() if names.get(n) != t]
+    if missing:
+        report.add("data", "header types", FAIL,
+                   f"{path.name} lacks {missing} (header: {header}); {fix}")
+        return False
+    report.add("data", "header types", PASS, " ".join(header))
+
+    if time_field not in names:
+        status = FAIL if config["model"] == "SS4Rec" else WARN
+        report.add("data", "timestamps", status, f"{path.name} has no {time_field!r} column")
+        return status != FAIL
+    column = header.index(f"{time_field}:float")
+    raw = pd.read_csv(path, sep="\t", usecols=[column], dtype=str, keep_default_na=False,
+                      quoting=3, engine="c").iloc[:, 0]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = ~values.notna() | ~values.map(math.isfinite) | (values < 0)
+    if bad.any():
+        first = int(bad.to_numpy().argmax())
+        report.add("data", "timestamps", FAIL,
+                   f"{int(bad.sum()):,} of {len(values):,} {time_field} values are not finite "
+                   f"non-negative numbers; first at line {first + 2}: {raw.iloc[first]!r}. "
+                   "Fix or drop those rows (epoch seconds expected)")
+        return False
+    report.add("data", "timestamps", PASS,
+               f"{len(values):,} rows, {time_field} {values.min():.0f} .. {values.max():.0f}")
+    return True
+
+
+def _load_data(report: PreflightReport, config):
+    """RecBole's dataset and split exactly as the run builds them; counts after filtering."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    try:
+        init_seed(config["seed"], config["reproducibility"])
+        with warnings.catch_warnings():  # pandas' chained-assignment notices inside RecBole
+            warnings.simplefilter("ignore", FutureWarning)
+            data = create_dataset(config)
+            train_data, valid_data, test_data = data_preparation(config, data)
+    except Exception as exc:
+        report.add("data", "load and filter", FAIL, f"RecBole cannot build the dataset: {type(exc).__name__}: {exc}")
+        return None
+    users, items, inters = data.user_num - 1, data.item_num - 1, data.inter_num
+    counts = f"{users:,} users, {items:,} items, {inters:,} interactions after filtering"
+    if users <= 0 or items <= 0 or len(train_data) == 0:
+        report.add("data", "after filtering", FAIL,
+                   f"{counts}: nothing left to train on; loosen user_inter_num_interval / "
+                   "item_inter_num_interval or check the data")
+        return None
+    report.add("data", "after filtering", WARN if users < 50 else PASS,
+               counts + (" (very few users: metrics will be noisy)" if users < 50 else ""))
+    max_len = config["MAX_ITEM_LIST_LENGTH"]
+    if config["MODEL_TYPE"] is not None and str(config["MODEL_TYPE"]).endswith("SEQUENTIAL"):
+        import torch
+
+        longest = int(torch.bincount(data.inter_feat[data.uid_field]).max())  # interactions per user
+        if isinstance(max_len, int) and max_len > 2 * longest:
+            report.add("config", "MAX_ITEM_LIST_LENGTH", WARN,
+                       f"{max_len} is over twice the longest history ({longest}): mostly padding")
+    return data, train_data, valid_data
+
+
+# ---- model, optimiser step, estimate --------------------------------------------------------
+
+def _loss_of(net, batch):
+    loss = net.calculate_loss(batch)
+    return sum(loss) if isinstance(loss, tuple) else loss
+
+
+def _check_model_and_estimate(report, config, model_class, data, train_data, valid_data,
+                              timed_batches: int) -> None:
+    import torch
+    from recbole.utils import init_seed
+
+    from ss4rec.guards import baseline_loss
+
+    device = config["device"]
+    try:
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        net = model_class(config, train_data._dataset).to(device)
+    except Exception as exc:
+        report.add("model", "build", FAIL, f"{type(exc).__name__}: {exc}")
+        _skip_rest(report, "model")
+        return
+    n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    report.add("model", "build", PASS, f"{config['model']}: {n_params:,} trainable parameters on {device}")
+
+    batches = iter(train_data)
+    batch = next(batches).to(device)
+    net.train()
+    try:
+        loss = _loss_of(net, batch)
+    except Exception as exc:
+        report.add("model", "forward", FAIL, f"one real batch fails: {type(exc).__name__}: {exc}")
+        _skip_rest(report, "model")
+        return
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        report.add("model", "forward", FAIL,
+                   f"loss is {value} on the first real batch ({len(batch)} rows): check the data "
+                   "(timestamps, ids) and the model's init; nothing can train from here")
+        report.add("model", "backward", SKIP, "not run: the loss is not finite")
+        _skip_rest(report, "model")
+        return
+    report.add("model", "forward", PASS, f"loss {value:.4f} on the first batch ({len(batch)} rows)")
+    baseline = baseline_loss(config["loss_type"], getattr(net, "n_items", None))
+    if str(config["loss_type"]).upper() == "CE" and baseline:
+        off = abs(value / baseline - 1)
+        report.add("model", "CE loss at init", PASS if off <= INIT_LOSS_TOLERANCE else WARN,
+                   f"{value:.3f} vs ln(n_items) = {baseline:.3f} ({off:.0%} off; tolerance "
+                   f"{INIT_LOSS_TOLERANCE:.0%})" + ("" if off <= INIT_LOSS_TOLERANCE else
+                                                    ": large init scores, check the init"))
+    loss.backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    bad = [name for name, p in net.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bad:
+        report.add("model", "backward", FAIL, f"non-finite gradient, first in {bad[0]} ({len(bad)} tensors)")
+        _skip_rest(report, "model")
+        return
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+    if not grads or norm == 0.0:
+        report.add("model", "backward", WARN, "gradient norm is 0: nothing would change in training")
+    else:
+        report.add("model", "backward", PASS, f"gradient norm {norm:.4g} over {len(grads)} tensors")
+    _estimate(report, config, net, train_data, batches, timed_batches)
+
+
+def _peak_memory_mb(device) -> tuple[float, str]:
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20, "peak GPU memory"
+    import resource
+
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, "peak process RSS"
+
+
+def _estimate(report, config, net, train_data, batches, timed_batches: int) -> None:
+    """Time a few optimiser steps: seconds per epoch and memory (lower bound: no evaluation)."""
+    import torch
+
+    lr = config["learning_rate"]
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        report.add("estimate", "epoch time and memory", SKIP, "not timed: learning_rate is not positive")
+        return
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    device = config["device"]
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(timed_batches):
+        try:
+            batch = next(batches).to(device)
+        except StopIteration:
+            break
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        _loss_of(net, batch).backward()
+        optimizer.step()
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    if not times:
+        report.add("estimate", "epoch time and memory", SKIP, "one batch per epoch: nothing left to time")
+        return
+    per_batch = sorted(times)[len(times) // 2]
+    n_batches = len(train_data)
+    epoch_s = per_batch * n_batches
+    memory_mb, memory_what = _peak_memory_mb(device)
+    epochs = config["epochs"] or 0
+    report.estimate = {"seconds_per_batch": per_batch, "batches_per_epoch": n_batches,
+                       "seconds_per_epoch": epoch_s, "epochs": epochs,
+                       "max_training_hours": epoch_s * epochs / 3600, "memory_mb": memory_mb,
+                       "memory_kind": memory_what}
+    report.add("estimate", "epoch time and memory", PASS,
+               f"~{epoch_s:.1f} s/epoch of training ({n_batches} batches x {per_batch:.3f} s, "
+               f"evaluation not included); at most {epochs} epochs ~ {epoch_s * epochs / 3600:.2f} h; "
+               f"{memory_what} {memory_mb:,.0f} MB")
