@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "ss4rec.commands.evaluate",
     "ss4rec.commands.recommend",
     "ss4rec.commands.preflight",
+    "ss4rec.commands.drift",
 )
 
 
