@@ -128,27 +128,30 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
     _check_environment(report, device)
     config, model_class = _build(report, model, dataset, config_files, config_dict, device)
     if config is None:
-        _skip_rest(report, "config")
+        _skip_rest(report, "the config could not be built")
         return report
     _check_config(report, config)
     _check_optimiser(report, config)
-    inter_ok = _check_inter_file(report, config, dataset)
-    if not inter_ok:
-        _skip_rest(report, "data")
+    _check_inter_file(report, config, dataset)
+    # Loading the data and running the model are the slow checks: only for a run that
+    # can still go ahead (every failure so far is reported; fix those first).
+    if not report.ok:
+        _skip_rest(report, "an earlier check failed")
         return report
     loaded = _load_data(report, config)
     if loaded is None:
-        _skip_rest(report, "data")
+        _skip_rest(report, "the data could not be loaded")
         return report
     _check_model_and_estimate(report, config, model_class, *loaded, timed_batches=timed_batches)
     return report
 
 
-def _skip_rest(report: PreflightReport, failed_section: str) -> None:
+def _skip_rest(report: PreflightReport, why: str) -> None:
+    """A SKIP line for every section that has no line yet."""
     done = {c.section for c in report.checks}
-    for section in SECTIONS[SECTIONS.index(failed_section) + 1:]:
+    for section in SECTIONS:
         if section not in done:
-            report.add(section, "-", SKIP, f"not checked: the {failed_section} checks failed")
+            report.add(section, "-", SKIP, f"not checked: {why}")
 
 
 # ---- environment ---------------------------------------------------------------------------
@@ -421,7 +424,7 @@ def _check_model_and_estimate(report, config, model_class, data, train_data, val
         net = model_class(config, train_data._dataset).to(device)
     except Exception as exc:
         report.add("model", "build", FAIL, f"{type(exc).__name__}: {exc}")
-        _skip_rest(report, "model")
+        _skip_rest(report, "the model check failed")
         return
     n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
     report.add("model", "build", PASS, f"{config['model']}: {n_params:,} trainable parameters on {device}")
@@ -433,7 +436,7 @@ def _check_model_and_estimate(report, config, model_class, data, train_data, val
         loss = _loss_of(net, batch)
     except Exception as exc:
         report.add("model", "forward", FAIL, f"one real batch fails: {type(exc).__name__}: {exc}")
-        _skip_rest(report, "model")
+        _skip_rest(report, "the model check failed")
         return
     value = float(loss.detach())
     if not math.isfinite(value):
@@ -441,7 +444,7 @@ def _check_model_and_estimate(report, config, model_class, data, train_data, val
                    f"loss is {value} on the first real batch ({len(batch)} rows): check the data "
                    "(timestamps, ids) and the model's init; nothing can train from here")
         report.add("model", "backward", SKIP, "not run: the loss is not finite")
-        _skip_rest(report, "model")
+        _skip_rest(report, "the model check failed")
         return
     report.add("model", "forward", PASS, f"loss {value:.4f} on the first batch ({len(batch)} rows)")
     baseline = baseline_loss(config["loss_type"], getattr(net, "n_items", None))
@@ -456,7 +459,7 @@ def _check_model_and_estimate(report, config, model_class, data, train_data, val
     bad = [name for name, p in net.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     if bad:
         report.add("model", "backward", FAIL, f"non-finite gradient, first in {bad[0]} ({len(bad)} tensors)")
-        _skip_rest(report, "model")
+        _skip_rest(report, "the model check failed")
         return
     norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
     if not grads or norm == 0.0:
