@@ -67,7 +67,7 @@ DEFAULT_THRESHOLDS = {
 MIN_WINDOW_ROWS = 500
 # [0, 1 s), then 20 bins per decade up to 1e10 s; the last bin takes everything above.
 GAP_EDGES = np.concatenate([[0.0], np.logspace(0, 10, 201)])
-_PAIR_MERGE_AT = 4_000_000  # merge the (user, window) pair lists once they hold this many
+_PAIR_MERGE_AT = 2_000_000  # merge pending (user, window) pairs at least at this many
 
 
 def _grow(array: np.ndarray, size: int) -> np.ndarray:
@@ -100,8 +100,10 @@ class _SideAccumulator:
         self.gap_counts: dict[int, np.ndarray] = {}  # window (or 0) -> [n_gap_bins] int64
         self.last_time = np.full(0, np.nan)  # [n_users] last timestamp seen per user
         self.gaps_in_order = True
-        self._pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (window<<32|user keys, counts)
-        self._pair_len = 0
+        # distinct (window << 32 | user) keys with their interaction counts
+        self._merged = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_len = 0
         self.users_seen = np.zeros(0, dtype=bool)
         self.items_seen = np.zeros(0, dtype=bool)
 
@@ -165,24 +167,27 @@ class _SideAccumulator:
 
     def _add_pairs(self, windows, users) -> None:
         keys, counts = np.unique(windows * (1 << 32) + users, return_counts=True)
-        self._pairs.append((keys, counts))
-        self._pair_len += len(keys)
-        if self._pair_len > _PAIR_MERGE_AT and len(self._pairs) > 1:
+        self._pending.append((keys, counts))
+        self._pending_len += len(keys)
+        # Merge once the pending part outgrows the merged one: each pair is re-sorted
+        # O(log n) times in all, instead of once per chunk.
+        if self._pending_len > max(_PAIR_MERGE_AT, len(self._merged[0])):
             self._merge_pairs()
 
     def _merge_pairs(self) -> None:
-        keys = np.concatenate([k for k, _ in self._pairs])
-        counts = np.concatenate([c for _, c in self._pairs])
+        parts = [self._merged] + self._pending
+        keys = np.concatenate([k for k, _ in parts])
+        counts = np.concatenate([c for _, c in parts])
         merged, inverse = np.unique(keys, return_inverse=True)
-        self._pairs = [(merged, np.bincount(inverse, weights=counts).astype(np.int64))]
-        self._pair_len = len(merged)
+        self._merged = (merged, np.bincount(inverse, weights=counts, minlength=len(merged)).astype(np.int64))
+        self._pending, self._pending_len = [], 0
 
     def activity(self) -> dict[int, np.ndarray]:
         """window -> histogram of interactions per active user (index = interaction count)."""
-        if not self._pairs:
-            return {}
         self._merge_pairs()
-        keys, counts = self._pairs[0]
+        keys, counts = self._merged
+        if not len(keys):
+            return {}
         windows = np.floor_divide(keys, 1 << 32)
         return {int(w): np.bincount(counts[windows == w]) for w in np.unique(windows).tolist()}
 
