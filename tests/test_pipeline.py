@@ -130,3 +130,10 @@ def test_train_cli_exits_nonzero_with_the_cause_on_the_last_line(tmp_path, args,
     proc = _cli(*args, cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_import_leaves_autograd_anomaly_detection_off():
+    # RecBole's sine.py switches it on at import; it makes every backward ~1.7x slower.
+    import recbole.model.sequential_recommender  # noqa: F401
+
+    assert not torch.is_anomaly_enabled()

@@ -11,6 +11,8 @@ What breaks, and what this module does about it:
   with the fix (the package pins ``pandas<3``).
 * torch >= 2.6 loads checkpoints with ``weights_only=True``; RecBole pickles its Config
   into checkpoints.  Our Trainer (``ss4rec.trainer``) saves plain dicts instead.
+* RecBole's ``sine.py`` turns autograd anomaly detection on globally when imported;
+  :func:`register_with_recbole` turns it back off.
 * RecBole's ``get_model`` / ``create_dataset`` / ``get_trainer`` only look inside the
   ``recbole`` package.  :func:`register_with_recbole` makes our classes findable there
   (in memory only), so ``recbole.quick_start.run_recbole(model="SS4Rec")`` works.
@@ -77,6 +79,12 @@ def register_with_recbole() -> None:
     from ss4rec.trainer import SS4RecTrainer
 
     seq_pkg = importlib.import_module("recbole.model.sequential_recommender")
+    # RecBole's sine.py (imported with every sequential model) switches autograd anomaly
+    # detection on for the whole process at import time, making every backward pass ~1.7x
+    # slower. It is a debugging aid: off unless asked for (--debug turns it on).
+    import torch
+
+    torch.autograd.set_detect_anomaly(False)
     alias_name = "recbole.model.sequential_recommender.ss4rec"
     if alias_name not in sys.modules:
         alias = types.ModuleType(alias_name)

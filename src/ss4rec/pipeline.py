@@ -94,8 +94,8 @@ def _isolated_argv():
 
 
 @contextlib.contextmanager
-def _working_dir(path: Path):
-    # RecBole writes log_tensorboard/ (and others) relative to the current directory.
+def working_dir(path):
+    """Run a block in ``path``: RecBole writes log_tensorboard/ (and others) relative to the cwd."""
     saved = os.getcwd()
     os.chdir(path)
     try:
@@ -312,7 +312,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     out.mkdir(parents=True, exist_ok=True)
     config, model_class = build_config(model, dataset, config_files, config_dict, device, out)
 
-    with _run_logging(out / "train.log"), _working_dir(out):
+    with _run_logging(out / "train.log"), working_dir(out):
         logger = logging.getLogger()
         init_seed(config["seed"], config["reproducibility"])
         logger.info(f"run folder: {out}")
@@ -362,5 +362,6 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     }
     if torch.cuda.is_available() and str(config["device"]).startswith("cuda"):
         result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    _write_json_atomic(out / "results.json", result)
+    if config["local_rank"] in (0, None):  # one writer under DDP
+        _write_json_atomic(out / "results.json", result)
     return result

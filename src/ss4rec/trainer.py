@@ -40,6 +40,7 @@ from ss4rec.checkpoint import (config_to_plain, load_checkpoint, rng_state, save
                                set_rng_state, to_plain)
 from ss4rec.errors import TrainingGuardError, UserError
 from ss4rec.guards import LRSchedule, TrainingGuards, baseline_loss, guard_settings, optimizer_steps
+from ss4rec.pipeline import working_dir
 from ss4rec.wandb_logging import WandbRunLogger
 
 STEP_LOG_LENGTH = 1000  # optimiser steps of loss / LR / grad-norm history kept for debug bundles
@@ -71,8 +72,13 @@ class SS4RecTrainer(Trainer):
         # so hide the flag from it: exactly one wandb.init per run.
         log_wandb = config["log_wandb"]
         config["log_wandb"] = False
+        # RecBole's __init__ also opens a tensorboard writer under ./log_tensorboard: put it
+        # in the run folder (beside checkpoints/), never in the caller's working directory.
+        run_folder = Path(config["checkpoint_dir"]).resolve().parent
+        run_folder.mkdir(parents=True, exist_ok=True)
         try:
-            super().__init__(config, model)
+            with working_dir(run_folder):
+                super().__init__(config, model)
         finally:
             config["log_wandb"] = log_wandb
         self.wandblogger = WandbRunLogger(config)
