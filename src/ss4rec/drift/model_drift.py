@@ -108,16 +108,21 @@ def reference_scores(run, checkpoint: Path, topk: list[int]) -> dict:
         test = json.loads(results.read_text(encoding="utf-8")).get("test", {})
         if all(key in test for key in wanted):
             return {"source": str(results), "metrics": {key: float(test[key]) for key in wanted}}
+    import os
     import tempfile
 
-    from ss4rec.pipeline import _working_dir
     from ss4rec.trainer import SS4RecTrainer
 
     run.config["topk"] = list(topk)
     run.config["metrics"] = ["Hit", "NDCG"]
-    with tempfile.TemporaryDirectory() as tmp, _working_dir(Path(tmp)):  # RecBole writes logs into the cwd
-        trainer = SS4RecTrainer(run.config, run.model)
-        test = trainer.evaluate(run.test_data, load_best_model=False, show_progress=False)
+    saved_cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # RecBole's trainer writes log_tensorboard/ into the current directory
+        try:
+            trainer = SS4RecTrainer(run.config, run.model)
+            test = trainer.evaluate(run.test_data, load_best_model=False, show_progress=False)
+        finally:
+            os.chdir(saved_cwd)
     return {"source": "evaluated the restored test split", "metrics": {key: float(test[key]) for key in wanted}}
 
 
