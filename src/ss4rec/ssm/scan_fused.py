@@ -1,0 +1,397 @@
+"""Fused CPU selective scan: a tiny C kernel, built with the system C compiler on first use.
+
+Same maths and signature as :func:`ss4rec.ssm.scan.selective_scan`::
+
+    h_t[d, n] = exp(delta_t[d] * A[d, n]) * h_{t-1}[d, n] + delta_t[d] * B_t[n] * u_t[d]
+    y_t[d]    = sum_n C_t[n] * h_t[d, n]
+
+Why a kernel: the pure-PyTorch scan streams ``[B, L, D, N]`` tensors through memory about
+fifteen times per forward+backward (one pass per op). Here each (batch row, channel) pair
+runs its whole recurrence with the ``N`` states in registers; the backward recomputes that
+row's states into a per-thread buffer of ``(L + 1) x N`` floats (6.5 KB at L=50, N=32, so
+it stays in cache) and walks back through them. Nothing of size ``[B, L, D, N]`` is ever
+allocated, and no state is saved between forward and backward (only the inputs).
+
+How it is built: plain C (no PyTorch headers, so the build takes about a second and needs
+no ``ninja``), compiled with ``cc -O3 -march=native -shared`` into
+``$SS4REC_CACHE_DIR`` (default ``~/.cache/ss4rec/scan_fused``) under a name hashed from the
+source, flags and CPU, and loaded with :mod:`ctypes`. Calls release the GIL; the batch is
+split over ``torch.get_num_threads()`` Python threads. ``exp`` is a vectorisable
+range-reduced polynomial (error below float32 rounding) instead of libm's scalar ``expf``.
+
+Scope: float32 compute on CPU tensors. :func:`fused_scan_available` says whether the kernel
+built here (and why not); :func:`fused_selective_scan` raises when it did not, so callers
+choose the fallback explicitly. Set ``SS4REC_FUSED_SCAN=0`` to disable the kernel.
+
+Example::
+
+    >>> import torch
+    >>> from ss4rec.ssm.scan_fused import fused_scan_available, fused_selective_scan
+    >>> ok, why = fused_scan_available()
+    >>> b, l, d, n = 2, 7, 4, 3
+    >>> u, delta = torch.randn(b, l, d), torch.rand(b, l, d) * 0.1
+    >>> A, B, C = -torch.rand(d, n), torch.randn(b, l, n), torch.randn(b, l, n)
+    >>> y = fused_selective_scan(u, delta, A, B, C) if ok else None   # [B L D]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+DISABLE_ENV = "SS4REC_FUSED_SCAN"  # "0" turns the kernel off
+CACHE_ENV = "SS4REC_CACHE_DIR"
+# -fno-trapping-math lets gcc vectorise fast_exp's float->int step; -fopenmp-simd honours
+# the `omp simd` reductions without linking an OpenMP runtime.
+COMPILE_FLAGS = (
+    "-O3", "-march=native", "-fPIC", "-shared", "-std=c11",
+    "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
+)
+
+# Layout: u, delta, y, grad_* [B L D]; Bm, Cm [B L N]; A [D N]; all contiguous float32.
+# Each call handles batch rows [b0, b1); rows are independent except for grad_A, which the
+# caller gives each thread its own copy of and sums afterwards.
+_C_SOURCE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+/* Channels are processed W at a time (one AVX-512 or two AVX2 registers): every inner
+   loop below runs over the W lanes of a block with a compile-time trip count, so gcc
+   vectorises it fully. A block past the last channel is padded with delta = u = 0 (decay
+   1, no drive, no output), whose lanes are never stored. */
+#define W 16
+
+/* exp(x), vectorisable: x = k ln2 + r with |r| <= ln2/2, exp(r) by its degree-7 Taylor
+   polynomial (truncation < 6e-9 relative, below float rounding), 2^k built in the exponent
+   bits. x is clamped to [-87, 88] so the result stays a normal float (exp(-87) ~ 1.6e-38
+   stands in for smaller decays). */
+static inline float fast_exp(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float k = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - k * 0.693145751953125f - k * 1.42860682030941723e-6f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } scale;
+    scale.i = ((int32_t)k + 127) << 23;
+    return p * scale.f;
+}
+
+/* Copy `width` lanes of src into dst[W], zero-padding the rest. */
+static inline void load_lanes(float *dst, const float *src, int64_t width) {
+    for (int64_t j = 0; j < W; j++) dst[j] = j < width ? src[j] : 0.0f;
+}
+
+/* a[n][j] = A[d0 + j, n], the block's slice of A transposed to state-major. */
+static void load_A_block(float *a, const float *A, int64_t d0, int64_t width, int64_t N) {
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < W; j++) a[n * W + j] = j < width ? A[(d0 + j) * N + n] : 0.0f;
+}
+
+void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
+                  const float *Cm, float *y, int64_t b0, int64_t b1, int64_t L, int64_t D,
+                  int64_t N) {
+    float *a = (float *)aligned_alloc(64, (size_t)(N * W) * sizeof(float));
+    float *h = (float *)aligned_alloc(64, (size_t)(N * W) * sizeof(float));
+    float dt[W] __attribute__((aligned(64))), du[W] __attribute__((aligned(64)));
+    float out[W] __attribute__((aligned(64)));
+    for (int64_t b = b0; b < b1; b++) {
+        for (int64_t d0 = 0; d0 < D; d0 += W) {
+            int64_t width = D - d0 < W ? D - d0 : W;
+            load_A_block(a, A, d0, width, N);
+            memset(h, 0, (size_t)(N * W) * sizeof(float));
+            for (int64_t t = 0; t < L; t++) {
+                int64_t row = (b * L + t) * D + d0;
+                const float *bt = Bm + (b * L + t) * N, *ct = Cm + (b * L + t) * N;
+                load_lanes(dt, delta + row, width);
+                load_lanes(du, u + row, width);
+                for (int64_t j = 0; j < W; j++) { du[j] *= dt[j]; out[j] = 0.0f; }
+                for (int64_t n = 0; n < N; n++) {
+                    float *hn = h + n * W;
+                    const float *an = a + n * W;
+                    float bn = bt[n], cn = ct[n];
+                    for (int64_t j = 0; j < W; j++) {
+                        hn[j] = fast_exp(dt[j] * an[j]) * hn[j] + du[j] * bn;
+                        out[j] += cn * hn[j];
+                    }
+                }
+                for (int64_t j = 0; j < width; j++) y[row + j] = out[j];
+            }
+        }
+    }
+    free(a);
+    free(h);
+}
+
+/* Rows [b0, b1) of grad_u, grad_delta, grad_B, grad_C are overwritten; grad_A (this
+   thread's own copy) is added to. The forward states of one block are recomputed into a
+   buffer of (L + 1) x N x W floats, then walked backwards. */
+void scan_backward(const float *u, const float *delta, const float *A, const float *Bm,
+                   const float *Cm, const float *grad_y, float *grad_u, float *grad_delta,
+                   float *grad_A, float *grad_B, float *grad_C, int64_t b0, int64_t b1,
+                   int64_t L, int64_t D, int64_t N) {
+    size_t block = (size_t)(N * W) * sizeof(float);
+    float *a = (float *)aligned_alloc(64, block);
+    float *gh = (float *)aligned_alloc(64, block);   /* dLoss/dh_t carried from t + 1 */
+    float *gA = (float *)aligned_alloc(64, block);
+    float *hs = (float *)aligned_alloc(64, (size_t)(L + 1) * block);  /* slot t: h_{t-1} */
+    float dt[W] __attribute__((aligned(64))), du[W] __attribute__((aligned(64)));
+    float uu[W] __attribute__((aligned(64))), gy[W] __attribute__((aligned(64)));
+    float g_du[W] __attribute__((aligned(64))), g_delta[W] __attribute__((aligned(64)));
+    for (int64_t b = b0; b < b1; b++) {
+        float *gB = grad_B + b * L * N, *gC = grad_C + b * L * N;
+        memset(gB, 0, (size_t)(L * N) * sizeof(float));
+        memset(gC, 0, (size_t)(L * N) * sizeof(float));
+        for (int64_t d0 = 0; d0 < D; d0 += W) {
+            int64_t width = D - d0 < W ? D - d0 : W;
+            load_A_block(a, A, d0, width, N);
+            memset(hs, 0, block);
+            for (int64_t t = 0; t < L; t++) {
+                int64_t row = (b * L + t) * D + d0;
+                const float *bt = Bm + (b * L + t) * N;
+                load_lanes(dt, delta + row, width);
+                load_lanes(du, u + row, width);
+                for (int64_t j = 0; j < W; j++) du[j] *= dt[j];
+                const float *prev = hs + t * N * W;
+                float *next = hs + (t + 1) * N * W;
+                for (int64_t n = 0; n < N; n++) {
+                    float bn = bt[n];
+                    for (int64_t j = 0; j < W; j++)
+                        next[n * W + j] = fast_exp(dt[j] * a[n * W + j]) * prev[n * W + j] + du[j] * bn;
+                }
+            }
+            memset(gh, 0, block);
+            memset(gA, 0, block);
+            for (int64_t t = L - 1; t >= 0; t--) {
+                int64_t row = (b * L + t) * D + d0;
+                const float *bt = Bm + (b * L + t) * N, *ct = Cm + (b * L + t) * N;
+                load_lanes(dt, delta + row, width);
+                load_lanes(uu, u + row, width);
+                load_lanes(gy, grad_y + row, width);
+                for (int64_t j = 0; j < W; j++) { du[j] = dt[j] * uu[j]; g_du[j] = 0.0f; g_delta[j] = 0.0f; }
+                const float *prev = hs + t * N * W, *cur = hs + (t + 1) * N * W;
+                float *gbt = gB + t * N, *gct = gC + t * N;
+                for (int64_t n = 0; n < N; n++) {
+                    float bn = bt[n], cn = ct[n], sum_c = 0.0f, sum_b = 0.0f;
+                    float *ghn = gh + n * W, *gAn = gA + n * W;
+                    const float *an = a + n * W, *pn = prev + n * W, *cn_h = cur + n * W;
+                    #pragma omp simd reduction(+:sum_c, sum_b)
+                    for (int64_t j = 0; j < W; j++) {
+                        float dec = fast_exp(dt[j] * an[j]);
+                        float g = ghn[j] + gy[j] * cn;          /* total dLoss/dh_t */
+                        sum_c += gy[j] * cn_h[j];                /* dLoss/dC_t[n] */
+                        sum_b += du[j] * g;                      /* dLoss/dB_t[n] */
+                        g_du[j] += g * bn;
+                        float g_log_decay = g * pn[j] * dec;     /* dLoss/d(delta A) */
+                        g_delta[j] += g_log_decay * an[j];
+                        gAn[j] += dt[j] * g_log_decay;
+                        ghn[j] = g * dec;
+                    }
+                    gct[n] += sum_c;
+                    gbt[n] += sum_b;
+                }
+                for (int64_t j = 0; j < width; j++) {
+                    grad_u[row + j] = g_du[j] * dt[j];
+                    grad_delta[row + j] = g_delta[j] + g_du[j] * uu[j];
+                }
+            }
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t j = 0; j < width; j++) grad_A[(d0 + j) * N + n] += gA[n * W + j];
+        }
+    }
+    free(a);
+    free(gh);
+    free(gA);
+    free(hs);
+}
+"""
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ss4rec"
+    return Path(root) / "scan_fused"
+
+
+def _cpu_tag() -> str:
+    """What -march=native depends on: the CPU model and flags (a cache shared across
+    machines must not hand one CPU's binary to another)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    raise RuntimeError("no C compiler found (looked for $CC, cc, gcc, clang); install gcc")
+
+
+def _build() -> ctypes.CDLL:
+    """Compile (once per source/flags/CPU; cached on disk) and load the kernel."""
+    compiler = _compiler()
+    key = hashlib.sha256("\0".join((_C_SOURCE, compiler, *COMPILE_FLAGS, _cpu_tag())).encode())
+    target = _cache_dir() / f"scan_fused_{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            source = Path(tmp) / "scan_fused.c"
+            source.write_text(_C_SOURCE)
+            built = Path(tmp) / target.name
+            errors = []
+            # a compiler that rejects -march=native (some clang/arm builds) still gets a try
+            for flags in (COMPILE_FLAGS, tuple(f for f in COMPILE_FLAGS if f != "-march=native")):
+                proc = subprocess.run(
+                    [compiler, *flags, str(source), "-o", str(built), "-lm"],
+                    capture_output=True, text=True, timeout=120,
+                )
+                if proc.returncode == 0:
+                    break
+                errors.append(proc.stderr.strip()[-600:])
+            else:
+                raise RuntimeError(f"{compiler} failed: {errors[-1]}")
+            os.replace(built, target)  # atomic: concurrent builders never see half a file
+    lib = ctypes.CDLL(str(target))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.scan_forward.argtypes = [ptr] * 6 + [i64] * 5
+    lib.scan_forward.restype = None
+    lib.scan_backward.argtypes = [ptr] * 11 + [i64] * 5
+    lib.scan_backward.restype = None
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> Tuple[object, str]:
+    """The loaded kernel (or None) and why; built and logged at most once per process."""
+    if os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, f"disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
+    try:
+        return _build(), f"built with {_compiler()} into {_cache_dir()}"
+    except Exception as exc:  # compiler missing/failing, unwritable cache, odd platform
+        reason = f"fused CPU selective scan unavailable ({type(exc).__name__}: {exc})"
+        logger.warning("%s; using the pure-PyTorch chunked scan instead", reason)
+        return None, reason
+
+
+def fused_scan_available() -> Tuple[bool, str]:
+    """Whether the C kernel is usable in this process, and why (or why not).
+
+    >>> ok, reason = fused_scan_available()
+    """
+    lib, reason = _load()
+    return lib is not None, reason
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ss4rec-scan")
+
+
+def _batch_slices(batch: int):
+    """Contiguous batch ranges, one per torch intra-op thread (the kernel releases the GIL)."""
+    workers = max(1, min(torch.get_num_threads(), batch))
+    bounds = [batch * k // workers for k in range(workers + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(workers)]
+
+
+def _run_sliced(fn, slices) -> list:
+    """fn(b0, b1) over every slice, on the thread pool when there is more than one."""
+    if len(slices) == 1:
+        return [fn(*slices[0])]
+    return list(_pool(len(slices)).map(lambda s: fn(*s), slices))
+
+
+class _FusedScanFn(torch.autograd.Function):
+    """Inputs contiguous float32 on CPU, batch-first: u, delta [B L D]; A [D N]; B, C [B L N]."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):
+        lib, _ = _load()
+        batch, length, d_inner = u.shape
+        d_state = A.shape[1]
+        y = torch.empty_like(u)  # [B L D]
+        ptrs = [t.data_ptr() for t in (u, delta, A, B, C, y)]
+        _run_sliced(
+            lambda b0, b1: lib.scan_forward(*ptrs, b0, b1, length, d_inner, d_state),
+            _batch_slices(batch),
+        )
+        ctx.save_for_backward(u, delta, A, B, C)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        lib, _ = _load()
+        u, delta, A, B, C = ctx.saved_tensors
+        batch, length, d_inner = u.shape
+        d_state = A.shape[1]
+        grad_y = grad_y.to(torch.float32).contiguous()
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+        grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+        slices = _batch_slices(batch)
+        grad_A_parts = A.new_zeros(len(slices), d_inner, d_state)  # one per thread, summed below
+        ptrs = [t.data_ptr() for t in (u, delta, A, B, C, grad_y, grad_u, grad_delta)]
+        tail = [grad_B.data_ptr(), grad_C.data_ptr()]
+
+        def work(k):
+            b0, b1 = slices[k]
+            lib.scan_backward(*ptrs, grad_A_parts[k].data_ptr(), *tail, b0, b1, length, d_inner, d_state)
+
+        _run_sliced(work, [(k,) for k in range(len(slices))])
+        return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C
+
+
+def _check_supported(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+    from ss4rec.ssm.scan import _check_shapes  # shape messages shared with the torch scan
+
+    _check_shapes(u, delta, A, B, C)
+    for name, tensor in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        if tensor.device.type != "cpu":
+            raise ValueError(
+                f"fused_selective_scan: {name} is on {tensor.device}; the fused kernel is CPU-only "
+                "(use ss4rec.ssm.scan.selective_scan on other devices)"
+            )
+        if tensor.dtype == torch.float64:
+            raise ValueError(
+                f"fused_selective_scan: {name} is float64; the kernel computes in float32 "
+                "(use ss4rec.ssm.scan.selective_scan for float64)"
+            )
+
+
+def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """Selective scan through the fused C kernel (CPU, float32 compute).
+
+    Shapes: u, delta ``[B, L, D]``; A ``[D, N]``; B, C ``[B, L, N]``; returns y ``[B, L, D]``
+    in u's dtype. Raises RuntimeError when the kernel is unavailable (see
+    :func:`fused_scan_available`) and ValueError for CUDA or float64 inputs.
+    """
+    _check_supported(u, delta, A, B, C)
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(f"fused_selective_scan: {reason}")
+    args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C)]
+    return _FusedScanFn.apply(*args).to(u.dtype)
