@@ -57,7 +57,7 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
     Returns:
         ``{"metrics": {...}, "topk": [...], "n_users": int, "metrics_file", "ranks_file", ...}``.
     """
-    from ss4rec.pipeline import _working_dir, restore
+    from ss4rec.pipeline import restore
 
     checkpoint = Path(checkpoint).resolve()
     config_dict = {}
@@ -72,9 +72,8 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
 
     restored = restore(checkpoint, device=device, config_dict=config_dict)
     config = restored.config
-    with _working_dir(out):  # RecBole's Trainer writes log_tensorboard/ into the cwd
-        trainer = RankRecordingTrainer(config, restored.model)
-        metrics = trainer.evaluate(restored.test_data, load_best_model=False, show_progress=False)
+    trainer = RankRecordingTrainer(config, restored.model)
+    metrics = trainer.evaluate(restored.test_data, load_best_model=False, show_progress=False)
     metrics = {k: float(v) for k, v in metrics.items()}
 
     ranks = torch.cat(trainer.recorded_ranks).numpy()  # [n_users_tested 3]
