@@ -1,0 +1,159 @@
+"""Tests for the fused CPU selective scan (ss4rec.ssm.scan_fused).
+
+The yardstick is ``selective_scan_reference`` (a per-step loop under autograd): the C kernel
+must match its output and the gradients of all five inputs. The kernel is built once per
+machine (cached on disk); a build failure here fails the tests rather than hiding behind
+the fallback, since CI has gcc.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ss4rec.ssm.scan import selective_scan_reference
+from ss4rec.ssm.scan_fused import fused_scan_available, fused_selective_scan
+
+# How close the kernel must be to the per-step reference, relative to the largest
+# magnitude of the compared tensor (the kernel computes in float32).
+TOLERANCE = {
+    torch.float32: {"rel": 1e-5},
+    torch.bfloat16: {"rel": 1e-2},  # inputs and y rounded to bf16; the scan itself is fp32
+}
+
+# (batch, length, d_inner, d_state): channel counts off the kernel's 16-lane blocks,
+# L = 1, B = 1, lengths that no chunk size divides
+SHAPES = [
+    (2, 1, 16, 4),  # L = 1
+    (1, 5, 8, 16),  # B = 1, half a lane block
+    (3, 7, 5, 4),  # one partial block
+    (2, 17, 40, 8),  # two full blocks and a partial one
+    (1, 50, 33, 32),  # SS4Rec's d_state
+]
+
+
+def assert_close_rel(actual, expected, rel, what):
+    scale = expected.abs().max().clamp_min(1e-30)
+    err = (actual.double() - expected.double()).abs().max()
+    assert err <= rel * scale, f"{what}: max abs error {err:.3e} > {rel:g} x max |expected| {scale:.3e}"
+
+
+def make_inputs(batch, length, d_inner, d_state, seed=0, delta_scale=0.5):
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, length, d_inner, generator=generator)  # [B L D]
+    delta = torch.rand(batch, length, d_inner, generator=generator) * delta_scale + 1e-3  # > 0
+    A = -torch.rand(d_inner, d_state, generator=generator) * 4 - 0.1  # [D N], negative
+    B = torch.randn(batch, length, d_state, generator=generator)  # [B L N]
+    C = torch.randn(batch, length, d_state, generator=generator)
+    return [t.requires_grad_() for t in (u, delta, A, B, C)]
+
+
+def outputs_and_grads(scan, inputs, grad_seed=1):
+    y = scan(*inputs)
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed)).to(y.dtype)
+    grads = torch.autograd.grad(y, inputs, grad_y)
+    return y, grads
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_builds():
+    ok, reason = fused_scan_available()
+    assert ok, f"the fused kernel should build on this machine (gcc is required): {reason}"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-L{}-D{}-N{}".format(*s))
+def test_matches_reference_in_value_and_gradient(shape):
+    inputs = make_inputs(*shape)
+    y, grads = outputs_and_grads(fused_selective_scan, inputs)
+    y_ref, grads_ref = outputs_and_grads(selective_scan_reference, inputs)
+    rel = TOLERANCE[torch.float32]["rel"]
+    assert y.shape == y_ref.shape and y.dtype == torch.float32
+    assert_close_rel(y, y_ref, rel, "y")
+    for name, grad, grad_ref in zip(("u", "delta", "A", "B", "C"), grads, grads_ref):
+        assert grad.shape == grad_ref.shape
+        assert_close_rel(grad, grad_ref, rel, f"grad {name}")
+
+
+def test_strong_decay_underflow_matches_reference():
+    # delta * A far below -87: the kernel clamps its exp there, the reference underflows to 0
+    inputs = make_inputs(2, 9, 20, 8, seed=3, delta_scale=60.0)
+    y, grads = outputs_and_grads(fused_selective_scan, inputs)
+    y_ref, grads_ref = outputs_and_grads(selective_scan_reference, inputs)
+    assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
+    assert_close_rel(y, y_ref, TOLERANCE[torch.float32]["rel"], "y")
+    for name, grad, grad_ref in zip(("u", "delta", "A", "B", "C"), grads, grads_ref):
+        assert_close_rel(grad, grad_ref, TOLERANCE[torch.float32]["rel"], f"grad {name}")
+
+
+def test_threads_split_the_batch_without_changing_results():
+    inputs = make_inputs(7, 11, 24, 8, seed=5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1, grads1 = outputs_and_grads(fused_selective_scan, inputs)
+        torch.set_num_threads(3)  # more slices than cores is fine: slices are independent
+        y3, grads3 = outputs_and_grads(fused_selective_scan, inputs)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(y1, y3)
+    for name, g1, g3 in zip(("u", "delta", "A", "B", "C"), grads1, grads3):
+        # grad_A sums per-thread parts, so only its rounding may differ
+        assert_close_rel(g3, g1, 1e-6, f"grad {name}")
+
+
+def test_bfloat16_inputs_compute_in_float32():
+    inputs = [t.detach().to(torch.bfloat16).requires_grad_() for t in make_inputs(2, 6, 16, 4)]
+    y, grads = outputs_and_grads(fused_selective_scan, inputs)
+    y_ref, grads_ref = outputs_and_grads(selective_scan_reference, inputs)
+    assert y.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in grads)
+    rel = TOLERANCE[torch.bfloat16]["rel"]
+    assert_close_rel(y, y_ref, rel, "y")
+    for name, grad, grad_ref in zip(("u", "delta", "A", "B", "C"), grads, grads_ref):
+        assert_close_rel(grad, grad_ref, rel, f"grad {name}")
+
+
+def test_non_contiguous_inputs():
+    u, delta, A, B, C = make_inputs(3, 8, 12, 4, seed=7)
+    # the same values through transposed storage
+    views = [x.detach().transpose(0, 1).contiguous().transpose(0, 1) for x in (u, delta, B, C)]
+    args = [views[0], views[1], A.detach().t().contiguous().t(), views[2], views[3]]
+    assert not args[0].is_contiguous()
+    assert torch.equal(fused_selective_scan(*args), fused_selective_scan(u, delta, A, B, C))
+
+
+def test_bad_input_is_named():
+    u, delta, A, B, C = (t.detach() for t in make_inputs(2, 5, 8, 4))
+    with pytest.raises(ValueError, match="delta must have u's shape"):
+        fused_selective_scan(u, delta[:, :4], A, B, C)
+    with pytest.raises(ValueError, match="C must be"):
+        fused_selective_scan(u, delta, A, B, C[..., :3])
+    with pytest.raises(ValueError, match="A is float64"):
+        fused_selective_scan(u, delta, A.double(), B, C)
+
+
+def _probe(env_overrides):
+    """fused_scan_available() and the log in a fresh interpreter with env_overrides."""
+    code = (
+        "import logging; logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s');"
+        "from ss4rec.ssm.scan_fused import fused_scan_available as f; ok, why = f(); f(); print(ok, why)"
+    )
+    env = {**os.environ, **env_overrides}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, proc.stderr
+
+
+def test_env_var_disables_the_kernel():
+    out, err = _probe({"SS4REC_FUSED_SCAN": "0"})
+    assert out.startswith("False") and "SS4REC_FUSED_SCAN=0" in out
+    assert "WARNING" not in err  # asked for, so nothing to warn about
+
+
+def test_build_failure_is_logged_once_and_reported(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should go")
+    out, err = _probe({"SS4REC_CACHE_DIR": str(blocker)})
+    assert out.startswith("False") and "unavailable" in out
+    assert err.count("WARNING") == 1 and "pure-PyTorch" in err
