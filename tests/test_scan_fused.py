@@ -157,3 +157,24 @@ def test_build_failure_is_logged_once_and_reported(tmp_path):
     out, err = _probe({"SS4REC_CACHE_DIR": str(blocker)})
     assert out.startswith("False") and "unavailable" in out
     assert err.count("WARNING") == 1 and "pure-PyTorch" in err
+
+
+def test_mamba_layer_picks_the_kernel_on_cpu_and_matches_the_chunked_scan():
+    from ss4rec.ssm.mamba import Mamba
+
+    torch.manual_seed(11)
+    layer = Mamba(24, d_state=8, backend="torch")  # d_inner 48: three lane blocks
+    hidden = torch.randn(3, 13, 24, requires_grad=True)
+    assert layer.scan_impl == "auto"
+    out_auto = layer(hidden)  # fused: float32 on CPU
+    grads_auto = torch.autograd.grad(out_auto.sum(), [hidden, layer.A_log, layer.dt_proj.weight])
+    layer.scan_impl = "chunked"
+    out_chunked = layer(hidden)
+    grads_chunked = torch.autograd.grad(out_chunked.sum(), [hidden, layer.A_log, layer.dt_proj.weight])
+    rel = TOLERANCE[torch.float32]["rel"]
+    assert_close_rel(out_auto, out_chunked, rel, "layer output")
+    for name, g_auto, g_chunked in zip(("input", "A_log", "dt_proj.weight"), grads_auto, grads_chunked):
+        assert_close_rel(g_auto, g_chunked, rel, f"grad {name}")
+    layer.scan_impl = "fused"
+    with pytest.raises(ValueError, match="float64"):
+        layer.double()(hidden.detach().double())  # explicit "fused" does not fall back silently

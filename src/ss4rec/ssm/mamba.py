@@ -5,7 +5,8 @@
 shapes and initialisation, same forward maths. One ``state_dict`` serves both backends:
 
 - ``backend="torch"``: runs anywhere. The selective scan is :func:`ss4rec.ssm.scan.selective_scan`,
-  a chunked op with a hand-written backward that trains fast on CPU.
+  a chunked op with a hand-written backward, or on CPU (float32) the fused C kernel of
+  :mod:`ss4rec.ssm.scan_fused` when it builds here (same maths, several times faster).
 - ``backend="cuda"``: calls mamba-ssm's fused functions (``mamba_inner_fn``, or
   ``selective_scan_fn`` when ``causal_conv1d`` is missing) with this module's parameters.
   Needs ``pip install 'ss4rec[gpu]'`` and a CUDA device; asking for it without them raises.
@@ -49,6 +50,7 @@ from torch import Tensor
 
 from ss4rec.errors import ConfigError, UserError
 from ss4rec.ssm.scan import DEFAULT_CHUNK_SIZE, selective_scan, selective_scan_reference
+from ss4rec.ssm.scan_fused import fused_scan_usable, fused_selective_scan
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +98,9 @@ class Mamba(nn.Module):
     Arguments are mamba-ssm 2.2.x's (``use_fast_path``/``layer_idx`` are replaced by
     ``backend``), plus ``scan_chunk_size`` for the torch scan (memory vs. loop overhead).
     Attributes: ``last_backend`` is what the latest forward ran on; ``scan_impl`` picks the
-    torch backend's scan, ``"chunked"`` (default) or ``"reference"`` (the slow per-step
-    loop, for benchmarks).
+    torch backend's scan: ``"auto"`` (default: ``"fused"`` for float32 on CPU when the C
+    kernel builds, else ``"chunked"``), ``"fused"``, ``"chunked"`` or ``"reference"`` (the
+    slow per-step loop, for benchmarks).
     """
 
     def __init__(
@@ -142,8 +145,8 @@ class Mamba(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.backend = backend
         self.scan_chunk_size = scan_chunk_size
-        # torch backend's scan: "chunked" (fast) or "reference" (per-step loop, for benchmarks)
-        self.scan_impl = "chunked"
+        # torch backend's scan: "auto", "fused" (C kernel, CPU), "chunked" or "reference"
+        self.scan_impl = "auto"
         self.last_backend: Optional[str] = None  # what the latest forward ran on
         self._logged_backend: Optional[str] = None
 
@@ -240,10 +243,15 @@ class Mamba(nn.Module):
         # bias added in the compute dtype inside the softplus, as mamba-ssm's delta_bias
         delta = F.softplus(F.linear(dt, self.dt_proj.weight).to(compute) + self.dt_proj.bias.to(compute))
         A = -torch.exp(self.A_log.to(compute))  # [Di N], negative
-        if self.scan_impl not in ("chunked", "reference"):
-            raise ConfigError(f"Mamba: scan_impl must be 'chunked' or 'reference', got {self.scan_impl!r}")
+        if self.scan_impl not in ("auto", "fused", "chunked", "reference"):
+            raise ConfigError(
+                "Mamba: scan_impl must be 'auto', 'fused', 'chunked' or 'reference', "
+                f"got {self.scan_impl!r}"
+            )
         if self.scan_impl == "reference":
             y = selective_scan_reference(x, delta, A, B, C)  # [B L Di]
+        elif self.scan_impl == "fused" or (self.scan_impl == "auto" and fused_scan_usable(delta)):
+            y = fused_selective_scan(x, delta, A, B, C)  # [B L Di]
         else:
             y = selective_scan(x, delta, A, B, C, chunk_size=self.scan_chunk_size)  # [B L Di]
         x, z = x.to(compute), z.to(compute)

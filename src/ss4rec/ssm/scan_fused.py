@@ -365,6 +365,15 @@ class _FusedScanFn(torch.autograd.Function):
         return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C
 
 
+def fused_scan_usable(delta: Tensor) -> bool:
+    """Whether ``fused_selective_scan`` would run for a scan whose ``delta`` is this tensor
+    (float32-or-narrower on CPU, kernel built); callers fall back to the torch scan otherwise.
+
+    >>> use_fused = fused_scan_usable(torch.rand(2, 5, 8))
+    """
+    return delta.device.type == "cpu" and delta.dtype != torch.float64 and _load()[0] is not None
+
+
 def _check_supported(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
     from ss4rec.ssm.scan import _check_shapes  # shape messages shared with the torch scan
 
