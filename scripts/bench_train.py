@@ -1,0 +1,268 @@
+"""Benchmark training speed: seconds per epoch and peak memory of SS4Rec, SASRec and GRU4Rec.
+
+Usage::
+
+    python scripts/bench_train.py                                   # full epochs, CPU, 2 threads
+    python scripts/bench_train.py --max-batches 6 --threads 2       # extrapolate from 6 batches
+    python scripts/bench_train.py --models SS4Rec SASRec --lengths 50 --device cuda
+    python scripts/bench_train.py --skip-block                      # no block-scaling table
+
+Setup (the same for every model): bundled ML-100K, batch 2048, hidden size 64, CE loss,
+Adam (lr 1e-3), max sequence length from ``--lengths`` (default 50 and 200). SS4Rec uses its
+defaults (2 layers, Mamba d_state 32, expand 2, S5 P 32); SASRec RecBole's (2 layers, 2
+heads, inner 256); GRU4Rec one layer with embedding and hidden size 64.
+
+How it measures:
+
+* Each (model, length) trains in its own subprocess, so peak memory does not mix: CPU peak
+  is the subprocess's resident-set high-water mark (``ru_maxrss``, data included); CUDA peak
+  is ``torch.cuda.max_memory_allocated``.
+* The timed loop is RecBole's training step (``calculate_loss``, ``backward``, Adam ``step``)
+  over RecBole's own train loader, so data loading is included. One batch runs first
+  untimed (allocator warm-up, one-off kernel build). Without ``--max-batches`` the whole
+  epoch is timed; with it, the first N batches are timed and scaled to the epoch's batch
+  count, and the table says "extrapolated from N batches".
+* Block scaling: forward+backward of one SS4Rec block (S5 then Mamba, hidden 64) at
+  batch ``--block-batch`` for lengths 50...800 (median of 3), in one more subprocess.
+  Linear scaling means time(800) / time(200) near 4; the target is <= 4.5.
+
+Target (issue 9), CPU: SS4Rec epoch time <= SASRec epoch time at lengths 50 and 200.
+Prints markdown tables (and, with ``--json PATH``, writes the raw rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = ("SS4Rec", "SASRec", "GRU4Rec")
+BLOCK_LENGTHS = (50, 100, 200, 400, 800)
+
+# Settings every model shares, and each model's own width keys (hidden 64 throughout).
+COMMON = {"train_batch_size": 2048, "loss_type": "CE", "learning_rate": 0.001, "seed": 2020,
+          "show_progress": False, "epochs": 1}
+PER_MODEL = {
+    "SS4Rec": {"hidden_size": 64},
+    "SASRec": {"hidden_size": 64},
+    "GRU4Rec": {"embedding_size": 64, "hidden_size": 64},
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--lengths", nargs="+", type=int, default=[50, 200], help="MAX_ITEM_LIST_LENGTH values")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs to time (the mean is reported)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="time only N batches per epoch and extrapolate to the epoch")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--block-batch", type=int, default=64, help="batch of the block-scaling table")
+    parser.add_argument("--skip-block", action="store_true", help="leave out the block-scaling table")
+    parser.add_argument("--json", default=None, help="also write the raw rows to this file")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one subprocess's job
+    args = parser.parse_args(argv)
+    if args.max_batches is not None and args.max_batches < 1:
+        parser.error("--max-batches must be >= 1")
+    if args.epochs < 1:
+        parser.error("--epochs must be >= 1")
+    return args
+
+
+# --------------------------------------------------------------------- workers (subprocess)
+def _peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_worker(model: str, length: int, args) -> dict:
+    """Time training epochs of one model at one max length; returns one table row."""
+    import torch
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from ss4rec.pipeline import build_config
+
+    torch.set_num_threads(args.threads)
+    settings = {**COMMON, **PER_MODEL[model], "MAX_ITEM_LIST_LENGTH": length}
+    config, model_class = build_config(model, "ml-100k", config_dict=settings, device=args.device)
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    net = model_class(config, train_data._dataset).to(config["device"])
+    optimizer = torch.optim.Adam(net.parameters(), lr=config["learning_rate"])
+    net.train()
+
+    def step(interaction):
+        optimizer.zero_grad()
+        loss = net.calculate_loss(interaction.to(config["device"]))
+        loss.backward()
+        optimizer.step()
+
+    step(next(iter(train_data)))  # warm-up, untimed (allocator, one-off kernel build)
+    _sync(args.device)
+    batches_per_epoch = len(train_data)
+    epoch_seconds = []
+    for _ in range(args.epochs):
+        timed = 0
+        start = time.perf_counter()
+        for interaction in train_data:
+            step(interaction)
+            timed += 1
+            if args.max_batches is not None and timed >= args.max_batches:
+                break
+        _sync(args.device)
+        elapsed = time.perf_counter() - start
+        epoch_seconds.append(elapsed * batches_per_epoch / timed)
+    return {
+        "model": model,
+        "length": length,
+        "seconds_per_epoch": statistics.mean(epoch_seconds),
+        "timed_batches": timed,
+        "batches_per_epoch": batches_per_epoch,
+        "extrapolated": timed < batches_per_epoch,
+        "peak_memory_mb": _peak_memory_mb(args.device),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "scan": _mamba_scan(net, args.device),
+    }
+
+
+def _mamba_scan(net, device: str) -> str:
+    """Which selective scan the model's Mamba layers ran: cuda, fused, chunked, reference or -."""
+    import torch
+
+    from ss4rec.ssm.scan_fused import fused_scan_usable
+
+    layers = [m for m in net.modules() if type(m).__name__ == "Mamba"]
+    if not layers:
+        return "-"
+    layer = layers[0]
+    if layer.last_backend == "cuda":
+        return "cuda (mamba-ssm)"
+    if layer.scan_impl == "auto":
+        return "fused" if fused_scan_usable(torch.zeros(1, device=device)) else "chunked"
+    return layer.scan_impl
+
+
+def block_worker(args) -> list[dict]:
+    """Forward+backward seconds of one SS4Rec block against sequence length."""
+    import torch
+
+    from ss4rec.model import SSBlock
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    block = SSBlock(hidden_size=64, d_P=32, d_state=32, d_conv=4, expand=2, dt_min=0.001,
+                    dt_max=0.1, dropout_prob=0.2, model_type="SS4Rec", mamba_backend="auto").to(args.device)
+    rows = []
+    for length in BLOCK_LENGTHS:
+        x = torch.randn(args.block_batch, length, 64, device=args.device, requires_grad=True)  # [B L H]
+        dt = torch.rand(args.block_batch, length, device=args.device)  # [B L] gaps
+        times = []
+        for repeat in range(4):  # first pass is warm-up
+            _sync(args.device)
+            start = time.perf_counter()
+            block(x, dt).sum().backward()
+            _sync(args.device)
+            if repeat:
+                times.append(time.perf_counter() - start)
+        rows.append({"length": length, "seconds": statistics.median(times)})
+    return rows
+
+
+# --------------------------------------------------------------------- driver
+def _run_worker(job: dict, args) -> object:
+    """Run one job in a fresh interpreter; return its JSON result (raise with its stderr)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job),
+           "--threads", str(args.threads), "--device", args.device, "--epochs", str(args.epochs),
+           "--block-batch", str(args.block_batch)]
+    if args.max_batches is not None:
+        cmd += ["--max-batches", str(args.max_batches)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {job} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def train_table(rows: list[dict]) -> str:
+    lines = ["| model | max length | s / epoch | how | peak memory (MB) | parameters | Mamba scan |",
+             "|---|---:|---:|---|---:|---:|---|"]
+    for r in rows:
+        how = (f"extrapolated from {r['timed_batches']} batches (of {r['batches_per_epoch']})"
+               if r["extrapolated"] else f"full epoch ({r['batches_per_epoch']} batches)")
+        lines.append(f"| {r['model']} | {r['length']} | {r['seconds_per_epoch']:.1f} | {how} | "
+                     f"{r['peak_memory_mb']:.0f} | {r['parameters']:,} | {r['scan']} |")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict]) -> str:
+    by = {(r["model"], r["length"]): r["seconds_per_epoch"] for r in rows}
+    out = []
+    for length in sorted({r["length"] for r in rows}):
+        if ("SS4Rec", length) in by and ("SASRec", length) in by:
+            ss, sas = by[("SS4Rec", length)], by[("SASRec", length)]
+            ok = "yes" if ss <= sas else "NO"
+            out.append(f"- length {length}: SS4Rec {ss:.1f} s vs SASRec {sas:.1f} s per epoch "
+                       f"({sas / ss:.2f}x); SS4Rec <= SASRec: {ok}")
+    return "\n".join(out)
+
+
+def block_table(rows: list[dict], batch: int) -> str:
+    base = {r["length"]: r["seconds"] for r in rows}
+    lines = [f"| length | block fwd+bwd (s), batch {batch} | x time at 200 |", "|---:|---:|---:|"]
+    for r in rows:
+        ratio = r["seconds"] / base[200] if 200 in base else float("nan")
+        lines.append(f"| {r['length']} | {r['seconds']:.4f} | {ratio:.2f} |")
+    if 200 in base and 800 in base:
+        ratio = base[800] / base[200]
+        lines.append(f"\ntime(800) / time(200) = {ratio:.2f} (target <= 4.5: {'yes' if ratio <= 4.5 else 'NO'})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        job = json.loads(args.worker)
+        result = block_worker(args) if job["kind"] == "block" else train_worker(job["model"], job["length"], args)
+        print(json.dumps(result))
+        return 0
+
+    print(f"# bench_train: device {args.device}, {args.threads} thread(s), load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs", flush=True)
+    rows = []
+    for length in args.lengths:
+        for model in args.models:
+            start = time.time()
+            rows.append(_run_worker({"kind": "train", "model": model, "length": length}, args))
+            print(f"#   {model} @ {length}: {rows[-1]['seconds_per_epoch']:.1f} s/epoch "
+                  f"(subprocess {time.time() - start:.0f} s)", flush=True)
+    print("\n" + train_table(rows) + "\n\n" + verdict(rows), flush=True)
+    block_rows = []
+    if not args.skip_block:
+        block_rows = _run_worker({"kind": "block"}, args)
+        print("\n" + block_table(block_rows, args.block_batch), flush=True)
+    print(f"\n# load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"train": rows, "block": block_rows, "args": vars(args)}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
