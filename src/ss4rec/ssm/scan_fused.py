@@ -56,12 +56,10 @@ logger = logging.getLogger(__name__)
 
 DISABLE_ENV = "SS4REC_FUSED_SCAN"  # "0" turns the kernel off
 CACHE_ENV = "SS4REC_CACHE_DIR"
-# -fno-trapping-math lets gcc vectorise fast_exp's float->int step; -fopenmp-simd honours
-# the `omp simd` reductions without linking an OpenMP runtime.
-COMPILE_FLAGS = (
-    "-O3", "-march=native", "-fPIC", "-shared", "-std=c11",
-    "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
-)
+# -fno-trapping-math lets gcc vectorise fast_exp's float->int step (no -ffast-math: it
+# would reassociate sums and, linked into a shared library, can flush denormals process-wide)
+COMPILE_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-trapping-math")
+LANES = 16  # batch rows per vector block; W in the C source
 
 # Layout: u, delta, y, grad_* [B L D]; Bm, Cm [B L N]; A [D N]; all contiguous float32.
 # Each call handles batch rows [b0, b1); rows are independent except for grad_A, which the
@@ -70,12 +68,15 @@ _C_SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <math.h>
 
-/* Channels are processed W at a time (one AVX-512 or two AVX2 registers): every inner
-   loop below runs over the W lanes of a block with a compile-time trip count, so gcc
-   vectorises it fully. A block past the last channel is padded with delta = u = 0 (decay
-   1, no drive, no output), whose lanes are never stored. */
+/* Lanes are W batch rows (one AVX-512 or two AVX2 registers). The caller pads the batch
+   to K blocks of W rows and lays every array out block by block, lanes last:
+   u, delta, y, grad_u, grad_delta [K D L W]; Bm, Cm, grad_B, grad_C [K L N W]; A [D N].
+   So one block's data is contiguous (a channel's whole sequence is L x W floats in a row),
+   a lane vector is always one contiguous load, every inner loop runs over the W lanes
+   with a compile-time trip count (fully vectorised), and the reductions over d and n are
+   plain vector adds; only grad_A sums over lanes, once per (channel, state). Padding rows
+   are zero (delta = 0: decay 1, no drive; B = C = 0: no output, no gradient). */
 #define W 16
 
 /* exp(x), vectorisable: x = k ln2 + r with |r| <= ln2/2, exp(r) by its degree-7 Taylor
@@ -84,7 +85,7 @@ _C_SOURCE = r"""
    stands in for smaller decays). */
 static inline float fast_exp(float x) {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float k = floorf(x * 1.44269504088896341f + 0.5f);
+    float k = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - k * 0.693145751953125f - k * 1.42860682030941723e-6f;
     float p = 1.0f / 5040.0f;
     p = p * r + 1.0f / 720.0f;
@@ -99,132 +100,120 @@ static inline float fast_exp(float x) {
     return p * scale.f;
 }
 
-/* Copy `width` lanes of src into dst[W], zero-padding the rest. */
-static inline void load_lanes(float *dst, const float *src, int64_t width) {
-    for (int64_t j = 0; j < W; j++) dst[j] = j < width ? src[j] : 0.0f;
-}
-
-/* a[n][j] = A[d0 + j, n], the block's slice of A transposed to state-major. */
-static void load_A_block(float *a, const float *A, int64_t d0, int64_t width, int64_t N) {
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t j = 0; j < W; j++) a[n * W + j] = j < width ? A[(d0 + j) * N + n] : 0.0f;
-}
-
+/* Lane blocks [k0, k1) (block k = batch rows k*W ... k*W + W - 1). */
 void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
-                  const float *Cm, float *y, int64_t b0, int64_t b1, int64_t L, int64_t D,
+                  const float *Cm, float *y, int64_t k0, int64_t k1, int64_t L, int64_t D,
                   int64_t N) {
-    float *a = (float *)aligned_alloc(64, (size_t)(N * W) * sizeof(float));
     float *h = (float *)aligned_alloc(64, (size_t)(N * W) * sizeof(float));
-    float dt[W] __attribute__((aligned(64))), du[W] __attribute__((aligned(64)));
-    float out[W] __attribute__((aligned(64)));
-    for (int64_t b = b0; b < b1; b++) {
-        for (int64_t d0 = 0; d0 < D; d0 += W) {
-            int64_t width = D - d0 < W ? D - d0 : W;
-            load_A_block(a, A, d0, width, N);
+    for (int64_t k = k0; k < k1; k++) {
+        const float *Bk = Bm + k * L * N * W, *Ck = Cm + k * L * N * W;
+        for (int64_t d = 0; d < D; d++) {
+            const float *a = A + d * N;
+            int64_t seq = (k * D + d) * L * W;  /* this channel's [L W] sequence */
             memset(h, 0, (size_t)(N * W) * sizeof(float));
             for (int64_t t = 0; t < L; t++) {
-                int64_t row = (b * L + t) * D + d0;
-                const float *bt = Bm + (b * L + t) * N, *ct = Cm + (b * L + t) * N;
-                load_lanes(dt, delta + row, width);
-                load_lanes(du, u + row, width);
-                for (int64_t j = 0; j < W; j++) { du[j] *= dt[j]; out[j] = 0.0f; }
+                const float *restrict dt = delta + seq + t * W, *restrict ut = u + seq + t * W;
+                const float *bt = Bk + t * N * W, *ct = Ck + t * N * W;
+                float du[W], out[W];
+                for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
                 for (int64_t n = 0; n < N; n++) {
-                    float *hn = h + n * W;
-                    const float *an = a + n * W;
-                    float bn = bt[n], cn = ct[n];
-                    for (int64_t j = 0; j < W; j++) {
-                        hn[j] = fast_exp(dt[j] * an[j]) * hn[j] + du[j] * bn;
-                        out[j] += cn * hn[j];
+                    float an = a[n], *restrict hn = h + n * W;
+                    const float *restrict bn = bt + n * W, *restrict cn = ct + n * W;
+                    for (int j = 0; j < W; j++) {
+                        hn[j] = fast_exp(dt[j] * an) * hn[j] + du[j] * bn[j];
+                        out[j] += cn[j] * hn[j];
                     }
                 }
-                for (int64_t j = 0; j < width; j++) y[row + j] = out[j];
+                float *yt = y + seq + t * W;
+                for (int j = 0; j < W; j++) yt[j] = out[j];
             }
         }
     }
-    free(a);
     free(h);
 }
 
-/* Rows [b0, b1) of grad_u, grad_delta, grad_B, grad_C are overwritten; grad_A (this
-   thread's own copy) is added to. The forward states of one block are recomputed into a
-   buffer of (L + 1) x N x W floats, then walked backwards. */
+/* Lane blocks [k0, k1) of grad_u, grad_delta, grad_B, grad_C are overwritten; grad_A (this
+   thread's own copy) is added to. Per (block, channel) the forward states are recomputed
+   into a buffer of (L + 1) x N x W floats, with their decays, then walked backwards. */
 void scan_backward(const float *u, const float *delta, const float *A, const float *Bm,
                    const float *Cm, const float *grad_y, float *grad_u, float *grad_delta,
-                   float *grad_A, float *grad_B, float *grad_C, int64_t b0, int64_t b1,
+                   float *grad_A, float *grad_B, float *grad_C, int64_t k0, int64_t k1,
                    int64_t L, int64_t D, int64_t N) {
     size_t block = (size_t)(N * W) * sizeof(float);
-    float *a = (float *)aligned_alloc(64, block);
-    float *gh = (float *)aligned_alloc(64, block);   /* dLoss/dh_t carried from t + 1 */
-    float *gA = (float *)aligned_alloc(64, block);
+    float *gh = (float *)aligned_alloc(64, block);  /* dLoss/dh_t carried from t + 1 */
+    float *gA = (float *)aligned_alloc(64, block);  /* per-lane dLoss/dA[d, :] */
     float *hs = (float *)aligned_alloc(64, (size_t)(L + 1) * block);  /* slot t: h_{t-1} */
-    float dt[W] __attribute__((aligned(64))), du[W] __attribute__((aligned(64)));
-    float uu[W] __attribute__((aligned(64))), gy[W] __attribute__((aligned(64)));
-    float g_du[W] __attribute__((aligned(64))), g_delta[W] __attribute__((aligned(64)));
-    for (int64_t b = b0; b < b1; b++) {
-        float *gB = grad_B + b * L * N, *gC = grad_C + b * L * N;
-        memset(gB, 0, (size_t)(L * N) * sizeof(float));
-        memset(gC, 0, (size_t)(L * N) * sizeof(float));
-        for (int64_t d0 = 0; d0 < D; d0 += W) {
-            int64_t width = D - d0 < W ? D - d0 : W;
-            load_A_block(a, A, d0, width, N);
+    float *decay = (float *)aligned_alloc(64, (size_t)L * block);
+    for (int64_t k = k0; k < k1; k++) {
+        const float *Bk = Bm + k * L * N * W, *Ck = Cm + k * L * N * W;
+        float *gBk = grad_B + k * L * N * W, *gCk = grad_C + k * L * N * W;
+        memset(gBk, 0, (size_t)(L * N * W) * sizeof(float));
+        memset(gCk, 0, (size_t)(L * N * W) * sizeof(float));
+        for (int64_t d = 0; d < D; d++) {
+            const float *a = A + d * N;
+            int64_t seq = (k * D + d) * L * W;  /* this channel's [L W] sequence */
             memset(hs, 0, block);
-            for (int64_t t = 0; t < L; t++) {
-                int64_t row = (b * L + t) * D + d0;
-                const float *bt = Bm + (b * L + t) * N;
-                load_lanes(dt, delta + row, width);
-                load_lanes(du, u + row, width);
-                for (int64_t j = 0; j < W; j++) du[j] *= dt[j];
-                const float *prev = hs + t * N * W;
-                float *next = hs + (t + 1) * N * W;
+            for (int64_t t = 0; t < L; t++) {  /* recompute this channel's states */
+                const float *restrict dt = delta + seq + t * W, *restrict ut = u + seq + t * W;
+                const float *restrict bt = Bk + t * N * W;
+                const float *restrict prev = hs + t * N * W;
+                float *restrict next = hs + (t + 1) * N * W, *restrict dec = decay + t * N * W;
+                float du[W];
+                for (int j = 0; j < W; j++) du[j] = dt[j] * ut[j];
                 for (int64_t n = 0; n < N; n++) {
-                    float bn = bt[n];
-                    for (int64_t j = 0; j < W; j++)
-                        next[n * W + j] = fast_exp(dt[j] * a[n * W + j]) * prev[n * W + j] + du[j] * bn;
+                    float an = a[n];
+                    const float *restrict bn = bt + n * W;
+                    for (int j = 0; j < W; j++) {
+                        float e = fast_exp(dt[j] * an);
+                        dec[n * W + j] = e;
+                        next[n * W + j] = e * prev[n * W + j] + du[j] * bn[j];
+                    }
                 }
             }
             memset(gh, 0, block);
             memset(gA, 0, block);
             for (int64_t t = L - 1; t >= 0; t--) {
-                int64_t row = (b * L + t) * D + d0;
-                const float *bt = Bm + (b * L + t) * N, *ct = Cm + (b * L + t) * N;
-                load_lanes(dt, delta + row, width);
-                load_lanes(uu, u + row, width);
-                load_lanes(gy, grad_y + row, width);
-                for (int64_t j = 0; j < W; j++) { du[j] = dt[j] * uu[j]; g_du[j] = 0.0f; g_delta[j] = 0.0f; }
-                const float *prev = hs + t * N * W, *cur = hs + (t + 1) * N * W;
-                float *gbt = gB + t * N, *gct = gC + t * N;
+                int64_t row = seq + t * W;
+                const float *restrict dt = delta + row, *restrict ut = u + row, *restrict gy = grad_y + row;
+                const float *bt = Bk + t * N * W, *ct = Ck + t * N * W;
+                float *gbt = gBk + t * N * W, *gct = gCk + t * N * W;
+                const float *prev = hs + t * N * W, *cur = hs + (t + 1) * N * W, *dec = decay + t * N * W;
+                float du[W], g_du[W], g_delta[W];
+                for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; g_du[j] = 0.0f; g_delta[j] = 0.0f; }
                 for (int64_t n = 0; n < N; n++) {
-                    float bn = bt[n], cn = ct[n], sum_c = 0.0f, sum_b = 0.0f;
-                    float *ghn = gh + n * W, *gAn = gA + n * W;
-                    const float *an = a + n * W, *pn = prev + n * W, *cn_h = cur + n * W;
-                    #pragma omp simd reduction(+:sum_c, sum_b)
-                    for (int64_t j = 0; j < W; j++) {
-                        float dec = fast_exp(dt[j] * an[j]);
-                        float g = ghn[j] + gy[j] * cn;          /* total dLoss/dh_t */
-                        sum_c += gy[j] * cn_h[j];                /* dLoss/dC_t[n] */
-                        sum_b += du[j] * g;                      /* dLoss/dB_t[n] */
-                        g_du[j] += g * bn;
-                        float g_log_decay = g * pn[j] * dec;     /* dLoss/d(delta A) */
-                        g_delta[j] += g_log_decay * an[j];
+                    float an = a[n], *restrict ghn = gh + n * W, *restrict gAn = gA + n * W;
+                    const float *restrict bn = bt + n * W, *restrict cn = ct + n * W;
+                    float *restrict gbn = gbt + n * W, *restrict gcn = gct + n * W;
+                    const float *restrict pn = prev + n * W, *restrict hn = cur + n * W;
+                    const float *restrict en = dec + n * W;
+                    for (int j = 0; j < W; j++) {
+                        float g = ghn[j] + gy[j] * cn[j];        /* total dLoss/dh_t */
+                        gcn[j] += gy[j] * hn[j];                 /* dLoss/dC_t[n] */
+                        gbn[j] += du[j] * g;                     /* dLoss/dB_t[n] */
+                        g_du[j] += g * bn[j];
+                        float g_log_decay = g * pn[j] * en[j];   /* dLoss/d(delta A) */
+                        g_delta[j] += g_log_decay * an;
                         gAn[j] += dt[j] * g_log_decay;
-                        ghn[j] = g * dec;
+                        ghn[j] = g * en[j];
                     }
-                    gct[n] += sum_c;
-                    gbt[n] += sum_b;
                 }
-                for (int64_t j = 0; j < width; j++) {
-                    grad_u[row + j] = g_du[j] * dt[j];
-                    grad_delta[row + j] = g_delta[j] + g_du[j] * uu[j];
+                float *restrict gu = grad_u + row, *restrict gd = grad_delta + row;
+                for (int j = 0; j < W; j++) {
+                    gu[j] = g_du[j] * dt[j];
+                    gd[j] = g_delta[j] + g_du[j] * ut[j];
                 }
             }
-            for (int64_t n = 0; n < N; n++)
-                for (int64_t j = 0; j < width; j++) grad_A[(d0 + j) * N + n] += gA[n * W + j];
+            for (int64_t n = 0; n < N; n++) {
+                float total = 0.0f;
+                for (int j = 0; j < W; j++) total += gA[n * W + j];
+                grad_A[d * N + n] += total;
+            }
         }
     }
-    free(a);
     free(gh);
     free(gA);
     free(hs);
+    free(decay);
 }
 """
 
@@ -312,33 +301,52 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ss4rec-scan")
 
 
-def _batch_slices(batch: int):
-    """Contiguous batch ranges, one per torch intra-op thread (the kernel releases the GIL)."""
-    workers = max(1, min(torch.get_num_threads(), batch))
-    bounds = [batch * k // workers for k in range(workers + 1)]
+def _block_slices(blocks: int):
+    """Contiguous ranges of lane blocks, one per torch intra-op thread (the kernel releases the GIL)."""
+    workers = max(1, min(torch.get_num_threads(), blocks))
+    bounds = [blocks * k // workers for k in range(workers + 1)]
     return [(bounds[k], bounds[k + 1]) for k in range(workers)]
 
 
 def _run_sliced(fn, slices) -> list:
-    """fn(b0, b1) over every slice, on the thread pool when there is more than one."""
+    """fn(*slice) for every slice, on the thread pool when there is more than one."""
     if len(slices) == 1:
         return [fn(*slices[0])]
     return list(_pool(len(slices)).map(lambda s: fn(*s), slices))
 
 
+def _to_blocks(x: Tensor, padded_batch: int, channel_major: bool) -> Tensor:
+    """[B L F] -> contiguous float32 blocks of LANES batch rows, lanes last, zero-padded:
+    [K F L W] when ``channel_major`` (u, delta: one channel's sequence in a row), else
+    [K L F W] (B, C: one step's states in a row)."""
+    batch, length, features = x.shape
+    padded = x.to(torch.float32)
+    if padded_batch > batch:
+        padded = torch.cat([padded, padded.new_zeros(padded_batch - batch, length, features)])
+    blocks = padded.view(padded_batch // LANES, LANES, length, features)  # [K W L F]
+    order = (0, 3, 2, 1) if channel_major else (0, 2, 3, 1)
+    return blocks.permute(*order).contiguous()
+
+
+def _from_blocks(y: Tensor, batch: int) -> Tensor:
+    """[K D L W] -> [B L D] (the first ``batch`` rows)."""
+    blocks, d_inner, length, lanes = y.shape
+    return y.permute(0, 3, 2, 1).reshape(blocks * lanes, length, d_inner)[:batch]
+
+
 class _FusedScanFn(torch.autograd.Function):
-    """Inputs contiguous float32 on CPU, batch-first: u, delta [B L D]; A [D N]; B, C [B L N]."""
+    """Inputs in the kernel layout: u, delta [K D L W]; A [D N]; B, C [K L N W] (float32, CPU)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C):
         lib, _ = _load()
-        batch, length, d_inner = u.shape
+        blocks, d_inner, length, _ = u.shape
         d_state = A.shape[1]
-        y = torch.empty_like(u)  # [B L D]
+        y = torch.empty_like(u)  # [K D L W]
         ptrs = [t.data_ptr() for t in (u, delta, A, B, C, y)]
         _run_sliced(
-            lambda b0, b1: lib.scan_forward(*ptrs, b0, b1, length, d_inner, d_state),
-            _batch_slices(batch),
+            lambda k0, k1: lib.scan_forward(*ptrs, k0, k1, length, d_inner, d_state),
+            _block_slices(blocks),
         )
         ctx.save_for_backward(u, delta, A, B, C)
         return y
@@ -347,21 +355,21 @@ class _FusedScanFn(torch.autograd.Function):
     def backward(ctx, grad_y):
         lib, _ = _load()
         u, delta, A, B, C = ctx.saved_tensors
-        batch, length, d_inner = u.shape
+        blocks, d_inner, length, _ = u.shape
         d_state = A.shape[1]
         grad_y = grad_y.to(torch.float32).contiguous()
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
         grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
-        slices = _batch_slices(batch)
+        slices = _block_slices(blocks)
         grad_A_parts = A.new_zeros(len(slices), d_inner, d_state)  # one per thread, summed below
         ptrs = [t.data_ptr() for t in (u, delta, A, B, C, grad_y, grad_u, grad_delta)]
         tail = [grad_B.data_ptr(), grad_C.data_ptr()]
 
-        def work(k):
-            b0, b1 = slices[k]
-            lib.scan_backward(*ptrs, grad_A_parts[k].data_ptr(), *tail, b0, b1, length, d_inner, d_state)
+        def work(k, k0, k1):
+            lib.scan_backward(*ptrs, grad_A_parts[k].data_ptr(), *tail, k0, k1,
+                              length, d_inner, d_state)
 
-        _run_sliced(work, [(k,) for k in range(len(slices))])
+        _run_sliced(work, [(k, *bounds) for k, bounds in enumerate(slices)])
         return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C
 
 
@@ -402,5 +410,10 @@ def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     lib, reason = _load()
     if lib is None:
         raise RuntimeError(f"fused_selective_scan: {reason}")
-    args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C)]
-    return _FusedScanFn.apply(*args).to(u.dtype)
+    batch = u.shape[0]
+    padded = -(-batch // LANES) * LANES
+    u_k, delta_k = (_to_blocks(x, padded, channel_major=True) for x in (u, delta))  # [K D L W]
+    B_k, C_k = (_to_blocks(x, padded, channel_major=False) for x in (B, C))  # [K L N W]
+    A32 = A.to(torch.float32).contiguous()  # [D N]
+    y = _FusedScanFn.apply(u_k, delta_k, A32, B_k, C_k)  # [K D L W]
+    return _from_blocks(y, batch).to(u.dtype)  # [B L D]
