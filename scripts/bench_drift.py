@@ -15,7 +15,6 @@ Markdown table: rows, wall time, rows/s and the child's peak RSS
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import subprocess
 import sys

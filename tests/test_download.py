@@ -14,11 +14,10 @@ import random
 import re
 import shutil
 import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from localserver import local_http_server
 
 from ss4rec.data.download import cache_path, fetch, is_url, resolve
 from ss4rec.errors import DataError
@@ -68,23 +67,10 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     """A file server on 127.0.0.1; ``server.url(name)`` addresses its one payload."""
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), _FileHandler)
-    httpd.timeout = 0.1
-    httpd.payload, httpd.etag, httpd.seen = PAYLOAD, '"v1"', []
-    httpd.fail_status, httpd.ignore_range, httpd.cut_after = None, False, None
-    httpd.url = lambda name="ml-test.zip": f"http://127.0.0.1:{httpd.server_port}/{name}"
-    stop = threading.Event()
-
-    def serve(max_requests=50, deadline=time.monotonic() + 60):
-        while not stop.is_set() and len(httpd.seen) < max_requests and time.monotonic() < deadline:
-            httpd.handle_request()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield httpd
-    stop.set()
-    thread.join(timeout=5)
-    httpd.server_close()
+    with local_http_server(_FileHandler, payload=PAYLOAD, etag='"v1"', seen=[], fail_status=None,
+                           ignore_range=False, cut_after=None) as httpd:
+        httpd.url = lambda name="ml-test.zip": f"http://127.0.0.1:{httpd.server_port}/{name}"
+        yield httpd
 
 
 def files_under(folder: Path) -> list[Path]:

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from localserver import local_http_server
 
 from ss4rec.config import _recbole_dir
 
@@ -59,14 +60,9 @@ class Webhook(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def webhook():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
-    httpd.posts = []
-    httpd.url = f"http://127.0.0.1:{httpd.server_port}/services/T0/B0/secret"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with local_http_server(Webhook, deadline_s=1200, posts=[]) as httpd:
+        httpd.url = f"http://127.0.0.1:{httpd.server_port}/services/T0/B0/secret"
+        yield httpd
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import http.server
 import json
 import logging
 import socket
-import threading
 import time
 
 import pytest
+from localserver import local_http_server
 
 from ss4rec.notify import ENV_VAR, Notifier, redact_url
 
@@ -41,22 +41,9 @@ class _WebhookHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def webhook():
     """A webhook endpoint; ``webhook.url`` posts to it, ``webhook.posts`` are the bodies."""
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), _WebhookHandler)
-    httpd.timeout = 0.1
-    httpd.posts, httpd.status = [], 200
-    httpd.url = f"http://127.0.0.1:{httpd.server_port}/services/T000/B000/s3cretpath"
-    stop = threading.Event()
-
-    def serve(max_requests=20, deadline=time.monotonic() + 60):
-        while not stop.is_set() and len(httpd.posts) < max_requests and time.monotonic() < deadline:
-            httpd.handle_request()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield httpd
-    stop.set()
-    thread.join(timeout=5)
-    httpd.server_close()
+    with local_http_server(_WebhookHandler, max_requests=20, posts=[], status=200) as httpd:
+        httpd.url = f"http://127.0.0.1:{httpd.server_port}/services/T000/B000/s3cretpath"
+        yield httpd
 
 
 def texts(webhook) -> list[str]:

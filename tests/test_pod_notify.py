@@ -13,10 +13,10 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from localserver import local_http_server
 
 SCRIPT = Path(__file__).resolve().parents[1] / "runpod_entrypoint.sh"
 
@@ -34,14 +34,9 @@ class _Webhook(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def webhook():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
-    httpd.posts = []
-    httpd.url = f"http://127.0.0.1:{httpd.server_port}/api/webhooks/1/t0ken"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with local_http_server(_Webhook, deadline_s=1200, posts=[]) as httpd:
+        httpd.url = f"http://127.0.0.1:{httpd.server_port}/api/webhooks/1/t0ken"
+        yield httpd
 
 
 def closed_port_url() -> str:

@@ -220,7 +220,6 @@ def _build(report, model, dataset, config_files, config_dict, device):
 
 
 def _check_config(report: PreflightReport, config) -> None:
-    from ss4rec.config import check_keys  # noqa: F401  (keys were checked by build_config)
     from ss4rec.errors import ConfigError
     from ss4rec.guards import guard_settings
 

@@ -35,7 +35,6 @@ the file, the line and what was expected, and nothing is written (see
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re

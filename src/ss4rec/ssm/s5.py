@@ -136,7 +136,6 @@ def _chunked_scan(
         return states
     chunk = _chunk_length(length)
     n_chunks = length // chunk
-    leftover = length - n_chunks * chunk
 
     def run_leftover(positions, state):
         for k in positions:
