@@ -59,6 +59,8 @@ CACHE_ENV = "SS4REC_CACHE_DIR"
 # -fno-trapping-math lets gcc vectorise fast_exp's float->int step (no -ffast-math: it
 # would reassociate sums and, linked into a shared library, can flush denormals process-wide)
 COMPILE_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-trapping-math")
+# x86 with AVX-512: one 16-lane register per lane block (~15% faster than two AVX2 halves)
+TUNING_FLAGS = ("-mprefer-vector-width=512",)
 LANES = 16  # batch rows per vector block; W in the C source
 
 # Layout: u, delta, y, grad_* [B L D]; Bm, Cm [B L N]; A [D N]; all contiguous float32.
@@ -69,15 +71,18 @@ _C_SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 
-/* Lanes are W batch rows (one AVX-512 or two AVX2 registers). The caller pads the batch
-   to K blocks of W rows and lays every array out block by block, lanes last:
-   u, delta, y, grad_u, grad_delta [K D L W]; Bm, Cm, grad_B, grad_C [K L N W]; A [D N].
-   So one block's data is contiguous (a channel's whole sequence is L x W floats in a row),
-   a lane vector is always one contiguous load, every inner loop runs over the W lanes
-   with a compile-time trip count (fully vectorised), and the reductions over d and n are
-   plain vector adds; only grad_A sums over lanes, once per (channel, state). Padding rows
-   are zero (delta = 0: decay 1, no drive; B = C = 0: no output, no gradient). */
+/* Layout of the arguments (contiguous float32): u, delta, y, grad_y, grad_u, grad_delta
+   [Bsz L D]; Bm, Cm, grad_B, grad_C [Bsz L N]; A, grad_A [D N].
+
+   Lanes are W batch rows (one AVX-512 register, or two AVX2 ones). A thread takes lane
+   blocks k0..k1-1 (block k = rows k*W ...), copies each block's B and C into [L N W]
+   buffers and, DC channels at a time, its u and delta into [DC L W] buffers: lanes last,
+   so every inner loop below runs over W contiguous lanes with a compile-time trip count
+   (fully vectorised), and the sums over d and n are plain vector adds; only grad_A sums
+   over lanes, once per (channel, state). Lanes past the batch are zero (delta = 0: decay 1,
+   no drive; B = C = 0: no output, no gradient) and are never written back. */
 #define W 16
+#define DC 16
 
 /* exp(x), vectorisable: x = k ln2 + r with |r| <= ln2/2, exp(r) by its degree-7 Taylor
    polynomial (truncation < 6e-9 relative, below float rounding), 2^k built in the exponent
@@ -100,120 +105,168 @@ static inline float fast_exp(float x) {
     return p * scale.f;
 }
 
-/* Lane blocks [k0, k1) (block k = batch rows k*W ... k*W + W - 1). */
-void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
-                  const float *Cm, float *y, int64_t k0, int64_t k1, int64_t L, int64_t D,
-                  int64_t N) {
-    float *h = (float *)aligned_alloc(64, (size_t)(N * W) * sizeof(float));
-    for (int64_t k = k0; k < k1; k++) {
-        const float *Bk = Bm + k * L * N * W, *Ck = Cm + k * L * N * W;
-        for (int64_t d = 0; d < D; d++) {
-            const float *a = A + d * N;
-            int64_t seq = (k * D + d) * L * W;  /* this channel's [L W] sequence */
-            memset(h, 0, (size_t)(N * W) * sizeof(float));
-            for (int64_t t = 0; t < L; t++) {
-                const float *restrict dt = delta + seq + t * W, *restrict ut = u + seq + t * W;
-                const float *bt = Bk + t * N * W, *ct = Ck + t * N * W;
-                float du[W], out[W];
-                for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
-                for (int64_t n = 0; n < N; n++) {
-                    float an = a[n], *restrict hn = h + n * W;
-                    const float *restrict bn = bt + n * W, *restrict cn = ct + n * W;
-                    for (int j = 0; j < W; j++) {
-                        hn[j] = fast_exp(dt[j] * an) * hn[j] + du[j] * bn[j];
-                        out[j] += cn[j] * hn[j];
-                    }
-                }
-                float *yt = y + seq + t * W;
-                for (int j = 0; j < W; j++) yt[j] = out[j];
+/* src [Bsz L F] rows row0 .. row0+width-1, features f0 .. f0+nf-1  <->  buf [nf L W]
+   (channel_major) or [L nf W]; lanes past width are zeroed on the way in. */
+static void pack(float *buf, const float *src, int64_t row0, int64_t width, int64_t L,
+                 int64_t F, int64_t f0, int64_t nf, int channel_major) {
+    for (int64_t j = 0; j < W; j++)
+        for (int64_t t = 0; t < L; t++) {
+            const float *s = src + ((row0 + j) * L + t) * F + f0;
+            for (int64_t f = 0; f < nf; f++) {
+                int64_t at = channel_major ? (f * L + t) * W + j : (t * nf + f) * W + j;
+                buf[at] = j < width ? s[f] : 0.0f;
             }
         }
-    }
-    free(h);
 }
 
-/* Lane blocks [k0, k1) of grad_u, grad_delta, grad_B, grad_C are overwritten; grad_A (this
-   thread's own copy) is added to. Per (block, channel) the forward states are recomputed
-   into a buffer of (L + 1) x N x W floats, with their decays, then walked backwards. */
+static void unpack(float *dst, const float *buf, int64_t row0, int64_t width, int64_t L,
+                   int64_t F, int64_t f0, int64_t nf, int channel_major) {
+    for (int64_t j = 0; j < width; j++)
+        for (int64_t t = 0; t < L; t++) {
+            float *o = dst + ((row0 + j) * L + t) * F + f0;
+            for (int64_t f = 0; f < nf; f++)
+                o[f] = buf[channel_major ? (f * L + t) * W + j : (t * nf + f) * W + j];
+        }
+}
+
+static float *buffer(int64_t floats) {
+    return (float *)aligned_alloc(64, (size_t)(((floats * 4 + 63) / 64) * 64));
+}
+
+void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
+                  const float *Cm, float *y, int64_t k0, int64_t k1, int64_t Bsz, int64_t L,
+                  int64_t D, int64_t N) {
+    float *h = buffer(N * W), *Bk = buffer(L * N * W), *Ck = buffer(L * N * W);
+    float *uc = buffer(DC * L * W), *dc = buffer(DC * L * W), *yc = buffer(DC * L * W);
+    for (int64_t k = k0; k < k1; k++) {
+        int64_t row0 = k * W, width = Bsz - row0 < W ? Bsz - row0 : W;
+        pack(Bk, Bm, row0, width, L, N, 0, N, 0);
+        pack(Ck, Cm, row0, width, L, N, 0, N, 0);
+        for (int64_t d0 = 0; d0 < D; d0 += DC) {
+            int64_t nd = D - d0 < DC ? D - d0 : DC;
+            pack(uc, u, row0, width, L, D, d0, nd, 1);
+            pack(dc, delta, row0, width, L, D, d0, nd, 1);
+            for (int64_t dd = 0; dd < nd; dd++) {
+                const float *a = A + (d0 + dd) * N;
+                memset(h, 0, (size_t)(N * W) * sizeof(float));
+                for (int64_t t = 0; t < L; t++) {
+                    const float *restrict dt = dc + (dd * L + t) * W, *restrict ut = uc + (dd * L + t) * W;
+                    const float *bt = Bk + t * N * W, *ct = Ck + t * N * W;
+                    float du[W], out[W];
+                    for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
+                    for (int64_t n = 0; n < N; n++) {
+                        float an = a[n], *restrict hn = h + n * W;
+                        const float *restrict bn = bt + n * W, *restrict cn = ct + n * W;
+                        for (int j = 0; j < W; j++) {
+                            hn[j] = fast_exp(dt[j] * an) * hn[j] + du[j] * bn[j];
+                            out[j] += cn[j] * hn[j];
+                        }
+                    }
+                    float *restrict yt = yc + (dd * L + t) * W;
+                    for (int j = 0; j < W; j++) yt[j] = out[j];
+                }
+            }
+            unpack(y, yc, row0, width, L, D, d0, nd, 1);
+        }
+    }
+    free(h); free(Bk); free(Ck); free(uc); free(dc); free(yc);
+}
+
+/* Rows of lane blocks [k0, k1) of grad_u, grad_delta, grad_B, grad_C are overwritten;
+   grad_A (this thread's own copy) is added to. Per (block, channel) the forward states
+   are recomputed with their decays into (L + 1) x N x W buffers, then walked backwards. */
 void scan_backward(const float *u, const float *delta, const float *A, const float *Bm,
                    const float *Cm, const float *grad_y, float *grad_u, float *grad_delta,
                    float *grad_A, float *grad_B, float *grad_C, int64_t k0, int64_t k1,
-                   int64_t L, int64_t D, int64_t N) {
-    size_t block = (size_t)(N * W) * sizeof(float);
-    float *gh = (float *)aligned_alloc(64, block);  /* dLoss/dh_t carried from t + 1 */
-    float *gA = (float *)aligned_alloc(64, block);  /* per-lane dLoss/dA[d, :] */
-    float *hs = (float *)aligned_alloc(64, (size_t)(L + 1) * block);  /* slot t: h_{t-1} */
-    float *decay = (float *)aligned_alloc(64, (size_t)L * block);
+                   int64_t Bsz, int64_t L, int64_t D, int64_t N) {
+    int64_t block = N * W;
+    float *gh = buffer(block);      /* dLoss/dh_t carried from t + 1 */
+    float *gA = buffer(block);      /* per-lane dLoss/dA[d, :] */
+    float *hs = buffer((L + 1) * block);  /* slot t: h_{t-1} */
+    float *decay = buffer(L * block);
+    float *Bk = buffer(L * block), *Ck = buffer(L * block);
+    float *gBk = buffer(L * block), *gCk = buffer(L * block);
+    float *uc = buffer(DC * L * W), *dc = buffer(DC * L * W), *gyc = buffer(DC * L * W);
+    float *guc = buffer(DC * L * W), *gdc = buffer(DC * L * W);
     for (int64_t k = k0; k < k1; k++) {
-        const float *Bk = Bm + k * L * N * W, *Ck = Cm + k * L * N * W;
-        float *gBk = grad_B + k * L * N * W, *gCk = grad_C + k * L * N * W;
-        memset(gBk, 0, (size_t)(L * N * W) * sizeof(float));
-        memset(gCk, 0, (size_t)(L * N * W) * sizeof(float));
-        for (int64_t d = 0; d < D; d++) {
-            const float *a = A + d * N;
-            int64_t seq = (k * D + d) * L * W;  /* this channel's [L W] sequence */
-            memset(hs, 0, block);
-            for (int64_t t = 0; t < L; t++) {  /* recompute this channel's states */
-                const float *restrict dt = delta + seq + t * W, *restrict ut = u + seq + t * W;
-                const float *restrict bt = Bk + t * N * W;
-                const float *restrict prev = hs + t * N * W;
-                float *restrict next = hs + (t + 1) * N * W, *restrict dec = decay + t * N * W;
-                float du[W];
-                for (int j = 0; j < W; j++) du[j] = dt[j] * ut[j];
-                for (int64_t n = 0; n < N; n++) {
-                    float an = a[n];
-                    const float *restrict bn = bt + n * W;
-                    for (int j = 0; j < W; j++) {
-                        float e = fast_exp(dt[j] * an);
-                        dec[n * W + j] = e;
-                        next[n * W + j] = e * prev[n * W + j] + du[j] * bn[j];
+        int64_t row0 = k * W, width = Bsz - row0 < W ? Bsz - row0 : W;
+        pack(Bk, Bm, row0, width, L, N, 0, N, 0);
+        pack(Ck, Cm, row0, width, L, N, 0, N, 0);
+        memset(gBk, 0, (size_t)(L * block) * sizeof(float));
+        memset(gCk, 0, (size_t)(L * block) * sizeof(float));
+        for (int64_t d0 = 0; d0 < D; d0 += DC) {
+            int64_t nd = D - d0 < DC ? D - d0 : DC;
+            pack(uc, u, row0, width, L, D, d0, nd, 1);
+            pack(dc, delta, row0, width, L, D, d0, nd, 1);
+            pack(gyc, grad_y, row0, width, L, D, d0, nd, 1);
+            for (int64_t dd = 0; dd < nd; dd++) {
+                int64_t d = d0 + dd;
+                const float *a = A + d * N;
+                memset(hs, 0, (size_t)block * sizeof(float));
+                for (int64_t t = 0; t < L; t++) {  /* recompute this channel's states */
+                    const float *restrict dt = dc + (dd * L + t) * W, *restrict ut = uc + (dd * L + t) * W;
+                    const float *restrict bt = Bk + t * block;
+                    const float *restrict prev = hs + t * block;
+                    float *restrict next = hs + (t + 1) * block, *restrict dec = decay + t * block;
+                    float du[W];
+                    for (int j = 0; j < W; j++) du[j] = dt[j] * ut[j];
+                    for (int64_t n = 0; n < N; n++) {
+                        float an = a[n];
+                        const float *restrict bn = bt + n * W;
+                        for (int j = 0; j < W; j++) {
+                            float e = fast_exp(dt[j] * an);
+                            dec[n * W + j] = e;
+                            next[n * W + j] = e * prev[n * W + j] + du[j] * bn[j];
+                        }
                     }
                 }
-            }
-            memset(gh, 0, block);
-            memset(gA, 0, block);
-            for (int64_t t = L - 1; t >= 0; t--) {
-                int64_t row = seq + t * W;
-                const float *restrict dt = delta + row, *restrict ut = u + row, *restrict gy = grad_y + row;
-                const float *bt = Bk + t * N * W, *ct = Ck + t * N * W;
-                float *gbt = gBk + t * N * W, *gct = gCk + t * N * W;
-                const float *prev = hs + t * N * W, *cur = hs + (t + 1) * N * W, *dec = decay + t * N * W;
-                float du[W], g_du[W], g_delta[W];
-                for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; g_du[j] = 0.0f; g_delta[j] = 0.0f; }
-                for (int64_t n = 0; n < N; n++) {
-                    float an = a[n], *restrict ghn = gh + n * W, *restrict gAn = gA + n * W;
-                    const float *restrict bn = bt + n * W, *restrict cn = ct + n * W;
-                    float *restrict gbn = gbt + n * W, *restrict gcn = gct + n * W;
-                    const float *restrict pn = prev + n * W, *restrict hn = cur + n * W;
-                    const float *restrict en = dec + n * W;
+                memset(gh, 0, (size_t)block * sizeof(float));
+                memset(gA, 0, (size_t)block * sizeof(float));
+                for (int64_t t = L - 1; t >= 0; t--) {
+                    int64_t row = (dd * L + t) * W;
+                    const float *restrict dt = dc + row, *restrict ut = uc + row, *restrict gy = gyc + row;
+                    const float *bt = Bk + t * block, *ct = Ck + t * block;
+                    float *gbt = gBk + t * block, *gct = gCk + t * block;
+                    const float *prev = hs + t * block, *cur = hs + (t + 1) * block, *dec = decay + t * block;
+                    float du[W], g_du[W], g_delta[W];
+                    for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; g_du[j] = 0.0f; g_delta[j] = 0.0f; }
+                    for (int64_t n = 0; n < N; n++) {
+                        float an = a[n], *restrict ghn = gh + n * W, *restrict gAn = gA + n * W;
+                        const float *restrict bn = bt + n * W, *restrict cn = ct + n * W;
+                        float *restrict gbn = gbt + n * W, *restrict gcn = gct + n * W;
+                        const float *restrict pn = prev + n * W, *restrict hn = cur + n * W;
+                        const float *restrict en = dec + n * W;
+                        for (int j = 0; j < W; j++) {
+                            float g = ghn[j] + gy[j] * cn[j];        /* total dLoss/dh_t */
+                            gcn[j] += gy[j] * hn[j];                 /* dLoss/dC_t[n] */
+                            gbn[j] += du[j] * g;                     /* dLoss/dB_t[n] */
+                            g_du[j] += g * bn[j];
+                            float g_log_decay = g * pn[j] * en[j];   /* dLoss/d(delta A) */
+                            g_delta[j] += g_log_decay * an;
+                            gAn[j] += dt[j] * g_log_decay;
+                            ghn[j] = g * en[j];
+                        }
+                    }
+                    float *restrict gu = guc + row, *restrict gd = gdc + row;
                     for (int j = 0; j < W; j++) {
-                        float g = ghn[j] + gy[j] * cn[j];        /* total dLoss/dh_t */
-                        gcn[j] += gy[j] * hn[j];                 /* dLoss/dC_t[n] */
-                        gbn[j] += du[j] * g;                     /* dLoss/dB_t[n] */
-                        g_du[j] += g * bn[j];
-                        float g_log_decay = g * pn[j] * en[j];   /* dLoss/d(delta A) */
-                        g_delta[j] += g_log_decay * an;
-                        gAn[j] += dt[j] * g_log_decay;
-                        ghn[j] = g * en[j];
+                        gu[j] = g_du[j] * dt[j];
+                        gd[j] = g_delta[j] + g_du[j] * ut[j];
                     }
                 }
-                float *restrict gu = grad_u + row, *restrict gd = grad_delta + row;
-                for (int j = 0; j < W; j++) {
-                    gu[j] = g_du[j] * dt[j];
-                    gd[j] = g_delta[j] + g_du[j] * ut[j];
+                for (int64_t n = 0; n < N; n++) {
+                    float total = 0.0f;
+                    for (int j = 0; j < W; j++) total += gA[n * W + j];
+                    grad_A[d * N + n] += total;
                 }
             }
-            for (int64_t n = 0; n < N; n++) {
-                float total = 0.0f;
-                for (int j = 0; j < W; j++) total += gA[n * W + j];
-                grad_A[d * N + n] += total;
-            }
+            unpack(grad_u, guc, row0, width, L, D, d0, nd, 1);
+            unpack(grad_delta, gdc, row0, width, L, D, d0, nd, 1);
         }
+        unpack(grad_B, gBk, row0, width, L, N, 0, N, 0);
+        unpack(grad_C, gCk, row0, width, L, N, 0, N, 0);
     }
-    free(gh);
-    free(gA);
-    free(hs);
-    free(decay);
+    free(gh); free(gA); free(hs); free(decay); free(Bk); free(Ck); free(gBk); free(gCk);
+    free(uc); free(dc); free(gyc); free(guc); free(gdc);
 }
 """
 
@@ -244,7 +297,7 @@ def _compiler() -> str:
 def _build() -> ctypes.CDLL:
     """Compile (once per source/flags/CPU; cached on disk) and load the kernel."""
     compiler = _compiler()
-    key = hashlib.sha256("\0".join((_C_SOURCE, compiler, *COMPILE_FLAGS, _cpu_tag())).encode())
+    key = hashlib.sha256("\0".join((_C_SOURCE, compiler, *COMPILE_FLAGS, *TUNING_FLAGS, _cpu_tag())).encode())
     target = _cache_dir() / f"scan_fused_{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -253,8 +306,9 @@ def _build() -> ctypes.CDLL:
             source.write_text(_C_SOURCE)
             built = Path(tmp) / target.name
             errors = []
-            # a compiler that rejects -march=native (some clang/arm builds) still gets a try
-            for flags in (COMPILE_FLAGS, tuple(f for f in COMPILE_FLAGS if f != "-march=native")):
+            # tuning flags are x86-only, and some compilers (clang on arm) reject -march=native
+            portable = tuple(f for f in COMPILE_FLAGS if f != "-march=native")
+            for flags in (COMPILE_FLAGS + TUNING_FLAGS, COMPILE_FLAGS, portable):
                 proc = subprocess.run(
                     [compiler, *flags, str(source), "-o", str(built), "-lm"],
                     capture_output=True, text=True, timeout=120,
@@ -267,9 +321,9 @@ def _build() -> ctypes.CDLL:
             os.replace(built, target)  # atomic: concurrent builders never see half a file
     lib = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.scan_forward.argtypes = [ptr] * 6 + [i64] * 5
+    lib.scan_forward.argtypes = [ptr] * 6 + [i64] * 6
     lib.scan_forward.restype = None
-    lib.scan_backward.argtypes = [ptr] * 11 + [i64] * 5
+    lib.scan_backward.argtypes = [ptr] * 11 + [i64] * 6
     lib.scan_backward.restype = None
     return lib
 
@@ -315,38 +369,19 @@ def _run_sliced(fn, slices) -> list:
     return list(_pool(len(slices)).map(lambda s: fn(*s), slices))
 
 
-def _to_blocks(x: Tensor, padded_batch: int, channel_major: bool) -> Tensor:
-    """[B L F] -> contiguous float32 blocks of LANES batch rows, lanes last, zero-padded:
-    [K F L W] when ``channel_major`` (u, delta: one channel's sequence in a row), else
-    [K L F W] (B, C: one step's states in a row)."""
-    batch, length, features = x.shape
-    padded = x.to(torch.float32)
-    if padded_batch > batch:
-        padded = torch.cat([padded, padded.new_zeros(padded_batch - batch, length, features)])
-    blocks = padded.view(padded_batch // LANES, LANES, length, features)  # [K W L F]
-    order = (0, 3, 2, 1) if channel_major else (0, 2, 3, 1)
-    return blocks.permute(*order).contiguous()
-
-
-def _from_blocks(y: Tensor, batch: int) -> Tensor:
-    """[K D L W] -> [B L D] (the first ``batch`` rows)."""
-    blocks, d_inner, length, lanes = y.shape
-    return y.permute(0, 3, 2, 1).reshape(blocks * lanes, length, d_inner)[:batch]
-
-
 class _FusedScanFn(torch.autograd.Function):
-    """Inputs in the kernel layout: u, delta [K D L W]; A [D N]; B, C [K L N W] (float32, CPU)."""
+    """Inputs contiguous float32 on CPU: u, delta [B L D]; A [D N]; B, C [B L N]."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C):
         lib, _ = _load()
-        blocks, d_inner, length, _ = u.shape
+        batch, length, d_inner = u.shape
         d_state = A.shape[1]
-        y = torch.empty_like(u)  # [K D L W]
+        y = torch.empty_like(u)  # [B L D]
         ptrs = [t.data_ptr() for t in (u, delta, A, B, C, y)]
         _run_sliced(
-            lambda k0, k1: lib.scan_forward(*ptrs, k0, k1, length, d_inner, d_state),
-            _block_slices(blocks),
+            lambda k0, k1: lib.scan_forward(*ptrs, k0, k1, batch, length, d_inner, d_state),
+            _block_slices(-(-batch // LANES)),
         )
         ctx.save_for_backward(u, delta, A, B, C)
         return y
@@ -355,19 +390,19 @@ class _FusedScanFn(torch.autograd.Function):
     def backward(ctx, grad_y):
         lib, _ = _load()
         u, delta, A, B, C = ctx.saved_tensors
-        blocks, d_inner, length, _ = u.shape
+        batch, length, d_inner = u.shape
         d_state = A.shape[1]
         grad_y = grad_y.to(torch.float32).contiguous()
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
         grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
-        slices = _block_slices(blocks)
+        slices = _block_slices(-(-batch // LANES))
         grad_A_parts = A.new_zeros(len(slices), d_inner, d_state)  # one per thread, summed below
         ptrs = [t.data_ptr() for t in (u, delta, A, B, C, grad_y, grad_u, grad_delta)]
         tail = [grad_B.data_ptr(), grad_C.data_ptr()]
 
         def work(k, k0, k1):
             lib.scan_backward(*ptrs, grad_A_parts[k].data_ptr(), *tail, k0, k1,
-                              length, d_inner, d_state)
+                              batch, length, d_inner, d_state)
 
         _run_sliced(work, [(k, *bounds) for k, bounds in enumerate(slices)])
         return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C
@@ -410,10 +445,5 @@ def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     lib, reason = _load()
     if lib is None:
         raise RuntimeError(f"fused_selective_scan: {reason}")
-    batch = u.shape[0]
-    padded = -(-batch // LANES) * LANES
-    u_k, delta_k = (_to_blocks(x, padded, channel_major=True) for x in (u, delta))  # [K D L W]
-    B_k, C_k = (_to_blocks(x, padded, channel_major=False) for x in (B, C))  # [K L N W]
-    A32 = A.to(torch.float32).contiguous()  # [D N]
-    y = _FusedScanFn.apply(u_k, delta_k, A32, B_k, C_k)  # [K D L W]
-    return _from_blocks(y, batch).to(u.dtype)  # [B L D]
+    args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C)]
+    return _FusedScanFn.apply(*args).to(u.dtype)  # [B L D]
