@@ -76,6 +76,30 @@ def test_matches_reference_in_value_and_gradient(shape):
         assert_close_rel(grad, grad_ref, rel, f"grad {name}")
 
 
+@pytest.mark.parametrize("gated", [True, False], ids=["skip+gate", "skip-only"])
+@pytest.mark.parametrize("shape", [(3, 7, 5, 4), (17, 9, 20, 8)], ids=lambda s: "B{}-L{}-D{}-N{}".format(*s))
+def test_skip_and_gate_match_reference(shape, gated):
+    # Mamba's output before out_proj: (scan + D * u) * silu(z), fused into the kernel
+    inputs = make_inputs(*shape, seed=9)
+    generator = torch.Generator().manual_seed(10)
+    D = torch.randn(shape[2], generator=generator).requires_grad_()
+    z = (torch.randn(shape[0], shape[1], shape[2], generator=generator) * 3).requires_grad_() if gated else None
+    extra = [D] + ([z] if gated else [])
+
+    def reference(u, delta, A, B, C, D, z=None):
+        y = selective_scan_reference(u, delta, A, B, C) + D * u
+        return y * torch.nn.functional.silu(z) if z is not None else y
+
+    y, grads = outputs_and_grads(lambda *a: fused_selective_scan(*a[:5], D=a[5], z=a[6] if gated else None),
+                                 inputs + extra)
+    y_ref, grads_ref = outputs_and_grads(lambda *a: reference(*a), inputs + extra)
+    rel = TOLERANCE[torch.float32]["rel"]
+    assert_close_rel(y, y_ref, rel, "y")
+    names = ("u", "delta", "A", "B", "C", "D", "z")
+    for name, grad, grad_ref in zip(names, grads, grads_ref):
+        assert_close_rel(grad, grad_ref, rel, f"grad {name}")
+
+
 def test_strong_decay_underflow_matches_reference():
     # delta * A far below -87: the kernel clamps its exp there, the reference underflows to 0
     inputs = make_inputs(2, 9, 20, 8, seed=3, delta_scale=60.0)
@@ -131,6 +155,10 @@ def test_bad_input_is_named():
         fused_selective_scan(u, delta, A, B, C[..., :3])
     with pytest.raises(ValueError, match="A is float64"):
         fused_selective_scan(u, delta, A.double(), B, C)
+    with pytest.raises(ValueError, match="D must be"):
+        fused_selective_scan(u, delta, A, B, C, D=torch.ones(7))
+    with pytest.raises(ValueError, match="z must have"):
+        fused_selective_scan(u, delta, A, B, C, z=u[:1])
 
 
 def _probe(env_overrides):

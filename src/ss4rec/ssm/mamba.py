@@ -251,7 +251,9 @@ class Mamba(nn.Module):
         if self.scan_impl == "reference":
             y = selective_scan_reference(x, delta, A, B, C)  # [B L Di]
         elif self.scan_impl == "fused" or (self.scan_impl == "auto" and fused_scan_usable(delta)):
-            y = fused_selective_scan(x, delta, A, B, C)  # [B L Di]
+            # the C kernel applies the skip and the gate too: (scan + D x) * silu(z)
+            y = fused_selective_scan(x, delta, A, B, C, D=self.D, z=z)  # [B L Di]
+            return self.out_proj(y.to(hidden.dtype))  # [B L d_model]
         else:
             y = selective_scan(x, delta, A, B, C, chunk_size=self.scan_chunk_size)  # [B L Di]
         x, z = x.to(compute), z.to(compute)

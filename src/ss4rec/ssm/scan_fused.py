@@ -47,7 +47,7 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -71,8 +71,10 @@ _C_SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 
-/* Layout of the arguments (contiguous float32): u, delta, y, grad_y, grad_u, grad_delta
-   [Bsz L D]; Bm, Cm, grad_B, grad_C [Bsz L N]; A, grad_A [D N].
+/* Layout of the arguments (contiguous float32): u, delta, z, y, grad_y, grad_u,
+   grad_delta, grad_z [Bsz L D]; Bm, Cm, grad_B, grad_C [Bsz L N]; A, grad_A [D N];
+   Dsk, grad_D [D]. The output is y = (scan + Dsk * u) * silu(z), or without the gate
+   when z is NULL (Mamba's skip and gate, fused so that they cost no extra passes).
 
    Lanes are W batch rows (one AVX-512 register, or two AVX2 ones). A thread takes lane
    blocks k0..k1-1 (block k = rows k*W ...), copies each block's B and C into [L N W]
@@ -134,10 +136,11 @@ static float *buffer(int64_t floats) {
 }
 
 void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
-                  const float *Cm, float *y, int64_t k0, int64_t k1, int64_t Bsz, int64_t L,
-                  int64_t D, int64_t N) {
+                  const float *Cm, const float *Dsk, const float *z, float *y, int64_t k0,
+                  int64_t k1, int64_t Bsz, int64_t L, int64_t D, int64_t N) {
     float *h = buffer(N * W), *Bk = buffer(L * N * W), *Ck = buffer(L * N * W);
     float *uc = buffer(DC * L * W), *dc = buffer(DC * L * W), *yc = buffer(DC * L * W);
+    float *zc = buffer(DC * L * W);
     for (int64_t k = k0; k < k1; k++) {
         int64_t row0 = k * W, width = Bsz - row0 < W ? Bsz - row0 : W;
         pack(Bk, Bm, row0, width, L, N, 0, N, 0);
@@ -146,8 +149,10 @@ void scan_forward(const float *u, const float *delta, const float *A, const floa
             int64_t nd = D - d0 < DC ? D - d0 : DC;
             pack(uc, u, row0, width, L, D, d0, nd, 1);
             pack(dc, delta, row0, width, L, D, d0, nd, 1);
+            if (z) pack(zc, z, row0, width, L, D, d0, nd, 1);
             for (int64_t dd = 0; dd < nd; dd++) {
                 const float *a = A + (d0 + dd) * N;
+                float skip = Dsk[d0 + dd];
                 memset(h, 0, (size_t)(N * W) * sizeof(float));
                 for (int64_t t = 0; t < L; t++) {
                     const float *restrict dt = dc + (dd * L + t) * W, *restrict ut = uc + (dd * L + t) * W;
@@ -163,21 +168,28 @@ void scan_forward(const float *u, const float *delta, const float *A, const floa
                         }
                     }
                     float *restrict yt = yc + (dd * L + t) * W;
-                    for (int j = 0; j < W; j++) yt[j] = out[j];
+                    const float *restrict zt = zc + (dd * L + t) * W;
+                    if (z) {
+                        for (int j = 0; j < W; j++)  /* silu(z) = z / (1 + exp(-z)) */
+                            yt[j] = (out[j] + skip * ut[j]) * zt[j] / (1.0f + fast_exp(-zt[j]));
+                    } else {
+                        for (int j = 0; j < W; j++) yt[j] = out[j] + skip * ut[j];
+                    }
                 }
             }
             unpack(y, yc, row0, width, L, D, d0, nd, 1);
         }
     }
-    free(h); free(Bk); free(Ck); free(uc); free(dc); free(yc);
+    free(h); free(Bk); free(Ck); free(uc); free(dc); free(yc); free(zc);
 }
 
-/* Rows of lane blocks [k0, k1) of grad_u, grad_delta, grad_B, grad_C are overwritten;
-   grad_A (this thread's own copy) is added to. Per (block, channel) the forward states
+/* Rows of lane blocks [k0, k1) of grad_u, grad_delta, grad_z, grad_B, grad_C are
+   overwritten; grad_A and grad_D (this thread's own copies) are added to. Per (block, channel) the forward states
    are recomputed with their decays into (L + 1) x N x W buffers, then walked backwards. */
 void scan_backward(const float *u, const float *delta, const float *A, const float *Bm,
-                   const float *Cm, const float *grad_y, float *grad_u, float *grad_delta,
-                   float *grad_A, float *grad_B, float *grad_C, int64_t k0, int64_t k1,
+                   const float *Cm, const float *Dsk, const float *z, const float *grad_y,
+                   float *grad_u, float *grad_delta, float *grad_z, float *grad_A,
+                   float *grad_B, float *grad_C, float *grad_D, int64_t k0, int64_t k1,
                    int64_t Bsz, int64_t L, int64_t D, int64_t N) {
     int64_t block = N * W;
     float *gh = buffer(block);      /* dLoss/dh_t carried from t + 1 */
@@ -188,6 +200,8 @@ void scan_backward(const float *u, const float *delta, const float *A, const flo
     float *gBk = buffer(L * block), *gCk = buffer(L * block);
     float *uc = buffer(DC * L * W), *dc = buffer(DC * L * W), *gyc = buffer(DC * L * W);
     float *guc = buffer(DC * L * W), *gdc = buffer(DC * L * W);
+    float *zc = buffer(DC * L * W), *gzc = buffer(DC * L * W);
+    float *ys = buffer(L * W);  /* the scan's own output y_t (before skip and gate) */
     for (int64_t k = k0; k < k1; k++) {
         int64_t row0 = k * W, width = Bsz - row0 < W ? Bsz - row0 : W;
         pack(Bk, Bm, row0, width, L, N, 0, N, 0);
@@ -199,32 +213,52 @@ void scan_backward(const float *u, const float *delta, const float *A, const flo
             pack(uc, u, row0, width, L, D, d0, nd, 1);
             pack(dc, delta, row0, width, L, D, d0, nd, 1);
             pack(gyc, grad_y, row0, width, L, D, d0, nd, 1);
+            if (z) pack(zc, z, row0, width, L, D, d0, nd, 1);
             for (int64_t dd = 0; dd < nd; dd++) {
                 int64_t d = d0 + dd;
                 const float *a = A + d * N;
+                float skip = Dsk[d], gD[W];
+                for (int j = 0; j < W; j++) gD[j] = 0.0f;
                 memset(hs, 0, (size_t)block * sizeof(float));
                 for (int64_t t = 0; t < L; t++) {  /* recompute this channel's states */
                     const float *restrict dt = dc + (dd * L + t) * W, *restrict ut = uc + (dd * L + t) * W;
-                    const float *restrict bt = Bk + t * block;
+                    const float *restrict bt = Bk + t * block, *restrict ct = Ck + t * block;
                     const float *restrict prev = hs + t * block;
                     float *restrict next = hs + (t + 1) * block, *restrict dec = decay + t * block;
-                    float du[W];
-                    for (int j = 0; j < W; j++) du[j] = dt[j] * ut[j];
+                    float du[W], out[W];
+                    for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
                     for (int64_t n = 0; n < N; n++) {
                         float an = a[n];
-                        const float *restrict bn = bt + n * W;
+                        const float *restrict bn = bt + n * W, *restrict cn = ct + n * W;
                         for (int j = 0; j < W; j++) {
                             float e = fast_exp(dt[j] * an);
+                            float hn = e * prev[n * W + j] + du[j] * bn[j];
                             dec[n * W + j] = e;
-                            next[n * W + j] = e * prev[n * W + j] + du[j] * bn[j];
+                            next[n * W + j] = hn;
+                            out[j] += cn[j] * hn;
                         }
                     }
+                    for (int j = 0; j < W; j++) ys[t * W + j] = out[j];
                 }
                 memset(gh, 0, (size_t)block * sizeof(float));
                 memset(gA, 0, (size_t)block * sizeof(float));
                 for (int64_t t = L - 1; t >= 0; t--) {
                     int64_t row = (dd * L + t) * W;
-                    const float *restrict dt = dc + row, *restrict ut = uc + row, *restrict gy = gyc + row;
+                    const float *restrict dt = dc + row, *restrict ut = uc + row, *restrict go = gyc + row;
+                    const float *restrict zt = zc + row;
+                    float gy[W];  /* dLoss/dy_t of the scan itself, through the gate */
+                    if (z) {
+                        float *restrict gz = gzc + row;
+                        for (int j = 0; j < W; j++) {
+                            float sig = 1.0f / (1.0f + fast_exp(-zt[j]));
+                            gy[j] = go[j] * zt[j] * sig;
+                            /* silu'(z) = sig (1 + z (1 - sig)) */
+                            gz[j] = go[j] * (ys[t * W + j] + skip * ut[j]) * sig * (1.0f + zt[j] * (1.0f - sig));
+                        }
+                    } else {
+                        for (int j = 0; j < W; j++) gy[j] = go[j];
+                    }
+                    for (int j = 0; j < W; j++) gD[j] += gy[j] * ut[j];
                     const float *bt = Bk + t * block, *ct = Ck + t * block;
                     float *gbt = gBk + t * block, *gct = gCk + t * block;
                     const float *prev = hs + t * block, *cur = hs + (t + 1) * block, *dec = decay + t * block;
@@ -249,7 +283,7 @@ void scan_backward(const float *u, const float *delta, const float *A, const flo
                     }
                     float *restrict gu = guc + row, *restrict gd = gdc + row;
                     for (int j = 0; j < W; j++) {
-                        gu[j] = g_du[j] * dt[j];
+                        gu[j] = g_du[j] * dt[j] + gy[j] * skip;
                         gd[j] = g_delta[j] + g_du[j] * ut[j];
                     }
                 }
@@ -258,15 +292,19 @@ void scan_backward(const float *u, const float *delta, const float *A, const flo
                     for (int j = 0; j < W; j++) total += gA[n * W + j];
                     grad_A[d * N + n] += total;
                 }
+                float total = 0.0f;
+                for (int j = 0; j < W; j++) total += gD[j];
+                grad_D[d] += total;
             }
             unpack(grad_u, guc, row0, width, L, D, d0, nd, 1);
             unpack(grad_delta, gdc, row0, width, L, D, d0, nd, 1);
+            if (z) unpack(grad_z, gzc, row0, width, L, D, d0, nd, 1);
         }
         unpack(grad_B, gBk, row0, width, L, N, 0, N, 0);
         unpack(grad_C, gCk, row0, width, L, N, 0, N, 0);
     }
     free(gh); free(gA); free(hs); free(decay); free(Bk); free(Ck); free(gBk); free(gCk);
-    free(uc); free(dc); free(gyc); free(guc); free(gdc);
+    free(uc); free(dc); free(gyc); free(guc); free(gdc); free(zc); free(gzc); free(ys);
 }
 """
 
@@ -321,9 +359,9 @@ def _build() -> ctypes.CDLL:
             os.replace(built, target)  # atomic: concurrent builders never see half a file
     lib = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.scan_forward.argtypes = [ptr] * 6 + [i64] * 6
+    lib.scan_forward.argtypes = [ptr] * 8 + [i64] * 6
     lib.scan_forward.restype = None
-    lib.scan_backward.argtypes = [ptr] * 11 + [i64] * 6
+    lib.scan_backward.argtypes = [ptr] * 15 + [i64] * 6
     lib.scan_backward.restype = None
     return lib
 
@@ -370,42 +408,47 @@ def _run_sliced(fn, slices) -> list:
 
 
 class _FusedScanFn(torch.autograd.Function):
-    """Inputs contiguous float32 on CPU: u, delta [B L D]; A [D N]; B, C [B L N]."""
+    """Inputs contiguous float32 on CPU: u, delta, z [B L D] (z may be None); A [D N];
+    B, C [B L N]; D_skip [D]."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C):
+    def forward(ctx, u, delta, A, B, C, D_skip, z):
         lib, _ = _load()
         batch, length, d_inner = u.shape
         d_state = A.shape[1]
         y = torch.empty_like(u)  # [B L D]
-        ptrs = [t.data_ptr() for t in (u, delta, A, B, C, y)]
+        ptrs = [t.data_ptr() for t in (u, delta, A, B, C, D_skip)] + [None if z is None else z.data_ptr()]
         _run_sliced(
-            lambda k0, k1: lib.scan_forward(*ptrs, k0, k1, batch, length, d_inner, d_state),
+            lambda k0, k1: lib.scan_forward(*ptrs, y.data_ptr(), k0, k1, batch, length, d_inner, d_state),
             _block_slices(-(-batch // LANES)),
         )
-        ctx.save_for_backward(u, delta, A, B, C)
+        ctx.save_for_backward(u, delta, A, B, C, D_skip, z)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         lib, _ = _load()
-        u, delta, A, B, C = ctx.saved_tensors
+        u, delta, A, B, C, D_skip, z = ctx.saved_tensors
         batch, length, d_inner = u.shape
         d_state = A.shape[1]
         grad_y = grad_y.to(torch.float32).contiguous()
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+        grad_z = None if z is None else torch.empty_like(z)
         grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
         slices = _block_slices(-(-batch // LANES))
-        grad_A_parts = A.new_zeros(len(slices), d_inner, d_state)  # one per thread, summed below
-        ptrs = [t.data_ptr() for t in (u, delta, A, B, C, grad_y, grad_u, grad_delta)]
-        tail = [grad_B.data_ptr(), grad_C.data_ptr()]
+        # grad_A and grad_D sum over the batch: one copy per thread, summed below
+        grad_A_parts = A.new_zeros(len(slices), d_inner, d_state)
+        grad_D_parts = A.new_zeros(len(slices), d_inner)
+        inputs = [t.data_ptr() for t in (u, delta, A, B, C, D_skip)] + [None if z is None else z.data_ptr()]
+        grads = [grad_u.data_ptr(), grad_delta.data_ptr(), None if z is None else grad_z.data_ptr()]
 
         def work(k, k0, k1):
-            lib.scan_backward(*ptrs, grad_A_parts[k].data_ptr(), *tail, k0, k1,
-                              batch, length, d_inner, d_state)
+            lib.scan_backward(*inputs, grad_y.data_ptr(), *grads, grad_A_parts[k].data_ptr(),
+                              grad_B.data_ptr(), grad_C.data_ptr(), grad_D_parts[k].data_ptr(),
+                              k0, k1, batch, length, d_inner, d_state)
 
         _run_sliced(work, [(k, *bounds) for k, bounds in enumerate(slices)])
-        return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C
+        return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C, grad_D_parts.sum(0), grad_z
 
 
 def fused_scan_usable(delta: Tensor) -> bool:
@@ -434,16 +477,27 @@ def _check_supported(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) 
             )
 
 
-def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                         D: Optional[Tensor] = None, z: Optional[Tensor] = None) -> Tensor:
     """Selective scan through the fused C kernel (CPU, float32 compute).
 
-    Shapes: u, delta ``[B, L, D]``; A ``[D, N]``; B, C ``[B, L, N]``; returns y ``[B, L, D]``
-    in u's dtype. Raises RuntimeError when the kernel is unavailable (see
-    :func:`fused_scan_available`) and ValueError for CUDA or float64 inputs.
+    Shapes: u, delta ``[B, L, D]``; A ``[D, N]``; B, C ``[B, L, N]``; optional skip D
+    ``[D]`` and gate z ``[B, L, D]``. Returns ``(scan + D * u) * silu(z)`` (Mamba's output
+    before ``out_proj``; plain ``scan`` when both are None), ``[B, L, D]`` in u's dtype.
+    Gradients flow to every tensor given. Raises RuntimeError when the kernel is
+    unavailable (see :func:`fused_scan_available`), ValueError for CUDA or float64 inputs.
     """
     _check_supported(u, delta, A, B, C)
+    d_inner = u.shape[2]
+    if D is not None and D.shape != (d_inner,):
+        raise ValueError(f"fused_selective_scan: D must be [d_inner={d_inner}], got {tuple(D.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"fused_selective_scan: z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
     lib, reason = _load()
     if lib is None:
         raise RuntimeError(f"fused_selective_scan: {reason}")
-    args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C)]
-    return _FusedScanFn.apply(*args).to(u.dtype)  # [B L D]
+    if D is None:
+        D = u.new_zeros(d_inner, dtype=torch.float32)
+    args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C, D)]
+    z32 = None if z is None else z.to(torch.float32).contiguous()
+    return _FusedScanFn.apply(*args, z32).to(u.dtype)  # [B L D]
