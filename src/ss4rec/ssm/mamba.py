@@ -50,7 +50,7 @@ from torch import Tensor
 
 from ss4rec.errors import ConfigError, UserError
 from ss4rec.ssm.scan import DEFAULT_CHUNK_SIZE, selective_scan, selective_scan_reference
-from ss4rec.ssm.scan_fused import fused_scan_usable, fused_selective_scan
+from ss4rec.ssm.scan_fused import fused_causal_conv1d_silu, fused_scan_usable, fused_selective_scan
 
 logger = logging.getLogger(__name__)
 
@@ -234,9 +234,14 @@ class Mamba(nn.Module):
     def _forward_torch(self, hidden: Tensor) -> Tensor:
         length = hidden.shape[1]
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [B L Di] each
-        # causal depthwise conv: pad d_conv-1 on both sides, keep the first L outputs
-        x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)  # [B L Di]
-        x = F.silu(x)
+        # fused C kernels (CPU, float32): conv+silu here, scan+skip+gate below
+        fused = self.scan_impl == "fused" or (self.scan_impl == "auto" and fused_scan_usable(hidden))
+        if fused:
+            x = fused_causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)  # [B L Di]
+        else:
+            # causal depthwise conv: pad d_conv-1 on both sides, keep the first L outputs
+            x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)  # [B L Di]
+            x = F.silu(x)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # the scan and what surrounds it run in fp32 at least (fp64 stays fp64)
         compute = torch.promote_types(hidden.dtype, torch.float32)
@@ -250,7 +255,7 @@ class Mamba(nn.Module):
             )
         if self.scan_impl == "reference":
             y = selective_scan_reference(x, delta, A, B, C)  # [B L Di]
-        elif self.scan_impl == "fused" or (self.scan_impl == "auto" and fused_scan_usable(delta)):
+        elif fused:
             # the C kernel applies the skip and the gate too: (scan + D x) * silu(z)
             y = fused_selective_scan(x, delta, A, B, C, D=self.D, z=z)  # [B L Di]
             return self.out_proj(y.to(hidden.dtype))  # [B L d_model]

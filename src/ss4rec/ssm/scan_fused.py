@@ -306,6 +306,70 @@ void scan_backward(const float *u, const float *delta, const float *A, const flo
     free(gh); free(gA); free(hs); free(decay); free(Bk); free(Ck); free(gBk); free(gCk);
     free(uc); free(dc); free(gyc); free(guc); free(gdc); free(zc); free(gzc); free(ys);
 }
+
+/* Mamba's causal depthwise convolution and SiLU, fused, vectorised over channels:
+   out[b, t, d] = silu(bias[d] + sum_k w[k, d] * x[b, t - (K - 1) + k, d])  (x = 0 before t = 0)
+   x: rows with strides (sb, st) and contiguous channels (a view of in_proj's output);
+   w [K D] (tap K - 1 multiplies the current step); out, grad_out, grad_x [Bsz L D]. */
+void conv_forward(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
+                  float *out, int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t K) {
+    for (int64_t b = b0; b < b1; b++)
+        for (int64_t t = 0; t < L; t++) {
+            float *restrict o = out + (b * L + t) * D;
+            for (int64_t d = 0; d < D; d++) o[d] = bias[d];
+            for (int64_t k = 0; k < K; k++) {
+                int64_t s = t - (K - 1) + k;
+                if (s < 0) continue;
+                const float *restrict xs = x + b * sb + s * st, *restrict wk = w + k * D;
+                for (int64_t d = 0; d < D; d++) o[d] += wk[d] * xs[d];
+            }
+            for (int64_t d = 0; d < D; d++) o[d] = o[d] / (1.0f + fast_exp(-o[d]));
+        }
+}
+
+/* grad_x rows [b0, b1) are overwritten; grad_w [K D] and grad_bias [D] (this thread's own
+   copies) are added to. g is a scratch buffer of L x D floats. */
+void conv_backward(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
+                   const float *grad_out, float *grad_x, float *grad_w, float *grad_bias,
+                   int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t K) {
+    float *g = buffer(L * D);  /* dLoss/d(pre-activation) of one batch row */
+    for (int64_t b = b0; b < b1; b++) {
+        for (int64_t t = 0; t < L; t++) {
+            float *restrict gt = g + t * D;
+            for (int64_t d = 0; d < D; d++) gt[d] = bias[d];
+            for (int64_t k = 0; k < K; k++) {
+                int64_t s = t - (K - 1) + k;
+                if (s < 0) continue;
+                const float *restrict xs = x + b * sb + s * st, *restrict wk = w + k * D;
+                for (int64_t d = 0; d < D; d++) gt[d] += wk[d] * xs[d];
+            }
+            const float *restrict go = grad_out + (b * L + t) * D;
+            for (int64_t d = 0; d < D; d++) {  /* silu'(p) = sig (1 + p (1 - sig)) */
+                float p = gt[d], sig = 1.0f / (1.0f + fast_exp(-p));
+                gt[d] = go[d] * sig * (1.0f + p * (1.0f - sig));
+            }
+            for (int64_t d = 0; d < D; d++) grad_bias[d] += gt[d];
+            for (int64_t k = 0; k < K; k++) {
+                int64_t s = t - (K - 1) + k;
+                if (s < 0) continue;
+                const float *restrict xs = x + b * sb + s * st;
+                float *restrict gwk = grad_w + k * D;
+                for (int64_t d = 0; d < D; d++) gwk[d] += gt[d] * xs[d];
+            }
+        }
+        for (int64_t s = 0; s < L; s++) {
+            float *restrict gx = grad_x + (b * L + s) * D;
+            for (int64_t d = 0; d < D; d++) gx[d] = 0.0f;
+            for (int64_t k = 0; k < K; k++) {
+                int64_t t = s + (K - 1) - k;
+                if (t >= L) continue;
+                const float *restrict gt = g + t * D, *restrict wk = w + k * D;
+                for (int64_t d = 0; d < D; d++) gx[d] += wk[d] * gt[d];
+            }
+        }
+    }
+    free(g);
+}
 """
 
 
@@ -363,6 +427,10 @@ def _build() -> ctypes.CDLL:
     lib.scan_forward.restype = None
     lib.scan_backward.argtypes = [ptr] * 15 + [i64] * 6
     lib.scan_backward.restype = None
+    lib.conv_forward.argtypes = [ptr, i64, i64, ptr, ptr, ptr] + [i64] * 5
+    lib.conv_forward.restype = None
+    lib.conv_backward.argtypes = [ptr, i64, i64] + [ptr] * 6 + [i64] * 5
+    lib.conv_backward.restype = None
     return lib
 
 
@@ -449,6 +517,80 @@ class _FusedScanFn(torch.autograd.Function):
 
         _run_sliced(work, [(k, *bounds) for k, bounds in enumerate(slices)])
         return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C, grad_D_parts.sum(0), grad_z
+
+
+def _row_slices(batch: int):
+    """Contiguous ranges of batch rows, one per torch intra-op thread."""
+    workers = max(1, min(torch.get_num_threads(), batch))
+    bounds = [batch * k // workers for k in range(workers + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(workers)]
+
+
+class _FusedConvSiluFn(torch.autograd.Function):
+    """x [B L D] float32 with stride(-1) == 1; weight [K D] and bias [D] contiguous float32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        lib, _ = _load()
+        batch, length, channels = x.shape
+        taps = weight.shape[0]
+        out = x.new_empty(batch, length, channels)  # [B L D]
+        strides = (x.stride(0), x.stride(1))
+        _run_sliced(
+            lambda b0, b1: lib.conv_forward(x.data_ptr(), *strides, weight.data_ptr(), bias.data_ptr(),
+                                            out.data_ptr(), b0, b1, length, channels, taps),
+            _row_slices(batch),
+        )
+        ctx.save_for_backward(x, weight, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        lib, _ = _load()
+        x, weight, bias = ctx.saved_tensors
+        batch, length, channels = x.shape
+        taps = weight.shape[0]
+        grad_out = grad_out.to(torch.float32).contiguous()
+        grad_x = torch.empty(batch, length, channels, dtype=torch.float32)
+        slices = _row_slices(batch)
+        grad_w_parts = weight.new_zeros(len(slices), taps, channels)  # per thread, summed below
+        grad_b_parts = bias.new_zeros(len(slices), channels)
+        strides = (x.stride(0), x.stride(1))
+
+        def work(k, b0, b1):
+            lib.conv_backward(x.data_ptr(), *strides, weight.data_ptr(), bias.data_ptr(),
+                              grad_out.data_ptr(), grad_x.data_ptr(), grad_w_parts[k].data_ptr(),
+                              grad_b_parts[k].data_ptr(), b0, b1, length, channels, taps)
+
+        _run_sliced(work, [(k, *bounds) for k, bounds in enumerate(slices)])
+        return grad_x, grad_w_parts.sum(0), grad_b_parts.sum(0)
+
+
+def fused_causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``silu(causal depthwise conv1d(x))`` through the C kernel (CPU, float32 compute).
+
+    x ``[B, L, D]`` (any strides; a view with contiguous channels is read in place);
+    weight ``[D, 1, K]`` as ``nn.Conv1d(D, D, K, groups=D).weight`` (tap K-1 multiplies
+    the current step); bias ``[D]`` or None. Returns ``[B, L, D]`` in x's dtype, equal to
+    ``silu(conv1d(x.transpose(1, 2), weight, bias, padding=K-1, groups=D)[..., :L]).transpose(1, 2)``.
+
+    >>> conv = torch.nn.Conv1d(8, 8, 4, groups=8, padding=3)
+    >>> out = fused_causal_conv1d_silu(torch.randn(2, 5, 8), conv.weight, conv.bias)  # [2 5 8]
+    """
+    if x.dim() != 3 or weight.dim() != 3 or weight.shape[0] != x.shape[2] or weight.shape[1] != 1:
+        raise ValueError(
+            f"fused_causal_conv1d_silu: expected x [B, L, D] and weight [D, 1, K], got "
+            f"{tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(f"fused_causal_conv1d_silu: {reason}")
+    x32 = x.to(torch.float32)
+    if x32.stride(2) != 1:
+        x32 = x32.contiguous()
+    weight_kd = weight[:, 0, :].t().to(torch.float32).contiguous()  # [K D]
+    bias32 = (bias if bias is not None else weight.new_zeros(weight.shape[0])).to(torch.float32).contiguous()
+    return _FusedConvSiluFn.apply(x32, weight_kd, bias32).to(x.dtype)  # [B L D]
 
 
 def fused_scan_usable(delta: Tensor) -> bool:
