@@ -59,9 +59,8 @@ CACHE_ENV = "SS4REC_CACHE_DIR"
 # -fno-trapping-math lets gcc vectorise fast_exp's float->int step (no -ffast-math: it
 # would reassociate sums and, linked into a shared library, can flush denormals process-wide)
 COMPILE_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-trapping-math")
-# x86 with AVX-512: one 16-lane register per lane block (~15% faster than two AVX2 halves)
+# x86 with AVX-512: one 16-lane register per channel block (faster than two AVX2 halves)
 TUNING_FLAGS = ("-mprefer-vector-width=512",)
-LANES = 16  # batch rows per vector block; W in the C source
 
 # Layout: u, delta, y, grad_* [B L D]; Bm, Cm [B L N]; A [D N]; all contiguous float32.
 # Each call handles batch rows [b0, b1); rows are independent except for grad_A, which the
@@ -71,20 +70,19 @@ _C_SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 
-/* Layout of the arguments (contiguous float32): u, delta, z, y, grad_y, grad_u,
-   grad_delta, grad_z [Bsz L D]; Bm, Cm, grad_B, grad_C [Bsz L N]; A, grad_A [D N];
-   Dsk, grad_D [D]. The output is y = (scan + Dsk * u) * silu(z), or without the gate
-   when z is NULL (Mamba's skip and gate, fused so that they cost no extra passes).
+/* Selective scan. Tensors are float32 with contiguous channels: u, delta, y, grad_y, grad_u,
+   grad_delta, grad_z [Bsz L D] contiguous; z [Bsz L D], Bm, Cm [Bsz L N] with row strides
+   (sb, st) (views of Mamba's projections are read in place); grad_B, grad_C [Bsz L N]
+   contiguous; A, grad_A [D N]; Dsk, grad_D [D]. Output y = (scan + Dsk * u) * silu(z), or
+   without the gate when z is NULL (Mamba's skip and gate, fused so they cost no passes).
 
-   Lanes are W batch rows (one AVX-512 register, or two AVX2 ones). A thread takes lane
-   blocks k0..k1-1 (block k = rows k*W ...), copies each block's B and C into [L N W]
-   buffers and, DC channels at a time, its u and delta into [DC L W] buffers: lanes last,
-   so every inner loop below runs over W contiguous lanes with a compile-time trip count
-   (fully vectorised), and the sums over d and n are plain vector adds; only grad_A sums
-   over lanes, once per (channel, state). Lanes past the batch are zero (delta = 0: decay 1,
-   no drive; B = C = 0: no output, no gradient) and are never written back. */
+   Lanes are W consecutive channels of one batch row, read straight from the tensors (one
+   AVX-512 register, or two AVX2 ones); B_t[n] and C_t[n] are scalars broadcast over the
+   lanes. Every inner loop runs over the W lanes with a compile-time trip count, so gcc
+   vectorises it fully. A last, partial block is zero-padded in registers (delta = u = 0:
+   decay 1, no drive) and its padding is never stored. The backward sums grad_B and grad_C
+   over channels as lane vectors in per-row buffers and reduces the lanes once per row. */
 #define W 16
-#define DC 16
 
 /* exp(x), vectorisable: x = k ln2 + r with |r| <= ln2/2, exp(r) by its degree-7 Taylor
    polynomial (truncation < 6e-9 relative, below float rounding), 2^k built in the exponent
@@ -107,204 +105,192 @@ static inline float fast_exp(float x) {
     return p * scale.f;
 }
 
-/* src [Bsz L F] rows row0 .. row0+width-1, features f0 .. f0+nf-1  <->  buf [nf L W]
-   (channel_major) or [L nf W]; lanes past width are zeroed on the way in. */
-static void pack(float *buf, const float *src, int64_t row0, int64_t width, int64_t L,
-                 int64_t F, int64_t f0, int64_t nf, int channel_major) {
-    for (int64_t j = 0; j < W; j++)
-        for (int64_t t = 0; t < L; t++) {
-            const float *s = src + ((row0 + j) * L + t) * F + f0;
-            for (int64_t f = 0; f < nf; f++) {
-                int64_t at = channel_major ? (f * L + t) * W + j : (t * nf + f) * W + j;
-                buf[at] = j < width ? s[f] : 0.0f;
-            }
-        }
-}
-
-static void unpack(float *dst, const float *buf, int64_t row0, int64_t width, int64_t L,
-                   int64_t F, int64_t f0, int64_t nf, int channel_major) {
-    for (int64_t j = 0; j < width; j++)
-        for (int64_t t = 0; t < L; t++) {
-            float *o = dst + ((row0 + j) * L + t) * F + f0;
-            for (int64_t f = 0; f < nf; f++)
-                o[f] = buf[channel_major ? (f * L + t) * W + j : (t * nf + f) * W + j];
-        }
-}
-
 static float *buffer(int64_t floats) {
     return (float *)aligned_alloc(64, (size_t)(((floats * 4 + 63) / 64) * 64));
 }
 
-void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
-                  const float *Cm, const float *Dsk, const float *z, float *y, int64_t k0,
-                  int64_t k1, int64_t Bsz, int64_t L, int64_t D, int64_t N) {
-    float *h = buffer(N * W), *Bk = buffer(L * N * W), *Ck = buffer(L * N * W);
-    float *uc = buffer(DC * L * W), *dc = buffer(DC * L * W), *yc = buffer(DC * L * W);
-    float *zc = buffer(DC * L * W);
-    for (int64_t k = k0; k < k1; k++) {
-        int64_t row0 = k * W, width = Bsz - row0 < W ? Bsz - row0 : W;
-        pack(Bk, Bm, row0, width, L, N, 0, N, 0);
-        pack(Ck, Cm, row0, width, L, N, 0, N, 0);
-        for (int64_t d0 = 0; d0 < D; d0 += DC) {
-            int64_t nd = D - d0 < DC ? D - d0 : DC;
-            pack(uc, u, row0, width, L, D, d0, nd, 1);
-            pack(dc, delta, row0, width, L, D, d0, nd, 1);
-            if (z) pack(zc, z, row0, width, L, D, d0, nd, 1);
-            for (int64_t dd = 0; dd < nd; dd++) {
-                const float *a = A + (d0 + dd) * N;
-                float skip = Dsk[d0 + dd];
-                memset(h, 0, (size_t)(N * W) * sizeof(float));
-                for (int64_t t = 0; t < L; t++) {
-                    const float *restrict dt = dc + (dd * L + t) * W, *restrict ut = uc + (dd * L + t) * W;
-                    const float *bt = Bk + t * N * W, *ct = Ck + t * N * W;
-                    float du[W], out[W];
-                    for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
-                    for (int64_t n = 0; n < N; n++) {
-                        float an = a[n], *restrict hn = h + n * W;
-                        const float *restrict bn = bt + n * W, *restrict cn = ct + n * W;
-                        for (int j = 0; j < W; j++) {
-                            hn[j] = fast_exp(dt[j] * an) * hn[j] + du[j] * bn[j];
-                            out[j] += cn[j] * hn[j];
-                        }
-                    }
-                    float *restrict yt = yc + (dd * L + t) * W;
-                    const float *restrict zt = zc + (dd * L + t) * W;
-                    if (z) {
-                        for (int j = 0; j < W; j++)  /* silu(z) = z / (1 + exp(-z)) */
-                            yt[j] = (out[j] + skip * ut[j]) * zt[j] / (1.0f + fast_exp(-zt[j]));
-                    } else {
-                        for (int j = 0; j < W; j++) yt[j] = out[j] + skip * ut[j];
-                    }
-                }
-            }
-            unpack(y, yc, row0, width, L, D, d0, nd, 1);
-        }
+/* dst[W] = src[0 .. width-1], zero-padded. */
+static inline void load_lanes(float *restrict dst, const float *restrict src, int64_t width) {
+    if (width == W) {
+        for (int j = 0; j < W; j++) dst[j] = src[j];
+    } else {
+        for (int j = 0; j < W; j++) dst[j] = j < width ? src[j] : 0.0f;
     }
-    free(h); free(Bk); free(Ck); free(uc); free(dc); free(yc); free(zc);
 }
 
-/* Rows of lane blocks [k0, k1) of grad_u, grad_delta, grad_z, grad_B, grad_C are
-   overwritten; grad_A and grad_D (this thread's own copies) are added to. Per (block, channel) the forward states
-   are recomputed with their decays into (L + 1) x N x W buffers, then walked backwards. */
+static inline void store_lanes(float *restrict dst, const float *restrict src, int64_t width) {
+    if (width == W) {
+        for (int j = 0; j < W; j++) dst[j] = src[j];
+    } else {
+        for (int j = 0; j < width; j++) dst[j] = src[j];
+    }
+}
+
+/* a[n][j] = A[d0 + j, n] and skip[j] = Dsk[d0 + j] for one channel block, zero-padded. */
+static void load_block_params(float *a, float *skip, const float *A, const float *Dsk,
+                              int64_t d0, int64_t width, int64_t N) {
+    for (int64_t n = 0; n < N; n++)
+        for (int j = 0; j < W; j++) a[n * W + j] = j < width ? A[(d0 + j) * N + n] : 0.0f;
+    for (int j = 0; j < W; j++) skip[j] = j < width ? Dsk[d0 + j] : 0.0f;
+}
+
+/* Batch rows [b0, b1). */
+void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
+                  int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
+                  const float *Dsk, const float *z, int64_t sbZ, int64_t stZ, float *y,
+                  int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t N) {
+    float *h = buffer(N * W), *a = buffer(N * W);
+    float dt[W], ut[W], zt[W], du[W], out[W], skip[W];
+    for (int64_t b = b0; b < b1; b++) {
+        for (int64_t d0 = 0; d0 < D; d0 += W) {
+            int64_t width = D - d0 < W ? D - d0 : W;
+            load_block_params(a, skip, A, Dsk, d0, width, N);
+            memset(h, 0, (size_t)(N * W) * sizeof(float));
+            for (int64_t t = 0; t < L; t++) {
+                int64_t row = (b * L + t) * D + d0;
+                const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
+                load_lanes(dt, delta + row, width);
+                load_lanes(ut, u + row, width);
+                for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
+                for (int64_t n = 0; n < N; n++) {
+                    float bn = bt[n], cn = ct[n];
+                    float *restrict hn = h + n * W;
+                    const float *restrict an = a + n * W;
+                    for (int j = 0; j < W; j++) {
+                        hn[j] = fast_exp(dt[j] * an[j]) * hn[j] + du[j] * bn;
+                        out[j] += cn * hn[j];
+                    }
+                }
+                if (z) {
+                    load_lanes(zt, z + b * sbZ + t * stZ + d0, width);
+                    for (int j = 0; j < W; j++)  /* silu(z) = z / (1 + exp(-z)) */
+                        out[j] = (out[j] + skip[j] * ut[j]) * zt[j] / (1.0f + fast_exp(-zt[j]));
+                } else {
+                    for (int j = 0; j < W; j++) out[j] += skip[j] * ut[j];
+                }
+                store_lanes(y + row, out, width);
+            }
+        }
+    }
+    free(h);
+    free(a);
+}
+
+/* Batch rows [b0, b1) of grad_u, grad_delta, grad_z, grad_B, grad_C are overwritten;
+   grad_A and grad_D (this thread's own copies) are added to. Per (row, channel block) the
+   forward states are recomputed with their decays into (L + 1) x N x W buffers, then
+   walked backwards. */
 void scan_backward(const float *u, const float *delta, const float *A, const float *Bm,
-                   const float *Cm, const float *Dsk, const float *z, const float *grad_y,
-                   float *grad_u, float *grad_delta, float *grad_z, float *grad_A,
-                   float *grad_B, float *grad_C, float *grad_D, int64_t k0, int64_t k1,
-                   int64_t Bsz, int64_t L, int64_t D, int64_t N) {
+                   int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
+                   const float *Dsk, const float *z, int64_t sbZ, int64_t stZ,
+                   const float *grad_y, float *grad_u, float *grad_delta, float *grad_z,
+                   float *grad_A, float *grad_B, float *grad_C, float *grad_D,
+                   int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t N) {
     int64_t block = N * W;
-    float *gh = buffer(block);      /* dLoss/dh_t carried from t + 1 */
-    float *gA = buffer(block);      /* per-lane dLoss/dA[d, :] */
+    float *a = buffer(block), *gh = buffer(block), *gA = buffer(block);
     float *hs = buffer((L + 1) * block);  /* slot t: h_{t-1} */
     float *decay = buffer(L * block);
-    float *Bk = buffer(L * block), *Ck = buffer(L * block);
-    float *gBk = buffer(L * block), *gCk = buffer(L * block);
-    float *uc = buffer(DC * L * W), *dc = buffer(DC * L * W), *gyc = buffer(DC * L * W);
-    float *guc = buffer(DC * L * W), *gdc = buffer(DC * L * W);
-    float *zc = buffer(DC * L * W), *gzc = buffer(DC * L * W);
-    float *ys = buffer(L * W);  /* the scan's own output y_t (before skip and gate) */
-    for (int64_t k = k0; k < k1; k++) {
-        int64_t row0 = k * W, width = Bsz - row0 < W ? Bsz - row0 : W;
-        pack(Bk, Bm, row0, width, L, N, 0, N, 0);
-        pack(Ck, Cm, row0, width, L, N, 0, N, 0);
-        memset(gBk, 0, (size_t)(L * block) * sizeof(float));
-        memset(gCk, 0, (size_t)(L * block) * sizeof(float));
-        for (int64_t d0 = 0; d0 < D; d0 += DC) {
-            int64_t nd = D - d0 < DC ? D - d0 : DC;
-            pack(uc, u, row0, width, L, D, d0, nd, 1);
-            pack(dc, delta, row0, width, L, D, d0, nd, 1);
-            pack(gyc, grad_y, row0, width, L, D, d0, nd, 1);
-            if (z) pack(zc, z, row0, width, L, D, d0, nd, 1);
-            for (int64_t dd = 0; dd < nd; dd++) {
-                int64_t d = d0 + dd;
-                const float *a = A + d * N;
-                float skip = Dsk[d], gD[W];
-                for (int j = 0; j < W; j++) gD[j] = 0.0f;
-                memset(hs, 0, (size_t)block * sizeof(float));
-                for (int64_t t = 0; t < L; t++) {  /* recompute this channel's states */
-                    const float *restrict dt = dc + (dd * L + t) * W, *restrict ut = uc + (dd * L + t) * W;
-                    const float *restrict bt = Bk + t * block, *restrict ct = Ck + t * block;
-                    const float *restrict prev = hs + t * block;
-                    float *restrict next = hs + (t + 1) * block, *restrict dec = decay + t * block;
-                    float du[W], out[W];
-                    for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
-                    for (int64_t n = 0; n < N; n++) {
-                        float an = a[n];
-                        const float *restrict bn = bt + n * W, *restrict cn = ct + n * W;
-                        for (int j = 0; j < W; j++) {
-                            float e = fast_exp(dt[j] * an);
-                            float hn = e * prev[n * W + j] + du[j] * bn[j];
-                            dec[n * W + j] = e;
-                            next[n * W + j] = hn;
-                            out[j] += cn[j] * hn;
-                        }
-                    }
-                    for (int j = 0; j < W; j++) ys[t * W + j] = out[j];
-                }
-                memset(gh, 0, (size_t)block * sizeof(float));
-                memset(gA, 0, (size_t)block * sizeof(float));
-                for (int64_t t = L - 1; t >= 0; t--) {
-                    int64_t row = (dd * L + t) * W;
-                    const float *restrict dt = dc + row, *restrict ut = uc + row, *restrict go = gyc + row;
-                    const float *restrict zt = zc + row;
-                    float gy[W];  /* dLoss/dy_t of the scan itself, through the gate */
-                    if (z) {
-                        float *restrict gz = gzc + row;
-                        for (int j = 0; j < W; j++) {
-                            float sig = 1.0f / (1.0f + fast_exp(-zt[j]));
-                            gy[j] = go[j] * zt[j] * sig;
-                            /* silu'(z) = sig (1 + z (1 - sig)) */
-                            gz[j] = go[j] * (ys[t * W + j] + skip * ut[j]) * sig * (1.0f + zt[j] * (1.0f - sig));
-                        }
-                    } else {
-                        for (int j = 0; j < W; j++) gy[j] = go[j];
-                    }
-                    for (int j = 0; j < W; j++) gD[j] += gy[j] * ut[j];
-                    const float *bt = Bk + t * block, *ct = Ck + t * block;
-                    float *gbt = gBk + t * block, *gct = gCk + t * block;
-                    const float *prev = hs + t * block, *cur = hs + (t + 1) * block, *dec = decay + t * block;
-                    float du[W], g_du[W], g_delta[W];
-                    for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; g_du[j] = 0.0f; g_delta[j] = 0.0f; }
-                    for (int64_t n = 0; n < N; n++) {
-                        float an = a[n], *restrict ghn = gh + n * W, *restrict gAn = gA + n * W;
-                        const float *restrict bn = bt + n * W, *restrict cn = ct + n * W;
-                        float *restrict gbn = gbt + n * W, *restrict gcn = gct + n * W;
-                        const float *restrict pn = prev + n * W, *restrict hn = cur + n * W;
-                        const float *restrict en = dec + n * W;
-                        for (int j = 0; j < W; j++) {
-                            float g = ghn[j] + gy[j] * cn[j];        /* total dLoss/dh_t */
-                            gcn[j] += gy[j] * hn[j];                 /* dLoss/dC_t[n] */
-                            gbn[j] += du[j] * g;                     /* dLoss/dB_t[n] */
-                            g_du[j] += g * bn[j];
-                            float g_log_decay = g * pn[j] * en[j];   /* dLoss/d(delta A) */
-                            g_delta[j] += g_log_decay * an;
-                            gAn[j] += dt[j] * g_log_decay;
-                            ghn[j] = g * en[j];
-                        }
-                    }
-                    float *restrict gu = guc + row, *restrict gd = gdc + row;
-                    for (int j = 0; j < W; j++) {
-                        gu[j] = g_du[j] * dt[j] + gy[j] * skip;
-                        gd[j] = g_delta[j] + g_du[j] * ut[j];
-                    }
-                }
+    float *ys = buffer(L * W);            /* the scan's own y_t, for the gate's gradient */
+    float *gBl = buffer(L * block), *gCl = buffer(L * block);  /* per-lane dLoss/dB, dLoss/dC */
+    float dt[W], ut[W], zt[W], go[W], du[W], out[W], skip[W], gy[W], g_du[W], g_delta[W];
+    float gz[W], gu[W], gd[W], gD[W];
+    for (int64_t b = b0; b < b1; b++) {
+        memset(gBl, 0, (size_t)(L * block) * sizeof(float));
+        memset(gCl, 0, (size_t)(L * block) * sizeof(float));
+        for (int64_t d0 = 0; d0 < D; d0 += W) {
+            int64_t width = D - d0 < W ? D - d0 : W;
+            load_block_params(a, skip, A, Dsk, d0, width, N);
+            memset(hs, 0, (size_t)block * sizeof(float));
+            for (int64_t t = 0; t < L; t++) {  /* recompute this block's states */
+                int64_t row = (b * L + t) * D + d0;
+                const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
+                const float *restrict prev = hs + t * block;
+                float *restrict next = hs + (t + 1) * block, *restrict dec = decay + t * block;
+                load_lanes(dt, delta + row, width);
+                load_lanes(ut, u + row, width);
+                for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
                 for (int64_t n = 0; n < N; n++) {
-                    float total = 0.0f;
-                    for (int j = 0; j < W; j++) total += gA[n * W + j];
-                    grad_A[d * N + n] += total;
+                    float bn = bt[n], cn = ct[n];
+                    const float *restrict an = a + n * W;
+                    for (int j = 0; j < W; j++) {
+                        float e = fast_exp(dt[j] * an[j]);
+                        float hn = e * prev[n * W + j] + du[j] * bn;
+                        dec[n * W + j] = e;
+                        next[n * W + j] = hn;
+                        out[j] += cn * hn;
+                    }
                 }
-                float total = 0.0f;
-                for (int j = 0; j < W; j++) total += gD[j];
-                grad_D[d] += total;
+                for (int j = 0; j < W; j++) ys[t * W + j] = out[j];
             }
-            unpack(grad_u, guc, row0, width, L, D, d0, nd, 1);
-            unpack(grad_delta, gdc, row0, width, L, D, d0, nd, 1);
-            if (z) unpack(grad_z, gzc, row0, width, L, D, d0, nd, 1);
+            memset(gh, 0, (size_t)block * sizeof(float));  /* dLoss/dh_t carried from t + 1 */
+            memset(gA, 0, (size_t)block * sizeof(float));
+            for (int j = 0; j < W; j++) gD[j] = 0.0f;
+            for (int64_t t = L - 1; t >= 0; t--) {
+                int64_t row = (b * L + t) * D + d0;
+                const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
+                load_lanes(dt, delta + row, width);
+                load_lanes(ut, u + row, width);
+                load_lanes(go, grad_y + row, width);
+                if (z) {  /* through the gate: out = (y + skip u) silu(z) */
+                    load_lanes(zt, z + b * sbZ + t * stZ + d0, width);
+                    for (int j = 0; j < W; j++) {
+                        float sig = 1.0f / (1.0f + fast_exp(-zt[j]));
+                        gy[j] = go[j] * zt[j] * sig;
+                        /* silu'(z) = sig (1 + z (1 - sig)) */
+                        gz[j] = go[j] * (ys[t * W + j] + skip[j] * ut[j]) * sig * (1.0f + zt[j] * (1.0f - sig));
+                    }
+                    store_lanes(grad_z + row, gz, width);
+                } else {
+                    for (int j = 0; j < W; j++) gy[j] = go[j];
+                }
+                for (int j = 0; j < W; j++) {
+                    du[j] = dt[j] * ut[j]; g_du[j] = 0.0f; g_delta[j] = 0.0f;
+                    gD[j] += gy[j] * ut[j];
+                }
+                const float *restrict prev = hs + t * block, *restrict cur = hs + (t + 1) * block;
+                const float *restrict dec = decay + t * block;
+                float *restrict gbt = gBl + t * block, *restrict gct = gCl + t * block;
+                for (int64_t n = 0; n < N; n++) {
+                    float bn = bt[n], cn = ct[n];
+                    float *restrict ghn = gh + n * W, *restrict gAn = gA + n * W;
+                    float *restrict gbn = gbt + n * W, *restrict gcn = gct + n * W;
+                    const float *restrict an = a + n * W, *restrict pn = prev + n * W;
+                    const float *restrict hn = cur + n * W, *restrict en = dec + n * W;
+                    for (int j = 0; j < W; j++) {
+                        float g = ghn[j] + gy[j] * cn;          /* total dLoss/dh_t */
+                        gcn[j] += gy[j] * hn[j];                /* dLoss/dC_t[n], lane part */
+                        gbn[j] += du[j] * g;                    /* dLoss/dB_t[n], lane part */
+                        g_du[j] += g * bn;
+                        float g_log_decay = g * pn[j] * en[j];  /* dLoss/d(delta A) */
+                        g_delta[j] += g_log_decay * an[j];
+                        gAn[j] += dt[j] * g_log_decay;
+                        ghn[j] = g * en[j];
+                    }
+                }
+                for (int j = 0; j < W; j++) {
+                    gu[j] = g_du[j] * dt[j] + gy[j] * skip[j];
+                    gd[j] = g_delta[j] + g_du[j] * ut[j];
+                }
+                store_lanes(grad_u + row, gu, width);
+                store_lanes(grad_delta + row, gd, width);
+            }
+            for (int64_t j = 0; j < width; j++) {
+                for (int64_t n = 0; n < N; n++) grad_A[(d0 + j) * N + n] += gA[n * W + j];
+                grad_D[d0 + j] += gD[j];
+            }
         }
-        unpack(grad_B, gBk, row0, width, L, N, 0, N, 0);
-        unpack(grad_C, gCk, row0, width, L, N, 0, N, 0);
+        for (int64_t t = 0; t < L; t++)  /* one lane reduction per (row, step, state) */
+            for (int64_t n = 0; n < N; n++) {
+                float sum_b = 0.0f, sum_c = 0.0f;
+                for (int j = 0; j < W; j++) {
+                    sum_b += gBl[(t * N + n) * W + j];
+                    sum_c += gCl[(t * N + n) * W + j];
+                }
+                grad_B[(b * L + t) * N + n] = sum_b;
+                grad_C[(b * L + t) * N + n] = sum_c;
+            }
     }
-    free(gh); free(gA); free(hs); free(decay); free(Bk); free(Ck); free(gBk); free(gCk);
-    free(uc); free(dc); free(gyc); free(guc); free(gdc); free(zc); free(gzc); free(ys);
+    free(a); free(gh); free(gA); free(hs); free(decay); free(ys); free(gBl); free(gCl);
 }
 
 /* Mamba's causal depthwise convolution and SiLU, fused, vectorised over channels:
@@ -423,9 +409,9 @@ def _build() -> ctypes.CDLL:
             os.replace(built, target)  # atomic: concurrent builders never see half a file
     lib = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.scan_forward.argtypes = [ptr] * 8 + [i64] * 6
+    lib.scan_forward.argtypes = [ptr] * 4 + [i64] * 2 + [ptr] + [i64] * 2 + [ptr] * 2 + [i64] * 2 + [ptr] + [i64] * 5
     lib.scan_forward.restype = None
-    lib.scan_backward.argtypes = [ptr] * 15 + [i64] * 6
+    lib.scan_backward.argtypes = [ptr] * 4 + [i64] * 2 + [ptr] + [i64] * 2 + [ptr] * 2 + [i64] * 2 + [ptr] * 8 + [i64] * 5
     lib.scan_backward.restype = None
     lib.conv_forward.argtypes = [ptr, i64, i64, ptr, ptr, ptr] + [i64] * 5
     lib.conv_forward.restype = None
@@ -461,13 +447,6 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ss4rec-scan")
 
 
-def _block_slices(blocks: int):
-    """Contiguous ranges of lane blocks, one per torch intra-op thread (the kernel releases the GIL)."""
-    workers = max(1, min(torch.get_num_threads(), blocks))
-    bounds = [blocks * k // workers for k in range(workers + 1)]
-    return [(bounds[k], bounds[k + 1]) for k in range(workers)]
-
-
 def _run_sliced(fn, slices) -> list:
     """fn(*slice) for every slice, on the thread pool when there is more than one."""
     if len(slices) == 1:
@@ -475,9 +454,14 @@ def _run_sliced(fn, slices) -> list:
     return list(_pool(len(slices)).map(lambda s: fn(*s), slices))
 
 
+def _rows(t: Optional[Tensor]) -> list:
+    """[pointer, batch stride, step stride] of a [B L F] tensor with contiguous features."""
+    return [None, 0, 0] if t is None else [t.data_ptr(), t.stride(0), t.stride(1)]
+
+
 class _FusedScanFn(torch.autograd.Function):
-    """Inputs contiguous float32 on CPU: u, delta, z [B L D] (z may be None); A [D N];
-    B, C [B L N]; D_skip [D]."""
+    """float32 CPU inputs: u, delta [B L D] contiguous; A [D N], D_skip [D] contiguous;
+    B, C [B L N] and z [B L D] (or None) with contiguous last dimension (views are fine)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D_skip, z):
@@ -485,10 +469,10 @@ class _FusedScanFn(torch.autograd.Function):
         batch, length, d_inner = u.shape
         d_state = A.shape[1]
         y = torch.empty_like(u)  # [B L D]
-        ptrs = [t.data_ptr() for t in (u, delta, A, B, C, D_skip)] + [None if z is None else z.data_ptr()]
+        head = [u.data_ptr(), delta.data_ptr(), A.data_ptr(), *_rows(B), *_rows(C), D_skip.data_ptr(), *_rows(z)]
         _run_sliced(
-            lambda k0, k1: lib.scan_forward(*ptrs, y.data_ptr(), k0, k1, batch, length, d_inner, d_state),
-            _block_slices(-(-batch // LANES)),
+            lambda b0, b1: lib.scan_forward(*head, y.data_ptr(), b0, b1, length, d_inner, d_state),
+            _row_slices(batch),
         )
         ctx.save_for_backward(u, delta, A, B, C, D_skip, z)
         return y
@@ -500,20 +484,22 @@ class _FusedScanFn(torch.autograd.Function):
         batch, length, d_inner = u.shape
         d_state = A.shape[1]
         grad_y = grad_y.to(torch.float32).contiguous()
-        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
-        grad_z = None if z is None else torch.empty_like(z)
-        grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
-        slices = _block_slices(-(-batch // LANES))
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(u)
+        grad_z = None if z is None else torch.empty_like(u)
+        grad_B = u.new_empty(batch, length, d_state)
+        grad_C = u.new_empty(batch, length, d_state)
+        slices = _row_slices(batch)
         # grad_A and grad_D sum over the batch: one copy per thread, summed below
         grad_A_parts = A.new_zeros(len(slices), d_inner, d_state)
         grad_D_parts = A.new_zeros(len(slices), d_inner)
-        inputs = [t.data_ptr() for t in (u, delta, A, B, C, D_skip)] + [None if z is None else z.data_ptr()]
-        grads = [grad_u.data_ptr(), grad_delta.data_ptr(), None if z is None else grad_z.data_ptr()]
+        head = [u.data_ptr(), delta.data_ptr(), A.data_ptr(), *_rows(B), *_rows(C), D_skip.data_ptr(), *_rows(z)]
+        outs = [grad_y.data_ptr(), grad_u.data_ptr(), grad_delta.data_ptr(),
+                None if grad_z is None else grad_z.data_ptr()]
 
-        def work(k, k0, k1):
-            lib.scan_backward(*inputs, grad_y.data_ptr(), *grads, grad_A_parts[k].data_ptr(),
-                              grad_B.data_ptr(), grad_C.data_ptr(), grad_D_parts[k].data_ptr(),
-                              k0, k1, batch, length, d_inner, d_state)
+        def work(k, b0, b1):
+            lib.scan_backward(*head, *outs, grad_A_parts[k].data_ptr(), grad_B.data_ptr(),
+                              grad_C.data_ptr(), grad_D_parts[k].data_ptr(),
+                              b0, b1, length, d_inner, d_state)
 
         _run_sliced(work, [(k, *bounds) for k, bounds in enumerate(slices)])
         return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C, grad_D_parts.sum(0), grad_z
@@ -640,6 +626,11 @@ def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
         raise RuntimeError(f"fused_selective_scan: {reason}")
     if D is None:
         D = u.new_zeros(d_inner, dtype=torch.float32)
-    args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C, D)]
-    z32 = None if z is None else z.to(torch.float32).contiguous()
-    return _FusedScanFn.apply(*args, z32).to(u.dtype)  # [B L D]
+    u32, delta32, A32, D32 = (t.to(torch.float32).contiguous() for t in (u, delta, A, D))
+    # B, C, z may stay strided views (read in place) as long as their last dimension is dense
+    B32, C32, z32 = (None if t is None else _dense_last(t.to(torch.float32)) for t in (B, C, z))
+    return _FusedScanFn.apply(u32, delta32, A32, B32, C32, D32, z32).to(u.dtype)  # [B L D]
+
+
+def _dense_last(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
