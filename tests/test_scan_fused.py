@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ss4rec.ssm.scan import selective_scan_reference
-from ss4rec.ssm.scan_fused import fused_scan_available, fused_selective_scan
+from ss4rec.ssm.scan_fused import fused_causal_conv1d_silu, fused_scan_available, fused_selective_scan
 
 # How close the kernel must be to the per-step reference, relative to the largest
 # magnitude of the compared tensor (the kernel computes in float32).
@@ -206,3 +206,51 @@ def test_mamba_layer_picks_the_kernel_on_cpu_and_matches_the_chunked_scan():
     layer.scan_impl = "fused"
     with pytest.raises(ValueError, match="float64"):
         layer.double()(hidden.detach().double())  # explicit "fused" does not fall back silently
+
+
+def test_kernel_leaves_the_callers_denormal_mode_alone():
+    # the kernel flushes denormals while it runs (speed); the caller's FP mode must survive
+    tiny = torch.tensor([1e-39])  # a float32 denormal
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the kernel runs on this very thread
+        fused_selective_scan(*(t.detach() for t in make_inputs(2, 5, 8, 4)))
+    finally:
+        torch.set_num_threads(before)
+    assert (tiny * 1.0).item() > 0
+
+
+def test_deep_decays_in_the_backward_stay_accurate():
+    # long sequences with strong decays push carried gradients into the denormal range,
+    # which the kernel flushes to zero: results must still match the reference
+    inputs = make_inputs(2, 120, 16, 8, seed=12, delta_scale=8.0)
+    y, grads = outputs_and_grads(fused_selective_scan, inputs)
+    y_ref, grads_ref = outputs_and_grads(selective_scan_reference, inputs)
+    rel = TOLERANCE[torch.float32]["rel"]
+    assert_close_rel(y, y_ref, rel, "y")
+    for name, grad, grad_ref in zip(("u", "delta", "A", "B", "C"), grads, grads_ref):
+        assert_close_rel(grad, grad_ref, rel, f"grad {name}")
+
+
+@pytest.mark.parametrize("batch, length, channels, taps", [(2, 1, 8, 4), (3, 7, 20, 4), (1, 9, 16, 2), (2, 3, 5, 4)])
+def test_conv_silu_matches_conv1d(batch, length, channels, taps):
+    torch.manual_seed(13)
+    conv = torch.nn.Conv1d(channels, channels, taps, groups=channels, padding=taps - 1)
+    xz = torch.randn(batch, length, 2 * channels, requires_grad=True)
+    x = xz[..., :channels]  # a strided view, as Mamba's in_proj(...).chunk(2) gives
+    weights = torch.randn(batch, length, channels)
+
+    def reference():
+        return torch.nn.functional.silu(conv(x.transpose(1, 2))[..., :length]).transpose(1, 2)
+
+    def fused():
+        return fused_causal_conv1d_silu(x, conv.weight, conv.bias)
+
+    results = []
+    for fn in (reference, fused):
+        out = fn()
+        results.append((out, *torch.autograd.grad((out * weights).sum(), [xz, conv.weight, conv.bias])))
+    rel = TOLERANCE[torch.float32]["rel"]
+    for name, got, want in zip(("out", "grad x", "grad weight", "grad bias"), results[1], results[0]):
+        assert got.shape == want.shape
+        assert_close_rel(got, want, rel, name)
