@@ -45,7 +45,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -59,6 +58,9 @@ CACHE_ENV = "SS4REC_CACHE_DIR"
 # -fno-trapping-math lets gcc vectorise fast_exp's float->int step (no -ffast-math: it
 # would reassociate sums and, linked into a shared library, can flush denormals process-wide)
 COMPILE_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-trapping-math")
+# OpenMP: links libgomp.so.1, which resolves to the copy PyTorch has already loaded, so the
+# kernels share PyTorch's thread pool instead of fighting it for cores
+OPENMP_FLAGS = ("-fopenmp",)
 # x86 with AVX-512: one 16-lane register per channel block (faster than two AVX2 halves)
 TUNING_FLAGS = ("-mprefer-vector-width=512",)
 
@@ -152,11 +154,10 @@ static void load_block_params(float *a, float *skip, const float *A, const float
 }
 
 /* Batch rows [b0, b1). */
-void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
+static void scan_forward_rows(const float *u, const float *delta, const float *A, const float *Bm,
                   int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
                   const float *Dsk, const float *z, int64_t sbZ, int64_t stZ, float *y,
                   int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t N) {
-    unsigned int saved_csr = denormals_off();
     float *h = buffer(N * W), *a = buffer(N * W);
     float dt[W], ut[W], zt[W], du[W], out[W], skip[W];
     for (int64_t b = b0; b < b1; b++) {
@@ -192,20 +193,18 @@ void scan_forward(const float *u, const float *delta, const float *A, const floa
     }
     free(h);
     free(a);
-    denormals_restore(saved_csr);
 }
 
 /* Batch rows [b0, b1) of grad_u, grad_delta, grad_z, grad_B, grad_C are overwritten;
    grad_A and grad_D (this thread's own copies) are added to. Per (row, channel block) the
    forward states are recomputed with their decays into (L + 1) x N x W buffers, then
    walked backwards. */
-void scan_backward(const float *u, const float *delta, const float *A, const float *Bm,
+static void scan_backward_rows(const float *u, const float *delta, const float *A, const float *Bm,
                    int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
                    const float *Dsk, const float *z, int64_t sbZ, int64_t stZ,
                    const float *grad_y, float *grad_u, float *grad_delta, float *grad_z,
                    float *grad_A, float *grad_B, float *grad_C, float *grad_D,
                    int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t N) {
-    unsigned int saved_csr = denormals_off();
     int64_t block = N * W;
     float *a = buffer(block), *gh = buffer(block), *gA = buffer(block);
     float *hs = buffer((L + 1) * block);  /* slot t: h_{t-1} */
@@ -311,16 +310,14 @@ void scan_backward(const float *u, const float *delta, const float *A, const flo
             }
     }
     free(a); free(gh); free(gA); free(hs); free(decay); free(ys); free(gBl); free(gCl);
-    denormals_restore(saved_csr);
 }
 
 /* Mamba's causal depthwise convolution and SiLU, fused, vectorised over channels:
    out[b, t, d] = silu(bias[d] + sum_k w[k, d] * x[b, t - (K - 1) + k, d])  (x = 0 before t = 0)
    x: rows with strides (sb, st) and contiguous channels (a view of in_proj's output);
    w [K D] (tap K - 1 multiplies the current step); out, grad_out, grad_x [Bsz L D]. */
-void conv_forward(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
+static void conv_forward_rows(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
                   float *out, int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t K) {
-    unsigned int saved_csr = denormals_off();
     for (int64_t b = b0; b < b1; b++)
         for (int64_t t = 0; t < L; t++) {
             float *restrict o = out + (b * L + t) * D;
@@ -333,15 +330,13 @@ void conv_forward(const float *x, int64_t sb, int64_t st, const float *w, const 
             }
             for (int64_t d = 0; d < D; d++) o[d] = o[d] / (1.0f + fast_exp(-o[d]));
         }
-    denormals_restore(saved_csr);
 }
 
 /* grad_x rows [b0, b1) are overwritten; grad_w [K D] and grad_bias [D] (this thread's own
    copies) are added to. g is a scratch buffer of L x D floats. */
-void conv_backward(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
+static void conv_backward_rows(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
                    const float *grad_out, float *grad_x, float *grad_w, float *grad_bias,
                    int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t K) {
-    unsigned int saved_csr = denormals_off();
     float *g = buffer(L * D);  /* dLoss/d(pre-activation) of one batch row */
     for (int64_t b = b0; b < b1; b++) {
         for (int64_t t = 0; t < L; t++) {
@@ -379,7 +374,72 @@ void conv_backward(const float *x, int64_t sb, int64_t st, const float *w, const
         }
     }
     free(g);
-    denormals_restore(saved_csr);
+}
+
+/* Exported entry points: rows split over an OpenMP team of `threads` (the same libgomp
+   runtime, and so the same thread pool, as PyTorch's own CPU ops; without OpenMP the
+   caller's thread does all rows). Thread `tid` adds its grad_A / grad_D / grad_w / grad_bias
+   into slot `tid` of the caller's per-thread buffers. */
+#ifdef _OPENMP
+#include <omp.h>
+#define TEAM_BEGIN(threads) _Pragma("omp parallel num_threads(threads)") { \
+    int tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+#define TEAM_BEGIN(threads) { int tid = 0, team = 1; (void)threads;
+#endif
+#define TEAM_END }
+#define ROWS(total) int64_t r0 = (total) * tid / team, r1 = (total) * (tid + 1) / team;
+
+void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
+                  int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
+                  const float *Dsk, const float *z, int64_t sbZ, int64_t stZ, float *y,
+                  int64_t Bsz, int64_t L, int64_t D, int64_t N, int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        scan_forward_rows(u, delta, A, Bm, sbB, stB, Cm, sbC, stC, Dsk, z, sbZ, stZ, y,
+                          r0, r1, L, D, N);
+        denormals_restore(saved);
+    TEAM_END
+}
+
+void scan_backward(const float *u, const float *delta, const float *A, const float *Bm,
+                   int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
+                   const float *Dsk, const float *z, int64_t sbZ, int64_t stZ,
+                   const float *grad_y, float *grad_u, float *grad_delta, float *grad_z,
+                   float *grad_A_parts, float *grad_B, float *grad_C, float *grad_D_parts,
+                   int64_t Bsz, int64_t L, int64_t D, int64_t N, int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        scan_backward_rows(u, delta, A, Bm, sbB, stB, Cm, sbC, stC, Dsk, z, sbZ, stZ, grad_y,
+                           grad_u, grad_delta, grad_z, grad_A_parts + tid * D * N, grad_B,
+                           grad_C, grad_D_parts + tid * D, r0, r1, L, D, N);
+        denormals_restore(saved);
+    TEAM_END
+}
+
+void conv_forward(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
+                  float *out, int64_t Bsz, int64_t L, int64_t D, int64_t K, int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        conv_forward_rows(x, sb, st, w, bias, out, r0, r1, L, D, K);
+        denormals_restore(saved);
+    TEAM_END
+}
+
+void conv_backward(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
+                   const float *grad_out, float *grad_x, float *grad_w_parts,
+                   float *grad_bias_parts, int64_t Bsz, int64_t L, int64_t D, int64_t K,
+                   int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        conv_backward_rows(x, sb, st, w, bias, grad_out, grad_x, grad_w_parts + tid * K * D,
+                           grad_bias_parts + tid * D, r0, r1, L, D, K);
+        denormals_restore(saved);
+    TEAM_END
 }
 """
 
@@ -410,7 +470,7 @@ def _compiler() -> str:
 def _build() -> ctypes.CDLL:
     """Compile (once per source/flags/CPU; cached on disk) and load the kernel."""
     compiler = _compiler()
-    key = hashlib.sha256("\0".join((_C_SOURCE, compiler, *COMPILE_FLAGS, *TUNING_FLAGS, _cpu_tag())).encode())
+    key = hashlib.sha256("\0".join((_C_SOURCE, compiler, *COMPILE_FLAGS, *TUNING_FLAGS, *OPENMP_FLAGS, _cpu_tag())).encode())
     target = _cache_dir() / f"scan_fused_{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -421,7 +481,13 @@ def _build() -> ctypes.CDLL:
             errors = []
             # tuning flags are x86-only, and some compilers (clang on arm) reject -march=native
             portable = tuple(f for f in COMPILE_FLAGS if f != "-march=native")
-            for flags in (COMPILE_FLAGS + TUNING_FLAGS, COMPILE_FLAGS, portable):
+            attempts = (
+                COMPILE_FLAGS + TUNING_FLAGS + OPENMP_FLAGS,
+                COMPILE_FLAGS + OPENMP_FLAGS,
+                COMPILE_FLAGS,  # no OpenMP (e.g. Apple clang): one thread per call
+                portable,
+            )
+            for flags in attempts:
                 proc = subprocess.run(
                     [compiler, *flags, str(source), "-o", str(built), "-lm"],
                     capture_output=True, text=True, timeout=120,
@@ -434,14 +500,13 @@ def _build() -> ctypes.CDLL:
             os.replace(built, target)  # atomic: concurrent builders never see half a file
     lib = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.scan_forward.argtypes = [ptr] * 4 + [i64] * 2 + [ptr] + [i64] * 2 + [ptr] * 2 + [i64] * 2 + [ptr] + [i64] * 5
-    lib.scan_forward.restype = None
-    lib.scan_backward.argtypes = [ptr] * 4 + [i64] * 2 + [ptr] + [i64] * 2 + [ptr] * 2 + [i64] * 2 + [ptr] * 8 + [i64] * 5
-    lib.scan_backward.restype = None
-    lib.conv_forward.argtypes = [ptr, i64, i64, ptr, ptr, ptr] + [i64] * 5
-    lib.conv_forward.restype = None
-    lib.conv_backward.argtypes = [ptr, i64, i64] + [ptr] * 6 + [i64] * 5
-    lib.conv_backward.restype = None
+    strided = [ptr, i64, i64]  # a tensor with (batch, step) strides
+    lib.scan_forward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] + [i64] * 5
+    lib.scan_backward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 8 + [i64] * 5
+    lib.conv_forward.argtypes = strided + [ptr] * 3 + [i64] * 5
+    lib.conv_backward.argtypes = strided + [ptr] * 6 + [i64] * 5
+    for kernel in (lib.scan_forward, lib.scan_backward, lib.conv_forward, lib.conv_backward):
+        kernel.restype = None
     return lib
 
 
@@ -467,18 +532,6 @@ def fused_scan_available() -> Tuple[bool, str]:
     return lib is not None, reason
 
 
-@functools.lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ss4rec-scan")
-
-
-def _run_sliced(fn, slices) -> list:
-    """fn(*slice) for every slice, on the thread pool when there is more than one."""
-    if len(slices) == 1:
-        return [fn(*slices[0])]
-    return list(_pool(len(slices)).map(lambda s: fn(*s), slices))
-
-
 def _rows(t: Optional[Tensor]) -> list:
     """[pointer, batch stride, step stride] of a [B L F] tensor with contiguous features."""
     return [None, 0, 0] if t is None else [t.data_ptr(), t.stride(0), t.stride(1)]
@@ -492,13 +545,9 @@ class _FusedScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D_skip, z):
         lib, _ = _load()
         batch, length, d_inner = u.shape
-        d_state = A.shape[1]
         y = torch.empty_like(u)  # [B L D]
         head = [u.data_ptr(), delta.data_ptr(), A.data_ptr(), *_rows(B), *_rows(C), D_skip.data_ptr(), *_rows(z)]
-        _run_sliced(
-            lambda b0, b1: lib.scan_forward(*head, y.data_ptr(), b0, b1, length, d_inner, d_state),
-            _row_slices(batch),
-        )
+        lib.scan_forward(*head, y.data_ptr(), batch, length, d_inner, A.shape[1], _threads(batch))
         ctx.save_for_backward(u, delta, A, B, C, D_skip, z)
         return y
 
@@ -513,28 +562,23 @@ class _FusedScanFn(torch.autograd.Function):
         grad_z = None if z is None else torch.empty_like(u)
         grad_B = u.new_empty(batch, length, d_state)
         grad_C = u.new_empty(batch, length, d_state)
-        slices = _row_slices(batch)
-        # grad_A and grad_D sum over the batch: one copy per thread, summed below
-        grad_A_parts = A.new_zeros(len(slices), d_inner, d_state)
-        grad_D_parts = A.new_zeros(len(slices), d_inner)
+        threads = _threads(batch)
+        # grad_A and grad_D sum over the batch: one slot per thread, summed here
+        grad_A_parts = A.new_zeros(threads, d_inner, d_state)
+        grad_D_parts = A.new_zeros(threads, d_inner)
         head = [u.data_ptr(), delta.data_ptr(), A.data_ptr(), *_rows(B), *_rows(C), D_skip.data_ptr(), *_rows(z)]
-        outs = [grad_y.data_ptr(), grad_u.data_ptr(), grad_delta.data_ptr(),
-                None if grad_z is None else grad_z.data_ptr()]
-
-        def work(k, b0, b1):
-            lib.scan_backward(*head, *outs, grad_A_parts[k].data_ptr(), grad_B.data_ptr(),
-                              grad_C.data_ptr(), grad_D_parts[k].data_ptr(),
-                              b0, b1, length, d_inner, d_state)
-
-        _run_sliced(work, [(k, *bounds) for k, bounds in enumerate(slices)])
+        lib.scan_backward(
+            *head, grad_y.data_ptr(), grad_u.data_ptr(), grad_delta.data_ptr(),
+            None if grad_z is None else grad_z.data_ptr(), grad_A_parts.data_ptr(),
+            grad_B.data_ptr(), grad_C.data_ptr(), grad_D_parts.data_ptr(),
+            batch, length, d_inner, d_state, threads,
+        )
         return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C, grad_D_parts.sum(0), grad_z
 
 
-def _row_slices(batch: int):
-    """Contiguous ranges of batch rows, one per torch intra-op thread."""
-    workers = max(1, min(torch.get_num_threads(), batch))
-    bounds = [batch * k // workers for k in range(workers + 1)]
-    return [(bounds[k], bounds[k + 1]) for k in range(workers)]
+def _threads(batch: int) -> int:
+    """Threads for one kernel call: PyTorch's intra-op count, at most one per batch row."""
+    return max(1, min(torch.get_num_threads(), batch))
 
 
 class _FusedConvSiluFn(torch.autograd.Function):
@@ -544,14 +588,9 @@ class _FusedConvSiluFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         lib, _ = _load()
         batch, length, channels = x.shape
-        taps = weight.shape[0]
         out = x.new_empty(batch, length, channels)  # [B L D]
-        strides = (x.stride(0), x.stride(1))
-        _run_sliced(
-            lambda b0, b1: lib.conv_forward(x.data_ptr(), *strides, weight.data_ptr(), bias.data_ptr(),
-                                            out.data_ptr(), b0, b1, length, channels, taps),
-            _row_slices(batch),
-        )
+        lib.conv_forward(*_rows(x), weight.data_ptr(), bias.data_ptr(), out.data_ptr(),
+                         batch, length, channels, weight.shape[0], _threads(batch))
         ctx.save_for_backward(x, weight, bias)
         return out
 
@@ -563,17 +602,12 @@ class _FusedConvSiluFn(torch.autograd.Function):
         taps = weight.shape[0]
         grad_out = grad_out.to(torch.float32).contiguous()
         grad_x = torch.empty(batch, length, channels, dtype=torch.float32)
-        slices = _row_slices(batch)
-        grad_w_parts = weight.new_zeros(len(slices), taps, channels)  # per thread, summed below
-        grad_b_parts = bias.new_zeros(len(slices), channels)
-        strides = (x.stride(0), x.stride(1))
-
-        def work(k, b0, b1):
-            lib.conv_backward(x.data_ptr(), *strides, weight.data_ptr(), bias.data_ptr(),
-                              grad_out.data_ptr(), grad_x.data_ptr(), grad_w_parts[k].data_ptr(),
-                              grad_b_parts[k].data_ptr(), b0, b1, length, channels, taps)
-
-        _run_sliced(work, [(k, *bounds) for k, bounds in enumerate(slices)])
+        threads = _threads(batch)
+        grad_w_parts = weight.new_zeros(threads, taps, channels)  # one slot per thread
+        grad_b_parts = bias.new_zeros(threads, channels)
+        lib.conv_backward(*_rows(x), weight.data_ptr(), bias.data_ptr(), grad_out.data_ptr(),
+                          grad_x.data_ptr(), grad_w_parts.data_ptr(), grad_b_parts.data_ptr(),
+                          batch, length, channels, taps, threads)
         return grad_x, grad_w_parts.sum(0), grad_b_parts.sum(0)
 
 
