@@ -5,8 +5,9 @@
 shapes and initialisation, same forward maths. One ``state_dict`` serves both backends:
 
 - ``backend="torch"``: runs anywhere. The selective scan is :func:`ss4rec.ssm.scan.selective_scan`,
-  a chunked op with a hand-written backward, or on CPU (float32) the fused C kernel of
-  :mod:`ss4rec.ssm.scan_fused` when it builds here (same maths, several times faster).
+  a chunked op with a hand-written backward, or on CPU (float32) the fused C kernels of
+  :mod:`ss4rec.ssm.scan_fused` (conv + SiLU; scan + skip + gate) when they build here
+  (same maths, several times faster).
 - ``backend="cuda"``: calls mamba-ssm's fused functions (``mamba_inner_fn``, or
   ``selective_scan_fn`` when ``causal_conv1d`` is missing) with this module's parameters.
   Needs ``pip install 'ss4rec[gpu]'`` and a CUDA device; asking for it without them raises.

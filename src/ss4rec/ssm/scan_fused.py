@@ -1,27 +1,37 @@
-"""Fused CPU selective scan: a tiny C kernel, built with the system C compiler on first use.
+"""Fused CPU kernels for Mamba: selective scan (+ skip and gate) and causal conv + SiLU.
 
-Same maths and signature as :func:`ss4rec.ssm.scan.selective_scan`::
+Small C kernels, built with the system C compiler on first use. The scan computes the same
+maths as :func:`ss4rec.ssm.scan.selective_scan`, optionally followed by Mamba's skip and
+gate (``(y + D * u) * silu(z)``)::
 
     h_t[d, n] = exp(delta_t[d] * A[d, n]) * h_{t-1}[d, n] + delta_t[d] * B_t[n] * u_t[d]
     y_t[d]    = sum_n C_t[n] * h_t[d, n]
 
-Why a kernel: the pure-PyTorch scan streams ``[B, L, D, N]`` tensors through memory about
-fifteen times per forward+backward (one pass per op). Here each (batch row, channel) pair
-runs its whole recurrence with the ``N`` states in registers; the backward recomputes that
-row's states into a per-thread buffer of ``(L + 1) x N`` floats (6.5 KB at L=50, N=32, so
-it stays in cache) and walks back through them. Nothing of size ``[B, L, D, N]`` is ever
-allocated, and no state is saved between forward and backward (only the inputs).
+Why kernels: the pure-PyTorch scan streams ``[B, L, D, N]`` tensors through memory about
+fifteen times per forward+backward (one pass per op). Here 16 channels of one batch row
+run their recurrence together as one vector, read straight from the ``[B, L, D]`` tensors,
+with the ``N`` states in L1; the backward recomputes those states (and decays) into a
+per-thread ``(L + 1) x N x 16`` buffer and walks back through them. Nothing of size
+``[B, L, D, N]`` is allocated, and only the inputs are saved for the backward. Mamba's
+depthwise causal conv + SiLU gets the same treatment (PyTorch's grouped ``conv1d``
+backward is slow on CPU). Denormals are flushed inside the kernels (the backward's carried
+gradients decay into that range, where x86 is ~100x slower); the caller's FP mode is kept.
 
 How it is built: plain C (no PyTorch headers, so the build takes about a second and needs
-no ``ninja``), compiled with ``cc -O3 -march=native -shared`` into
-``$SS4REC_CACHE_DIR`` (default ``~/.cache/ss4rec/scan_fused``) under a name hashed from the
-source, flags and CPU, and loaded with :mod:`ctypes`. Calls release the GIL; the batch is
-split over ``torch.get_num_threads()`` Python threads. ``exp`` is a vectorisable
-range-reduced polynomial (error below float32 rounding) instead of libm's scalar ``expf``.
+no ``ninja``), compiled with ``cc -O3 -march=native -fopenmp -shared`` into
+``$SS4REC_CACHE_DIR`` (default ``~/.cache/ss4rec``)``/scan_fused`` under a name hashed from
+the source, flags and CPU, and loaded with :mod:`ctypes` (calls release the GIL). Batch
+rows are split over an OpenMP team of ``torch.get_num_threads()`` threads on PyTorch's own
+libgomp (so no second thread pool competes for the cores); a compiler without OpenMP gives
+a single-threaded build. ``exp`` is a vectorisable range-reduced polynomial (error below
+float32 rounding) instead of libm's scalar ``expf``.
 
-Scope: float32 compute on CPU tensors. :func:`fused_scan_available` says whether the kernel
-built here (and why not); :func:`fused_selective_scan` raises when it did not, so callers
-choose the fallback explicitly. Set ``SS4REC_FUSED_SCAN=0`` to disable the kernel.
+Scope: float32 compute on CPU tensors. :func:`fused_scan_available` says whether the
+kernels built here (and why not; a failure is logged once as a warning);
+:func:`fused_scan_usable` whether they apply to a tensor; :func:`fused_selective_scan` and
+:func:`fused_causal_conv1d_silu` raise when unavailable, so callers choose the fallback
+explicitly (:class:`ss4rec.ssm.mamba.Mamba` falls back to the pure-PyTorch path). Set
+``SS4REC_FUSED_SCAN=0`` to disable the kernels.
 
 Example::
 
