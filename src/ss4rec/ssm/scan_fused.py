@@ -95,6 +95,7 @@ _C_SOURCE = r"""
    decay 1, no drive) and its padding is never stored. The backward sums grad_B and grad_C
    over channels as lane vectors in per-row buffers and reduces the lanes once per row. */
 #define W 16
+#define TT 32  /* backward time tile: its states and decays stay in L2 at any L */
 
 #if defined(__SSE__)
 #include <xmmintrin.h>
@@ -217,8 +218,11 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
                    int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t N) {
     int64_t block = N * W;
     float *a = buffer(block), *gh = buffer(block), *gA = buffer(block);
-    float *hs = buffer((L + 1) * block);  /* slot t: h_{t-1} */
-    float *decay = buffer(L * block);
+    int64_t chunks = (L + TT - 1) / TT;
+    float *hs = buffer((TT + 1) * block);  /* one time tile's states; slot i: h_{t0+i-1} */
+    float *decay = buffer(TT * block);
+    float *bnd = buffer(chunks * block);   /* state entering each time tile */
+    float *hw = buffer(block);
     float *ys = buffer(L * W);            /* the scan's own y_t, for the gate's gradient */
     float *gBl = buffer(L * block), *gCl = buffer(L * block);  /* per-lane dLoss/dB, dLoss/dC */
     float dt[W], ut[W], zt[W], go[W], du[W], out[W], skip[W], gy[W], g_du[W], g_delta[W];
@@ -229,79 +233,100 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
         for (int64_t d0 = 0; d0 < D; d0 += W) {
             int64_t width = D - d0 < W ? D - d0 : W;
             load_block_params(a, skip, A, Dsk, d0, width, N);
-            memset(hs, 0, (size_t)block * sizeof(float));
-            for (int64_t t = 0; t < L; t++) {  /* recompute this block's states */
+            /* states entering each tile of TT steps, from one pass that stores nothing else */
+            memset(bnd, 0, (size_t)block * sizeof(float));
+            memset(hw, 0, (size_t)block * sizeof(float));
+            for (int64_t t = 0; t < (chunks - 1) * TT; t++) {
+                if (t > 0 && t % TT == 0) memcpy(bnd + (t / TT) * block, hw, (size_t)block * sizeof(float));
                 int64_t row = (b * L + t) * D + d0;
-                const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
-                const float *restrict prev = hs + t * block;
-                float *restrict next = hs + (t + 1) * block, *restrict dec = decay + t * block;
+                const float *bt = Bm + b * sbB + t * stB;
                 load_lanes(dt, delta + row, width);
                 load_lanes(ut, u + row, width);
-                for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
+                for (int j = 0; j < W; j++) du[j] = dt[j] * ut[j];
                 for (int64_t n = 0; n < N; n++) {
-                    float bn = bt[n], cn = ct[n];
+                    float bn = bt[n];
+                    float *restrict hn = hw + n * W;
                     const float *restrict an = a + n * W;
-                    for (int j = 0; j < W; j++) {
-                        float e = fast_exp(dt[j] * an[j]);
-                        float hn = e * prev[n * W + j] + du[j] * bn;
-                        dec[n * W + j] = e;
-                        next[n * W + j] = hn;
-                        out[j] += cn * hn;
-                    }
+                    for (int j = 0; j < W; j++) hn[j] = fast_exp(dt[j] * an[j]) * hn[j] + du[j] * bn;
                 }
-                for (int j = 0; j < W; j++) ys[t * W + j] = out[j];
             }
+            if (chunks > 1) memcpy(bnd + (chunks - 1) * block, hw, (size_t)block * sizeof(float));
             memset(gh, 0, (size_t)block * sizeof(float));  /* dLoss/dh_t carried from t + 1 */
             memset(gA, 0, (size_t)block * sizeof(float));
             for (int j = 0; j < W; j++) gD[j] = 0.0f;
-            for (int64_t t = L - 1; t >= 0; t--) {
-                int64_t row = (b * L + t) * D + d0;
-                const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
-                load_lanes(dt, delta + row, width);
-                load_lanes(ut, u + row, width);
-                load_lanes(go, grad_y + row, width);
-                if (z) {  /* through the gate: out = (y + skip u) silu(z) */
-                    load_lanes(zt, z + b * sbZ + t * stZ + d0, width);
-                    for (int j = 0; j < W; j++) {
-                        float sig = 1.0f / (1.0f + fast_exp(-zt[j]));
-                        gy[j] = go[j] * zt[j] * sig;
-                        /* silu'(z) = sig (1 + z (1 - sig)) */
-                        gz[j] = go[j] * (ys[t * W + j] + skip[j] * ut[j]) * sig * (1.0f + zt[j] * (1.0f - sig));
+            for (int64_t c = chunks - 1; c >= 0; c--) {  /* time tiles, last first */
+                int64_t t0 = c * TT, t1 = t0 + TT < L ? t0 + TT : L;
+                memcpy(hs, bnd + c * block, (size_t)block * sizeof(float));
+                for (int64_t t = t0; t < t1; t++) {  /* recompute this tile's states */
+                    int64_t row = (b * L + t) * D + d0;
+                    const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
+                    const float *restrict prev = hs + (t - t0) * block;
+                    float *restrict next = hs + (t - t0 + 1) * block, *restrict dec = decay + (t - t0) * block;
+                    load_lanes(dt, delta + row, width);
+                    load_lanes(ut, u + row, width);
+                    for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
+                    for (int64_t n = 0; n < N; n++) {
+                        float bn = bt[n], cn = ct[n];
+                        const float *restrict an = a + n * W;
+                        for (int j = 0; j < W; j++) {
+                            float e = fast_exp(dt[j] * an[j]);
+                            float hn = e * prev[n * W + j] + du[j] * bn;
+                            dec[n * W + j] = e;
+                            next[n * W + j] = hn;
+                            out[j] += cn * hn;
+                        }
                     }
-                    store_lanes(grad_z + row, gz, width);
-                } else {
-                    for (int j = 0; j < W; j++) gy[j] = go[j];
+                    for (int j = 0; j < W; j++) ys[t * W + j] = out[j];
                 }
-                for (int j = 0; j < W; j++) {
-                    du[j] = dt[j] * ut[j]; g_du[j] = 0.0f; g_delta[j] = 0.0f;
-                    gD[j] += gy[j] * ut[j];
-                }
-                const float *restrict prev = hs + t * block, *restrict cur = hs + (t + 1) * block;
-                const float *restrict dec = decay + t * block;
-                float *restrict gbt = gBl + t * block, *restrict gct = gCl + t * block;
-                for (int64_t n = 0; n < N; n++) {
-                    float bn = bt[n], cn = ct[n];
-                    float *restrict ghn = gh + n * W, *restrict gAn = gA + n * W;
-                    float *restrict gbn = gbt + n * W, *restrict gcn = gct + n * W;
-                    const float *restrict an = a + n * W, *restrict pn = prev + n * W;
-                    const float *restrict hn = cur + n * W, *restrict en = dec + n * W;
-                    for (int j = 0; j < W; j++) {
-                        float g = ghn[j] + gy[j] * cn;          /* total dLoss/dh_t */
-                        gcn[j] += gy[j] * hn[j];                /* dLoss/dC_t[n], lane part */
-                        gbn[j] += du[j] * g;                    /* dLoss/dB_t[n], lane part */
-                        g_du[j] += g * bn;
-                        float g_log_decay = g * pn[j] * en[j];  /* dLoss/d(delta A) */
-                        g_delta[j] += g_log_decay * an[j];
-                        gAn[j] += dt[j] * g_log_decay;
-                        ghn[j] = g * en[j];
+                for (int64_t t = t1 - 1; t >= t0; t--) {
+                    int64_t row = (b * L + t) * D + d0;
+                    const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
+                    load_lanes(dt, delta + row, width);
+                    load_lanes(ut, u + row, width);
+                    load_lanes(go, grad_y + row, width);
+                    if (z) {  /* through the gate: out = (y + skip u) silu(z) */
+                        load_lanes(zt, z + b * sbZ + t * stZ + d0, width);
+                        for (int j = 0; j < W; j++) {
+                            float sig = 1.0f / (1.0f + fast_exp(-zt[j]));
+                            gy[j] = go[j] * zt[j] * sig;
+                            /* silu'(z) = sig (1 + z (1 - sig)) */
+                            gz[j] = go[j] * (ys[t * W + j] + skip[j] * ut[j]) * sig * (1.0f + zt[j] * (1.0f - sig));
+                        }
+                        store_lanes(grad_z + row, gz, width);
+                    } else {
+                        for (int j = 0; j < W; j++) gy[j] = go[j];
                     }
+                    for (int j = 0; j < W; j++) {
+                        du[j] = dt[j] * ut[j]; g_du[j] = 0.0f; g_delta[j] = 0.0f;
+                        gD[j] += gy[j] * ut[j];
+                    }
+                    const float *restrict prev = hs + (t - t0) * block, *restrict cur = hs + (t - t0 + 1) * block;
+                    const float *restrict dec = decay + (t - t0) * block;
+                    float *restrict gbt = gBl + t * block, *restrict gct = gCl + t * block;
+                    for (int64_t n = 0; n < N; n++) {
+                        float bn = bt[n], cn = ct[n];
+                        float *restrict ghn = gh + n * W, *restrict gAn = gA + n * W;
+                        float *restrict gbn = gbt + n * W, *restrict gcn = gct + n * W;
+                        const float *restrict an = a + n * W, *restrict pn = prev + n * W;
+                        const float *restrict hn = cur + n * W, *restrict en = dec + n * W;
+                        for (int j = 0; j < W; j++) {
+                            float g = ghn[j] + gy[j] * cn;          /* total dLoss/dh_t */
+                            gcn[j] += gy[j] * hn[j];                /* dLoss/dC_t[n], lane part */
+                            gbn[j] += du[j] * g;                    /* dLoss/dB_t[n], lane part */
+                            g_du[j] += g * bn;
+                            float g_log_decay = g * pn[j] * en[j];  /* dLoss/d(delta A) */
+                            g_delta[j] += g_log_decay * an[j];
+                            gAn[j] += dt[j] * g_log_decay;
+                            ghn[j] = g * en[j];
+                        }
+                    }
+                    for (int j = 0; j < W; j++) {
+                        gu[j] = g_du[j] * dt[j] + gy[j] * skip[j];
+                        gd[j] = g_delta[j] + g_du[j] * ut[j];
+                    }
+                    store_lanes(grad_u + row, gu, width);
+                    store_lanes(grad_delta + row, gd, width);
                 }
-                for (int j = 0; j < W; j++) {
-                    gu[j] = g_du[j] * dt[j] + gy[j] * skip[j];
-                    gd[j] = g_delta[j] + g_du[j] * ut[j];
-                }
-                store_lanes(grad_u + row, gu, width);
-                store_lanes(grad_delta + row, gd, width);
             }
             for (int64_t j = 0; j < width; j++) {
                 for (int64_t n = 0; n < N; n++) grad_A[(d0 + j) * N + n] += gA[n * W + j];
@@ -320,6 +345,7 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
             }
     }
     free(a); free(gh); free(gA); free(hs); free(decay); free(ys); free(gBl); free(gCl);
+    free(bnd); free(hw);
 }
 
 /* Mamba's causal depthwise convolution and SiLU, fused, vectorised over channels:
