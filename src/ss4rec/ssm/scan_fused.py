@@ -10,8 +10,9 @@ gate (``(y + D * u) * silu(z)``)::
 Why kernels: the pure-PyTorch scan streams ``[B, L, D, N]`` tensors through memory about
 fifteen times per forward+backward (one pass per op). Here 16 channels of one batch row
 run their recurrence together as one vector, read straight from the ``[B, L, D]`` tensors,
-with the ``N`` states in L1; the backward recomputes those states (and decays) into a
-per-thread ``(L + 1) x N x 16`` buffer and walks back through them. Nothing of size
+with the ``N`` states in L1; the backward recomputes those states (and decays) tile by
+tile (32 steps, restarted from states kept at tile boundaries, so the working set does not
+grow with L) and walks back through them. Nothing of size
 ``[B, L, D, N]`` is allocated, and only the inputs are saved for the backward. Mamba's
 depthwise causal conv + SiLU gets the same treatment (PyTorch's grouped ``conv1d``
 backward is slow on CPU). Denormals are flushed inside the kernels (the backward's carried
