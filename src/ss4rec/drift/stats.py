@@ -17,16 +17,21 @@ def _normalised(counts: np.ndarray) -> np.ndarray:
     return counts / total if total > 0 else counts
 
 
+def _aligned(p_counts: np.ndarray, q_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both count vectors as floats of one length, the shorter padded with zeros."""
+    size = max(len(p_counts), len(q_counts))
+    p, q = np.zeros(size), np.zeros(size)
+    p[: len(p_counts)] = p_counts
+    q[: len(q_counts)] = q_counts
+    return p, q
+
+
 def js_divergence(p_counts: np.ndarray, q_counts: np.ndarray) -> float:
     """Jensen–Shannon divergence (base 2, so in [0, 1]) between two count vectors.
 
     The shorter vector is padded with zeros (categories it never saw). NaN if either is empty.
     """
-    size = max(len(p_counts), len(q_counts))
-    p = np.zeros(size)
-    q = np.zeros(size)
-    p[: len(p_counts)] = p_counts
-    q[: len(q_counts)] = q_counts
+    p, q = _aligned(p_counts, q_counts)
     if p.sum() <= 0 or q.sum() <= 0:
         return float("nan")
     p, q = _normalised(p), _normalised(q)
@@ -46,11 +51,7 @@ def ks_from_histograms(p_counts: np.ndarray, q_counts: np.ndarray) -> float:
     (activity counts); for binned continuous values (gaps) a lower bound of the exact
     statistic that is off by at most the largest single-bin mass. NaN if either is empty.
     """
-    size = max(len(p_counts), len(q_counts))
-    p = np.zeros(size)
-    q = np.zeros(size)
-    p[: len(p_counts)] = p_counts
-    q[: len(q_counts)] = q_counts
+    p, q = _aligned(p_counts, q_counts)
     if p.sum() <= 0 or q.sum() <= 0:
         return float("nan")
     return float(np.max(np.abs(np.cumsum(_normalised(p)) - np.cumsum(_normalised(q)))))
