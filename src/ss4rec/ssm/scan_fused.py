@@ -352,19 +352,26 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
 /* Mamba's causal depthwise convolution and SiLU, fused, vectorised over channels:
    out[b, t, d] = silu(bias[d] + sum_k w[k, d] * x[b, t - (K - 1) + k, d])  (x = 0 before t = 0)
    x: rows with strides (sb, st) and contiguous channels (a view of in_proj's output);
-   w [K D] (tap K - 1 multiplies the current step); out, grad_out, grad_x [Bsz L D]. */
+   w [K D] (tap K - 1 multiplies the current step); out, grad_out, grad_x [Bsz L D].
+   conv_preactivation is the sum inside silu at step t of one batch row (xb = that row's
+   start); the backward recomputes it rather than storing it. */
+static inline void conv_preactivation(const float *xb, int64_t st, const float *w, const float *bias,
+                                      float *restrict o, int64_t t, int64_t D, int64_t K) {
+    for (int64_t d = 0; d < D; d++) o[d] = bias[d];
+    for (int64_t k = 0; k < K; k++) {
+        int64_t s = t - (K - 1) + k;
+        if (s < 0) continue;
+        const float *restrict xs = xb + s * st, *restrict wk = w + k * D;
+        for (int64_t d = 0; d < D; d++) o[d] += wk[d] * xs[d];
+    }
+}
+
 static void conv_forward_rows(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
                   float *out, int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t K) {
     for (int64_t b = b0; b < b1; b++)
         for (int64_t t = 0; t < L; t++) {
             float *restrict o = out + (b * L + t) * D;
-            for (int64_t d = 0; d < D; d++) o[d] = bias[d];
-            for (int64_t k = 0; k < K; k++) {
-                int64_t s = t - (K - 1) + k;
-                if (s < 0) continue;
-                const float *restrict xs = x + b * sb + s * st, *restrict wk = w + k * D;
-                for (int64_t d = 0; d < D; d++) o[d] += wk[d] * xs[d];
-            }
+            conv_preactivation(x + b * sb, st, w, bias, o, t, D, K);
             for (int64_t d = 0; d < D; d++) o[d] = o[d] / (1.0f + fast_exp(-o[d]));
         }
 }
@@ -378,13 +385,7 @@ static void conv_backward_rows(const float *x, int64_t sb, int64_t st, const flo
     for (int64_t b = b0; b < b1; b++) {
         for (int64_t t = 0; t < L; t++) {
             float *restrict gt = g + t * D;
-            for (int64_t d = 0; d < D; d++) gt[d] = bias[d];
-            for (int64_t k = 0; k < K; k++) {
-                int64_t s = t - (K - 1) + k;
-                if (s < 0) continue;
-                const float *restrict xs = x + b * sb + s * st, *restrict wk = w + k * D;
-                for (int64_t d = 0; d < D; d++) gt[d] += wk[d] * xs[d];
-            }
+            conv_preactivation(x + b * sb, st, w, bias, gt, t, D, K);
             const float *restrict go = grad_out + (b * L + t) * D;
             for (int64_t d = 0; d < D; d++) {  /* silu'(p) = sig (1 + p (1 - sig)) */
                 float p = gt[d], sig = 1.0f / (1.0f + fast_exp(-p));
