@@ -151,7 +151,8 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
     from recbole.config import Config
 
     model_name, model_class = resolve_model(model)
-    model_defaults = load_config_file(model_config_file(model_name)) if model_config_file(model_name) else {}
+    defaults_file = model_config_file(model_name)
+    model_defaults = load_config_file(defaults_file) if defaults_file else {}
     user = {}
     for f in config_files or ():
         data = load_config_file(f)
