@@ -19,7 +19,6 @@ interactions before the test item).
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import torch
@@ -57,7 +56,7 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
     Returns:
         ``{"metrics": {...}, "topk": [...], "n_users": int, "metrics_file", "ranks_file", ...}``.
     """
-    from ss4rec.pipeline import restore
+    from ss4rec.pipeline import restore, write_json_atomic
 
     checkpoint = Path(checkpoint).resolve()
     config_dict = {}
@@ -94,7 +93,7 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
         "metrics_file": str(out / "metrics.json"),
         "ranks_file": str(ranks_file),
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out / "metrics.json", report)
     return report
 
 

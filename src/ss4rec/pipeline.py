@@ -268,7 +268,8 @@ def versions() -> dict:
     }
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON via a temp file and a rename: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -364,5 +365,5 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     if torch.cuda.is_available() and str(config["device"]).startswith("cuda"):
         result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if config["local_rank"] in (0, None):  # one writer under DDP
-        _write_json_atomic(out / "results.json", result)
+        write_json_atomic(out / "results.json", result)
     return result

@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import os
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from ss4rec.checkpoint import (config_to_plain, load_checkpoint, rng_state, save
                                set_rng_state, to_plain)
 from ss4rec.errors import TrainingGuardError, UserError
 from ss4rec.guards import LRSchedule, TrainingGuards, baseline_loss, guard_settings, optimizer_steps
-from ss4rec.pipeline import working_dir
+from ss4rec.pipeline import working_dir, write_json_atomic
 from ss4rec.wandb_logging import WandbRunLogger
 
 STEP_LOG_LENGTH = 1000  # optimiser steps of loss / LR / grad-norm history kept for debug bundles
@@ -370,9 +369,7 @@ class SS4RecTrainer(Trainer):
             "config": config_to_plain(self.config),
         }
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = bundle_path.with_name(f".{bundle_path.name}.tmp")
-        tmp.write_text(json.dumps(bundle, indent=1, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, bundle_path)
+        write_json_atomic(bundle_path, bundle)
         saved.append(f"debug bundle {bundle_path}")
         if os.path.exists(self.last_checkpoint_file):
             saved.append(f"resume point (after the fix) {self.last_checkpoint_file}")

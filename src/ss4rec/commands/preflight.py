@@ -15,7 +15,6 @@ webhook as a run that started and failed, with the cause; a passing one posts no
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -41,6 +40,7 @@ def main(args) -> int:
     from ss4rec.envinfo import environment_info, format_environment
     from ss4rec.errors import UserError
     from ss4rec.notify import Notifier
+    from ss4rec.pipeline import write_json_atomic
     from ss4rec.preflight import FAIL, preflight
 
     environment = environment_info()
@@ -64,8 +64,7 @@ def main(args) -> int:
     print(report.table(), flush=True)
     if args.output:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "preflight.json").write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n",
-                                                encoding="utf-8")
+        write_json_atomic(run_dir / "preflight.json", report.to_dict())
     if report.ok:
         return 0
     notifier.start(model=str(args.model), dataset=args.dataset, device=args.device or "auto", run_dir=run_dir)

@@ -14,13 +14,12 @@ unknown users and items are documented in :mod:`ss4rec.drift.data_drift` and
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from ss4rec.drift.data_drift import DEFAULT_THRESHOLDS, compute_data_drift
 from ss4rec.drift.reader import InterColumns
 from ss4rec.drift.windows import WindowSpec
+from ss4rec.pipeline import write_json_atomic
 
 __all__ = ["drift_report", "compute_data_drift", "compute_model_drift", "DEFAULT_THRESHOLDS", "WindowSpec"]
 
@@ -53,8 +52,6 @@ def drift_report(past, future, output_dir, checkpoint=None, window: str = "month
                                                     max_predictions=max_predictions, config_dict=config_dict)
     report["plots"] = write_plots(report, out) if plots else []
     report["files"] = {"json": str(out / "drift.json"), "markdown": str(out / "drift.md")}
-    tmp = out / ".drift.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "drift.json")
+    write_json_atomic(out / "drift.json", report)
     write_markdown(report, out / "drift.md")
     return report
