@@ -65,6 +65,7 @@ def known_keys(model: str) -> set[str]:
     """Every key that RecBole, the model ``model`` and ss4rec understand."""
     from recbole.utils import argument_list
 
+    import ss4rec.data.modes  # noqa: F401  (registers train_mode in SS4REC_KEYS)
     import ss4rec.guards  # noqa: F401  (registers the trainer's keys in SS4REC_KEYS)
 
     props = _recbole_dir() / "properties"

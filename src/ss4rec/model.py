@@ -192,6 +192,18 @@ class SS4Rec(SequentialRecommender):
         output = self.sequence_output(item_seq, item_seq_len, time_seq, target_time)  # [B L H]
         return self.gather_indexes(output, item_seq_len - 1)  # [B H]
 
+    def position_output(self, interaction):
+        """Hidden state at every position, ``[B L H]`` (whole-sequence training, ss4rec.losses).
+
+        The interaction's time field is the time of the target after the last position.
+        """
+        return self.sequence_output(
+            interaction[self.ITEM_SEQ],
+            interaction[self.ITEM_SEQ_LEN],
+            interaction[self.TIME_SEQ],
+            interaction[self.TIME_FIELD],
+        )
+
     def _seq_output(self, interaction):
         return self.forward(
             interaction[self.ITEM_SEQ],

@@ -7,8 +7,9 @@
     >>> result["test"]["ndcg@10"]  # doctest: +SKIP
 
 Steps: check config keys; resolve the dataset (bundled ML-100K, or ``data_path/NAME``;
-never a download); build RecBole's ``Config`` (blind to ``sys.argv``); ``create_dataset``;
-``data_preparation``; the model; :class:`ss4rec.trainer.SS4RecTrainer`; fit; evaluate the
+never a download); build RecBole's ``Config`` (blind to ``sys.argv``); the dataset and its
+dataloaders (:mod:`ss4rec.data.loaders`: O(N) sequential data, no pickle caches, prefix or
+sequence ``train_mode``); the model; :class:`ss4rec.trainer.SS4RecTrainer`; fit; evaluate the
 best checkpoint on the test split; write ``results.json``. Everything RecBole writes
 (logs, tensorboard, checkpoints) lands in ``output_dir``, not the current directory.
 """
@@ -16,6 +17,7 @@ best checkpoint on the test split; write ``results.json``. Everything RecBole wr
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -35,7 +37,9 @@ _RUN_DEFAULTS = {"show_progress": False}
 
 
 def resolve_model(name):
-    """A model name -> (canonical name, class). SS4Rec is ours; others are RecBole's.
+    """A model name -> (canonical name, class). SS4Rec is ours; others are RecBole's
+    (SASRec and GRU4Rec as :mod:`ss4rec.baselines`' subclasses, which can also train in
+    ``train_mode: sequence``).
 
     A model class is used as it is, named by its ``__name__`` (RecBole loads the defaults
     YAML of that name: a subclass named like its RecBole base inherits the base's defaults).
@@ -46,11 +50,13 @@ def resolve_model(name):
         return name.__name__, name
     from ss4rec.model import SS4Rec
 
+    from ss4rec.baselines import MODELS
+
     if name.lower() == "ss4rec":
         return "SS4Rec", SS4Rec
     for canonical in recbole_model_names():
         if canonical.lower() == name.lower():
-            return canonical, get_model(canonical)
+            return canonical, MODELS.get(canonical) or get_model(canonical)
     close = [m for m in recbole_model_names() + ["SS4Rec"] if m.lower().startswith(name.lower()[:3])]
     hint = f" (similar: {', '.join(close[:5])})" if close else ""
     raise ConfigError(f"unknown model {name!r}{hint}; use SS4Rec or a RecBole model name such as SASRec")
@@ -185,6 +191,7 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
         raise UserError(f"device must be cpu or cuda, not {device!r}")
     if device == "cpu":
         merged["use_gpu"] = False
+    check_train_mode(model_name, model_class, merged)
 
     saved_cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
     with _isolated_argv():
@@ -204,6 +211,18 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
     return config, model_class
 
 
+def check_train_mode(model_name: str, model_class, settings: dict) -> None:
+    """A ConfigError unless ``model_class`` can train in the chosen ``train_mode``."""
+    from ss4rec.data.modes import train_mode
+    from ss4rec.losses import supports_windows
+
+    if train_mode(settings) == "sequence" and not supports_windows(model_class):
+        raise ConfigError(
+            f"{model_name} cannot train in train_mode: sequence (it does not score every "
+            "position; SS4Rec, SASRec and GRU4Rec can): set train_mode: prefix"
+        )
+
+
 def restore(checkpoint, device: str | None = "cpu", config_dict=None):
     """Rebuild a finished run from its checkpoint: same settings, same data split, trained weights.
 
@@ -219,10 +238,10 @@ def restore(checkpoint, device: str | None = "cpu", config_dict=None):
         A :class:`RestoredRun` with config, dataset, train/valid/test loaders, model and
         the raw checkpoint dict.
     """
-    from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
     from ss4rec.checkpoint import load_checkpoint
+    from ss4rec.data.loaders import create_dataset, prepare_data
 
     state = load_checkpoint(checkpoint)
     settings = state.get("config", {}).get("run_settings")
@@ -233,7 +252,7 @@ def restore(checkpoint, device: str | None = "cpu", config_dict=None):
     config, model_class = build_config(settings["model"], settings["dataset"], (), merged, device)
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    train_data, valid_data, test_data = prepare_data(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = model_class(config, train_data._dataset).to(config["device"])
     net.load_state_dict(state["state_dict"])
@@ -301,10 +320,12 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         train_seconds, seconds_per_epoch, parameters, checkpoint, config, versions.
     """
     import torch
-    from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
     from ss4rec.checkpoint import config_to_plain
+    from ss4rec.data.loaders import create_dataset, prepare_data
+    from ss4rec.data.modes import train_mode
+    from ss4rec.losses import window_loss
     from ss4rec.trainer import SS4RecTrainer
 
     if output_dir is None and resume is not None:
@@ -320,12 +341,14 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         logger.info(f"run folder: {out}")
         data = create_dataset(config)
         logger.info(data)
-        train_data, valid_data, test_data = data_preparation(config, data)
+        train_data, valid_data, test_data = prepare_data(config, data)
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         net = model_class(config, train_data._dataset).to(config["device"])
         n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
         logger.info(f"{config['model']}: {n_params:,} trainable parameters")
         trainer = SS4RecTrainer(config, net)
+        if train_mode(config) == "sequence":
+            trainer.batch_loss = functools.partial(window_loss, net)
         trainer.saved_model_file = str(Path(config["checkpoint_dir"]) / f"{config['model']}-best.pth")
         if resume is not None:
             trainer.resume_checkpoint(resume)

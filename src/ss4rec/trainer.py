@@ -94,6 +94,9 @@ class SS4RecTrainer(Trainer):
         self.epochs_ran: list[int] = []  # epoch indices trained by this process
         self.resumed_from: dict | None = None
         self.last_checkpoint_file = os.path.join(self.checkpoint_dir, f"{config['model']}-last.pth")
+        # The loss of one training batch: the model's calculate_loss, or (train_mode:
+        # sequence) ss4rec.losses.window_loss, set by the pipeline.
+        self.batch_loss = None
         self._scaler = None
         self._pending_resume = None
         self._train_data = None
@@ -162,7 +165,7 @@ class SS4RecTrainer(Trainer):
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()
-        loss_func = loss_func or self.model.calculate_loss
+        loss_func = loss_func or self.batch_loss or self.model.calculate_loss
         self._epoch = epoch_idx
         total_loss = None
         iter_data = tqdm(train_data, total=len(train_data), ncols=100,

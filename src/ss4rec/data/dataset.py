@@ -14,19 +14,20 @@ dataset:
   an error.
 
 RecBole picks it for the model ``SS4Rec`` (``create_dataset`` looks up
-``recbole.data.dataset.SS4RecDataset``, registered by ``import ss4rec``).
+``recbole.data.dataset.SS4RecDataset``, registered by ``import ss4rec``). Like every
+sequential dataset of our runs it stores histories by reference
+(:class:`~ss4rec.data.sequences.FlatSequentialDataset`).
 """
 
 from __future__ import annotations
 
 import torch
-from recbole.data.dataset import SequentialDataset
-
+from ss4rec.data.sequences import FlatSequentialDataset
 from ss4rec.errors import ConfigError
 
 
-class SS4RecDataset(SequentialDataset):
-    """:class:`recbole.data.dataset.SequentialDataset` with exact, unnormalised timestamps."""
+class SS4RecDataset(FlatSequentialDataset):
+    """:class:`ss4rec.data.sequences.FlatSequentialDataset` with exact, unnormalised timestamps."""
 
     def _normalize(self):
         time_field = self.time_field

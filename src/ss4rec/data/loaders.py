@@ -1,0 +1,112 @@
+"""Datasets and dataloaders for our runs: RecBole's, minus its pickle caches and [N, L] arrays.
+
+    >>> dataset = create_dataset(config)  # doctest: +SKIP
+    >>> train_data, valid_data, test_data = prepare_data(config, dataset)  # doctest: +SKIP
+
+:func:`create_dataset` picks RecBole's dataset class as RecBole does, except that plain
+sequential models get :class:`~ss4rec.data.sequences.FlatSequentialDataset`, and it never
+loads a cached dataset file (RecBole ``pickle.load``s any file at its cache path, which can
+run code). :func:`prepare_data` splits as RecBole's ``data_preparation`` (never loading
+saved dataloaders) and, in ``train_mode: sequence``, trains on windows through
+:class:`WindowTrainDataLoader`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import numpy as np
+import torch
+from recbole.data.dataloader import TrainDataLoader
+from recbole.data.utils import create_samplers, get_dataloader
+from recbole.utils import ModelType
+
+from ss4rec.data.modes import train_mode
+from ss4rec.data.sequences import NEG_TARGETS, TARGET_ITEMS, TARGET_MASK, FlatSequentialDataset
+
+logger = logging.getLogger(__name__)
+
+_TYPE_TO_CLASS = {
+    ModelType.GENERAL: "Dataset", ModelType.CONTEXT: "Dataset", ModelType.TRADITIONAL: "Dataset",
+    ModelType.DECISIONTREE: "Dataset", ModelType.KNOWLEDGE: "KnowledgeBasedDataset",
+}
+
+
+def dataset_class(config):
+    """RecBole's choice of dataset class, with FlatSequentialDataset for sequential models."""
+    module = importlib.import_module("recbole.data.dataset")
+    own = getattr(module, config["model"] + "Dataset", None)  # e.g. SS4RecDataset
+    if own is not None:
+        return own
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        return FlatSequentialDataset
+    return getattr(module, _TYPE_TO_CLASS[config["MODEL_TYPE"]])
+
+
+def create_dataset(config):
+    """Load and filter the dataset named by ``config``: never from a pickle, never cached."""
+    if config["save_dataset"] or config["dataset_save_path"]:
+        logger.warning("save_dataset / dataset_save_path are ignored: ss4rec never writes or "
+                       "loads pickled datasets (loading one can run code)")
+    return dataset_class(config)(config)
+
+
+def prepare_data(config, dataset):
+    """Train, valid and test dataloaders, as RecBole's ``data_preparation`` (without its caches)."""
+    if config["save_dataloaders"] or config["dataloaders_save_path"]:
+        logger.warning("save_dataloaders / dataloaders_save_path are ignored: ss4rec never writes "
+                       "or loads pickled dataloaders (loading one can run code)")
+    built = dataset.build()
+    train_dataset, valid_dataset, test_dataset = built
+    sequence = train_mode(config) == "sequence"
+    if sequence and not isinstance(dataset, FlatSequentialDataset):
+        raise TypeError(f"train_mode: sequence needs a FlatSequentialDataset, not {type(dataset).__name__}")
+    train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built)
+    if sequence:
+        train_data = WindowTrainDataLoader(config, train_dataset, None, shuffle=config["shuffle"])
+    else:
+        train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler,
+                                                     shuffle=config["shuffle"])
+    valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
+    test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
+    if sequence:
+        logger.info(
+            f"train_mode sequence: {train_data.targets:,} training targets in "
+            f"{len(train_dataset):,} windows of <= {config['MAX_ITEM_LIST_LENGTH']} inputs; "
+            f"{train_data.step} windows a batch (~{config['train_batch_size']} targets), "
+            f"{len(train_data)} batches an epoch"
+        )
+    return train_data, valid_data, test_data
+
+
+class WindowTrainDataLoader(TrainDataLoader):
+    """Batches of training windows whose counted targets total about ``train_batch_size``.
+
+    A batch holds a fixed number of windows (``train_batch_size`` × windows / targets), so
+    an epoch has as many optimiser steps as prefix mode. For BPR, each position gets one
+    uniform negative item (never the position's own target).
+    """
+
+    def __init__(self, config, dataset, sampler, shuffle=False):
+        self.targets = dataset.counted_targets()
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+
+    def _init_batch_size_and_step(self):
+        windows = max(1, len(self._dataset))
+        per_batch = max(1, round(self.config["train_batch_size"] * windows / max(1, self.targets)))
+        self.step = per_batch
+        self.set_batch_size(per_batch)
+
+    def collate_fn(self, index):
+        data = self.transform(self._dataset, self._dataset[np.array(index)])
+        if self.neg_sample_args["distribution"] != "none":
+            targets = data[TARGET_ITEMS]
+            n_items = self._dataset.item_num
+            neg = torch.randint(1, n_items - 1, targets.shape)  # [B L] uniform over items != target
+            data.interaction[NEG_TARGETS] = neg + (neg >= targets).long() * (targets > 0).long()
+        return data
+
+
+__all__ = ["create_dataset", "prepare_data", "dataset_class", "WindowTrainDataLoader",
+           "TARGET_ITEMS", "TARGET_MASK", "NEG_TARGETS"]
