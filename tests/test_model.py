@@ -6,6 +6,7 @@ import contextlib
 import math
 
 import pytest
+import numpy as np
 import torch
 from recbole.data.interaction import Interaction
 
@@ -96,7 +97,7 @@ def test_intervals_exact_to_the_second_near_1_6e9(tmp_path):
     train, _, test = data_preparation(config, dataset)
     model = SS4Rec(config, train._dataset)
 
-    inter = test._dataset.inter_feat
+    inter = test._dataset[np.arange(len(test._dataset))]  # histories are gathered per batch
     times, seq_len, target = inter[model.TIME_SEQ], inter[model.ITEM_SEQ_LEN], inter[model.TIME_FIELD]
     assert times.dtype == torch.float64
     assert target.min().item() > 1.6e9  # not normalised to [0, 1]

@@ -27,7 +27,9 @@ made the check impossible):
 * model: built on the real dataset; one real training batch forward (finite loss; with CE,
   close to ``ln(n_items)`` at init) and backward (finite gradient norm).
 * optimiser: ``learning_rate`` > 0, a known ``learner``, ``epochs`` >= 1.
-* estimate: seconds per epoch and peak memory from timing a few optimiser steps.
+* estimate: host RAM to load and prepare the data (FAIL, before anything is built, when it
+  exceeds the memory available); seconds per epoch and peak memory from timing a few
+  optimiser steps, and the epoch time of the other ``train_mode``.
 
 ``model`` may be a name or a model class (e.g. a subclass of a RecBole model), as in
 :func:`ss4rec.run`.
@@ -132,7 +134,9 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
         return report
     _check_config(report, config)
     _check_optimiser(report, config)
-    _check_inter_file(report, config, dataset)
+    rows = _check_inter_file(report, config, dataset)
+    if rows:
+        _check_host_memory(report, rows)
     # Loading the data and running the model are the slow checks: only for a run that
     # can still go ahead (every failure so far is reported; fix those first).
     if not report.ok:
@@ -152,6 +156,9 @@ def _skip_rest(report: PreflightReport, why: str) -> None:
     for section in SECTIONS:
         if section not in done:
             report.add(section, "-", SKIP, f"not checked: {why}")
+    # The host-memory estimate comes before the data loads: the timing may still be missing.
+    if "estimate" in done and not any(c.name == "epoch time and memory" for c in report.checks):
+        report.add("estimate", "epoch time and memory", SKIP, f"not timed: {why}")
 
 
 # ---- environment ---------------------------------------------------------------------------
@@ -320,14 +327,17 @@ def _check_optimiser(report: PreflightReport, config) -> None:
 
 # ---- data ----------------------------------------------------------------------------------
 
-def _check_inter_file(report: PreflightReport, config, dataset: str) -> bool:
-    """Header types and timestamps of NAME.inter, read directly (before RecBole does)."""
+def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
+    """Header types and timestamps of NAME.inter, read directly (before RecBole does).
+
+    Returns the number of rows (0 when a check failed or the rows were not counted).
+    """
     import pandas as pd
 
     path = Path(config["data_path"]) / f"{dataset}.inter"
     if not path.is_file():
         report.add("data", "files exist", FAIL, f"{path} not found")
-        return False
+        return 0
     report.add("data", "files exist", PASS, str(path))
     with open(path, encoding="utf-8", errors="replace") as f:
         header = f.readline().rstrip("\r\n").split("\t")
@@ -336,7 +346,7 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> bool:
     fix = f"expected tab-separated name:type columns ({', '.join(ATOMIC_TYPES)}); re-create it with `ss4rec convert`"
     if untyped:
         report.add("data", "header types", FAIL, f"{path.name}: header column(s) {untyped} {fix}")
-        return False
+        return 0
     wanted = {config["USER_ID_FIELD"]: "token", config["ITEM_ID_FIELD"]: "token"}
     time_field = config["TIME_FIELD"]
     if time_field in names:
@@ -345,13 +355,13 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> bool:
     if missing:
         report.add("data", "header types", FAIL,
                    f"{path.name} lacks {missing} (header: {header}); {fix}")
-        return False
+        return 0
     report.add("data", "header types", PASS, " ".join(header))
 
     if time_field not in names:
         status = FAIL if config["model"] == "SS4Rec" else WARN
         report.add("data", "timestamps", status, f"{path.name} has no {time_field!r} column")
-        return status != FAIL
+        return 0
     column = header.index(f"{time_field}:float")
     raw = pd.read_csv(path, sep="\t", usecols=[column], dtype=str, keep_default_na=False,
                       quoting=3, engine="c").iloc[:, 0]
@@ -363,23 +373,61 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> bool:
                    f"{int(bad.sum()):,} of {len(values):,} {time_field} values are not finite "
                    f"non-negative numbers; first at line {first + 2}: {raw.iloc[first]!r}. "
                    "Fix or drop those rows (epoch seconds expected)")
-        return False
+        return 0
     report.add("data", "timestamps", PASS,
                f"{len(values):,} rows, {time_field} {values.min():.0f} .. {values.max():.0f}")
-    return True
+    return len(values)
+
+
+def available_memory() -> float | None:
+    """Bytes this process may still use: MemAvailable, capped by a cgroup v2 limit (None if unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if ":" in line}
+        available = info["MemAvailable"]
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return float(available)
+
+
+def _check_host_memory(report: PreflightReport, rows: int) -> None:
+    """Host RAM that loading and preparing ``rows`` interactions will take, before any is built."""
+    from ss4rec.data.sequences import estimate_host_memory
+
+    need = estimate_host_memory(rows)
+    have = available_memory()
+    report.estimate["host_memory_gb"] = need / 2**30
+    text = f"~{need / 2**30:.1f} GB host RAM to load and prepare {rows:,} rows (either train_mode)"
+    if have is None:
+        report.add("estimate", "host memory", PASS, text + "; available memory unknown")
+    elif need > have:
+        report.add("estimate", "host memory", FAIL,
+                   f"{text}, but only {have / 2**30:.1f} GB is available: use a machine with more "
+                   "memory, stop other processes, or filter the data harder (user_inter_num_interval "
+                   "/ item_inter_num_interval, or `ss4rec split` to train on a time range)")
+    else:
+        report.add("estimate", "host memory", PASS, f"{text}; {have / 2**30:.1f} GB available")
 
 
 def _load_data(report: PreflightReport, config):
     """RecBole's dataset and split exactly as the run builds them; counts after filtering."""
-    from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
+
+    from ss4rec.data.loaders import create_dataset, prepare_data
 
     try:
         init_seed(config["seed"], config["reproducibility"])
         with warnings.catch_warnings():  # pandas' chained-assignment notices inside RecBole
             warnings.simplefilter("ignore", FutureWarning)
             data = create_dataset(config)
-            train_data, valid_data, test_data = data_preparation(config, data)
+            train_data, valid_data, test_data = prepare_data(config, data)
     except Exception as exc:
         report.add("data", "load and filter", FAIL, f"RecBole cannot build the dataset: {type(exc).__name__}: {exc}")
         return None
@@ -406,8 +454,29 @@ def _load_data(report: PreflightReport, config):
 # ---- model, optimiser step, estimate --------------------------------------------------------
 
 def _loss_of(net, batch):
-    loss = net.calculate_loss(batch)
+    """The training loss of one batch, as the trainer computes it in this train_mode."""
+    from ss4rec.data.sequences import TARGET_MASK
+    from ss4rec.losses import window_loss
+
+    loss = window_loss(net, batch) if TARGET_MASK in batch.interaction else net.calculate_loss(batch)
     return sum(loss) if isinstance(loss, tuple) else loss
+
+
+def _positions_per_epoch(config, train_data) -> dict:
+    """Positions the model computes in one training epoch, per train_mode (padding included)."""
+    import numpy as np
+
+    from ss4rec.data.sequences import count_windows
+
+    max_len = config["MAX_ITEM_LIST_LENGTH"]
+    dataset = train_data._dataset
+    if getattr(train_data, "targets", None) is not None:  # sequence mode: windows
+        targets, windows = train_data.targets, len(dataset)
+    else:
+        uid = dataset.inter_feat[dataset.uid_field].numpy()
+        targets = len(uid)
+        windows = count_windows(np.unique(uid, return_counts=True)[1], max_len)
+    return {"prefix": targets * max_len, "sequence": windows * max_len}
 
 
 def _check_model_and_estimate(report, config, model_class, data, train_data, valid_data,
@@ -513,11 +582,22 @@ def _estimate(report, config, net, train_data, batches, timed_batches: int) -> N
     epoch_s = per_batch * n_batches
     memory_mb, memory_what = _peak_memory_mb(device)
     epochs = config["epochs"] or 0
-    report.estimate = {"seconds_per_batch": per_batch, "batches_per_epoch": n_batches,
-                       "seconds_per_epoch": epoch_s, "epochs": epochs,
-                       "max_training_hours": epoch_s * epochs / 3600, "memory_mb": memory_mb,
-                       "memory_kind": memory_what}
+    report.estimate.update({"seconds_per_batch": per_batch, "batches_per_epoch": n_batches,
+                            "seconds_per_epoch": epoch_s, "epochs": epochs,
+                            "max_training_hours": epoch_s * epochs / 3600, "memory_mb": memory_mb,
+                            "memory_kind": memory_what})
     report.add("estimate", "epoch time and memory", PASS,
                f"~{epoch_s:.1f} s/epoch of training ({n_batches} batches x {per_batch:.3f} s, "
                f"evaluation not included); at most {epochs} epochs ~ {epoch_s * epochs / 3600:.2f} h; "
                f"{memory_what} {memory_mb:,.0f} MB")
+    if str(config["MODEL_TYPE"]).endswith("SEQUENTIAL"):
+        from ss4rec.data.modes import train_mode
+
+        mode = train_mode(config)
+        other = "prefix" if mode == "sequence" else "sequence"
+        positions = _positions_per_epoch(config, train_data)
+        other_s = epoch_s * positions[other] / positions[mode]
+        report.estimate["seconds_per_epoch_by_mode"] = {mode: epoch_s, other: other_s}
+        report.add("estimate", "train modes", PASS,
+                   f"train_mode {mode}: ~{epoch_s:.1f} s/epoch (timed); {other}: ~{other_s:.1f} s/epoch "
+                   f"(scaled by positions computed, {positions[mode]:,} vs {positions[other]:,})")

@@ -98,37 +98,23 @@ class _History:
 
 
 def _histories(dataset, internal_uids: np.ndarray) -> dict[int, _History]:
-    """Full histories of the given users, rebuilt from RecBole's augmented ``inter_feat``.
+    """Full histories of the given users, from the dataset's interactions in (user, time) order.
 
-    After augmentation each row of a sequential dataset is one *target* interaction (the
-    user's 2nd, 3rd, ... one) with the items before it in ``item_id_list``; a user's first
-    interaction is only the first element of the list of the user's earliest row. Sorting
-    the rows stably by (user, time) restores RecBole's own order, ties included.
+    Sequential datasets of our runs keep every interaction once, sorted stably by (user,
+    time) as RecBole sorts them (``flat_feat``, :mod:`ss4rec.data.sequences`), ties included.
     """
-    feat = dataset.inter_feat
+    feat = dataset.flat_feat
     uid_field, item_field, time_field = dataset.uid_field, dataset.iid_field, dataset.time_field
-    item_list_field = getattr(dataset, "item_id_list_field", item_field + dataset.config["LIST_SUFFIX"])
-    time_list_field = getattr(dataset, f"{time_field}_list_field", time_field + dataset.config["LIST_SUFFIX"])
-
     all_uids = feat[uid_field].numpy()
-    rows = np.flatnonzero(np.isin(all_uids, internal_uids))  # [R] in the current order
+    rows = np.flatnonzero(np.isin(all_uids, internal_uids))  # [R] already in (user, time) order
     uids = all_uids[rows]
+    items = feat[item_field][rows].numpy()
     times = feat[time_field][rows].numpy()
-    rows = rows[np.lexsort((times, uids))]  # lexsort is stable: ties keep RecBole's order
-    uids = all_uids[rows]
-    target_items = feat[item_field][rows].numpy()
-    target_times = feat[time_field][rows].numpy()
-    first_items = feat[item_list_field][rows, 0].numpy()
-    first_times = feat[time_list_field][rows, 0].numpy()
-
     histories = {}
     starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if len(uids) else np.array([], dtype=int)
     ends = np.r_[starts[1:], len(uids)]
     for start, end in zip(starts, ends):
-        histories[int(uids[start])] = _History(
-            items=np.concatenate([first_items[start:start + 1], target_items[start:end]]),
-            times=np.concatenate([first_times[start:start + 1], target_times[start:end]]),
-        )
+        histories[int(uids[start])] = _History(items=items[start:end], times=times[start:end])
     return histories
 
 

@@ -74,6 +74,24 @@ def window_rows(first_target: np.ndarray, n_targets: np.ndarray, max_len: int):
     return last_target, length, count_from
 
 
+def count_windows(targets_per_user: np.ndarray, max_len: int) -> int:
+    """How many windows ``train_mode: sequence`` cuts from users with these target counts."""
+    first = np.zeros(len(targets_per_user), dtype=np.int64)
+    return len(window_rows(first, np.asarray(targets_per_user), max_len)[0])
+
+
+# Host memory of loading and preparing a log of N rows (peak RSS, measured with
+# scripts/bench_data.py on MovieLens-shaped logs; docs/benchmarks.md): about BASE + N·PER_ROW,
+# whatever MAX_ITEM_LIST_LENGTH and train_mode.
+HOST_MEMORY_BASE_BYTES = 0.5 * 2**30
+HOST_MEMORY_BYTES_PER_ROW = 400
+
+
+def estimate_host_memory(rows: int) -> float:
+    """Estimated peak host memory (bytes) of preparing ``rows`` interactions."""
+    return HOST_MEMORY_BASE_BYTES + rows * HOST_MEMORY_BYTES_PER_ROW
+
+
 class FlatSequentialDataset(SequentialDataset):
     """:class:`recbole.data.dataset.SequentialDataset` with the same examples in O(N) memory."""
 
@@ -112,7 +130,7 @@ class FlatSequentialDataset(SequentialDataset):
             return None
         dtype = {column: np.float64 if type_name == "float" else str for _, type_name, column in fields}
         df = pd.read_csv(filepath, sep=sep, usecols=list(dtype), dtype=dtype, encoding=encoding,
-                         engine="c", quoting=3)  # QUOTE_NONE, as the python engine reads these files
+                         engine="c")
         df = df[[column for _, _, column in fields]]
         df.columns = [field for field, _, _ in fields]
         return df
