@@ -143,3 +143,26 @@ def test_cli_prints_the_table_writes_json_and_exits_1_on_fail(tmp_path, capsys):
     assert err.strip().splitlines()[-1].startswith("error: preflight optimiser/learning rate: learning_rate=0")
     saved = json.loads((tmp_path / "preflight.json").read_text())
     assert saved["ok"] is False and saved["counts"]["FAIL"] == 1
+
+
+def test_host_memory_is_estimated_before_loading_and_fails_beyond_the_machine():
+    from ss4rec.preflight import PreflightReport, _check_host_memory, available_memory
+
+    report = preflight("SS4Rec", "ml-100k", ["tiny"], {**TINY_SS4REC, "train_mode": "sequence"},
+                       device="cpu", environment=None)
+    got = statuses(report)
+    assert got[("estimate", "host memory")] == PASS
+    assert got[("estimate", "train modes")] == PASS
+    names = [(c.section, c.name) for c in report.checks]
+    assert names.index(("estimate", "host memory")) < names.index(("data", "after filtering"))
+    line = next(c.detail for c in report.checks if c.name == "train modes")
+    assert "train_mode sequence" in line and "prefix: ~" in line
+    modes = report.estimate["seconds_per_epoch_by_mode"]
+    assert modes["prefix"] > modes["sequence"] > 0
+
+    # A log far larger than any machine: FAIL, naming the way out, before anything is built.
+    assert available_memory() > 0
+    huge = PreflightReport(model="SS4Rec", dataset="huge", device="cpu")
+    _check_host_memory(huge, rows=10**13)
+    assert not huge.ok
+    assert "host RAM" in huge.first_failure and "filter the data harder" in huge.first_failure
