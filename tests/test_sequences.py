@@ -42,7 +42,7 @@ def _all_rows(dataset):
 
 @pytest.mark.parametrize("model, config_files, settings, ours, theirs", [
     # SS4Rec on the full ML-100K, quickstart settings: exact float64 times.
-    ("SS4Rec", ["ml-100k-quick"], {}, SS4RecDataset, SS4RecDataset),
+    ("SS4Rec", ["ml-100k-quick"], {"train_mode": "prefix"}, SS4RecDataset, SS4RecDataset),
     # SASRec with RecBole's ml-100k.yaml (rating loaded, times normalised), short histories.
     ("SASRec", [], {"MAX_ITEM_LIST_LENGTH": 7}, FlatSequentialDataset, SequentialDataset),
 ])

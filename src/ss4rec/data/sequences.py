@@ -80,11 +80,12 @@ def count_windows(targets_per_user: np.ndarray, max_len: int) -> int:
     return len(window_rows(first, np.asarray(targets_per_user), max_len)[0])
 
 
-# Host memory of loading and preparing a log of N rows (peak RSS, measured with
-# scripts/bench_data.py on MovieLens-shaped logs; docs/benchmarks.md): about BASE + N·PER_ROW,
-# whatever MAX_ITEM_LIST_LENGTH and train_mode.
+# Host memory of loading and preparing a log of N rows, whatever MAX_ITEM_LIST_LENGTH and
+# train_mode: peak RSS 0.71 GB at 2M rows and 5.17 GB at 32M (prefix mode, the larger;
+# scripts/bench_data.py on MovieLens-shaped logs, docs/benchmarks.md), i.e. ~0.41 GB + 149 B
+# a row; rounded up here.
 HOST_MEMORY_BASE_BYTES = 0.5 * 2**30
-HOST_MEMORY_BYTES_PER_ROW = 400
+HOST_MEMORY_BYTES_PER_ROW = 170
 
 
 def estimate_host_memory(rows: int) -> float:
@@ -177,10 +178,6 @@ class FlatSequentialDataset(SequentialDataset):
             data[TARGET_ITEMS] = torch.where(real, targets, 0)
             data[TARGET_MASK] = mask
         return Interaction(data)
-
-    def history(self, flat_rows: np.ndarray) -> Interaction:
-        """Rows of ``flat_feat`` (for callers that need whole histories, e.g. ``recommend``)."""
-        return self.flat_feat[flat_rows]
 
     def inter_matrix(self, form="coo", value_field=None):
         """This split's interactions plus each user's first one, as RecBole's sequential matrix."""
