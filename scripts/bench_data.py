@@ -94,13 +94,30 @@ def _settings(args, mode: str) -> dict:
     return settings
 
 
+def _recbole_dataset(config):
+    """RecBole 1.2.1's own sequential data path ([N, L] prefixes, python-engine loading), for reference."""
+    from recbole.data.dataset import Dataset, SequentialDataset
+
+    from ss4rec.data.loaders import dataset_class
+
+    class RecBoleReference(dataset_class(config)):
+        _load_feat = Dataset._load_feat
+        data_augmentation = SequentialDataset.data_augmentation
+        build = SequentialDataset.build
+        __getitem__ = Dataset.__getitem__
+
+    return RecBoleReference(config)
+
+
 def _prepare(args, mode: str):
     import ss4rec  # noqa: F401  (registers SS4Rec with RecBole)
     from ss4rec.data.loaders import create_dataset, prepare_data
     from ss4rec.pipeline import build_config
 
-    config, model_class = build_config(args.model, args.dataset, [], _settings(args, mode), device="cpu")
-    dataset = create_dataset(config)
+    recbole = mode == "recbole"  # RecBole's own prefix examples
+    config, model_class = build_config(args.model, args.dataset, [],
+                                       _settings(args, "prefix" if recbole else mode), device="cpu")
+    dataset = _recbole_dataset(config) if recbole else create_dataset(config)
     return config, model_class, dataset, prepare_data(config, dataset)
 
 
@@ -108,7 +125,7 @@ def measure_prep(args, mode: str) -> dict:
     start, cpu = time.time(), time.process_time()
     config, _, dataset, (train, valid, test) = _prepare(args, mode)
     wall, cpu = time.time() - start, time.process_time() - cpu
-    rows = len(dataset.flat_feat) if getattr(dataset, "flat_feat", None) is not None else len(dataset)
+    rows = len(dataset.flat_feat) if getattr(dataset, "flat_feat", None) is not None else dataset.inter_num + dataset.user_num - 1
     return {"what": "prep", "model": args.model, "mode": mode, "rows": rows, "max_len": args.max_len,
             "wall_s": wall, "cpu_s": cpu, "cpu_us_per_row": cpu / rows * 1e6,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -188,7 +205,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-path", default=None, help="folder for synthetic logs (default: a temp dir)")
     parser.add_argument("--max-len", type=int, default=200)
     parser.add_argument("--model", default="SS4Rec")
-    parser.add_argument("--modes", default="prefix,sequence")
+    parser.add_argument("--modes", default="prefix,sequence",
+                        help="prefix, sequence, and (prep only) recbole: RecBole's own data path, for reference")
     parser.add_argument("--batch-size", type=int, default=1024, help="train_batch_size (targets)")
     parser.add_argument("--batches", type=int, default=0,
                         help="train: time only the first N batches and scale to an epoch (default: the whole epoch)")

@@ -29,3 +29,11 @@ def test_quickstart_is_exactly_two_commands_and_ci_runs_the_test_one():
 def test_packaged_configs_named_in_the_readme_exist():
     for name in ("ss4rec", "ml-100k-quick", "tiny"):
         assert resolve_config_file(name).is_file()
+
+
+def test_top_level_configs_folder_is_the_packaged_one():
+    top = ROOT / "configs"
+    assert top.resolve() == (ROOT / "src" / "ss4rec" / "configs").resolve()
+    assert sorted(p.name for p in top.glob("*.yaml")) == sorted(
+        p.name for p in (ROOT / "src" / "ss4rec" / "configs").glob("*.yaml"))
+    assert (top / "ml-100k-quick.yaml").is_file()

@@ -71,6 +71,9 @@ def _check_settings(s: dict) -> None:
         fail("lr_min_ratio", "use a fraction in [0, 1]")
     if not 0.0 < float(s["guard_baseline_tolerance"]) < 1.0:
         fail("guard_baseline_tolerance", "use a fraction in (0, 1), e.g. 0.01")
+    interval = s["progress_interval"]
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval >= 0:
+        fail("progress_interval", "use seconds >= 0 (0: no progress lines)")
 
 
 def optimizer_steps(batches_per_epoch: int, grad_accum_steps: int, epochs: int) -> int:

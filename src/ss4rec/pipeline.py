@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -32,8 +33,12 @@ from ss4rec.errors import ConfigError, DataError, UserError
 
 BUNDLED_DATASET = "ml-100k"
 
-# Settings every run gets unless the user overrides them (lowest priority).
-_RUN_DEFAULTS = {"show_progress": False}
+def _run_defaults() -> dict:
+    """Settings every run gets unless the user overrides them (lowest priority).
+
+    Progress bars only on a terminal; elsewhere the trainer logs progress lines.
+    """
+    return {"show_progress": sys.stderr.isatty()}
 
 
 def resolve_model(name):
@@ -110,14 +115,27 @@ def working_dir(path):
         os.chdir(saved)
 
 
+class _PlainFormatter(logging.Formatter):
+    """Drops the ANSI colour codes RecBole puts into its messages (log files, pipes)."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def format(self, record):
+        return self.ANSI.sub("", super().format(record))
+
+
 @contextlib.contextmanager
 def _run_logging(log_file: Path):
-    """RecBole logs through the root logger: send it to the run's log file and stderr."""
+    """RecBole logs through the root logger: send it to the run's log file and stderr.
+
+    Colours stay only on a terminal; the log file and redirected output are plain text.
+    """
     root = logging.getLogger()
     handlers = [logging.FileHandler(log_file, encoding="utf-8"), logging.StreamHandler(sys.stderr)]
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    fmt = ("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     for h in handlers:
-        h.setFormatter(fmt)
+        coloured = h.stream is sys.stderr and sys.stderr.isatty()
+        h.setFormatter(logging.Formatter(*fmt) if coloured else _PlainFormatter(*fmt))
         root.addHandler(h)
     saved_level = root.level
     root.setLevel(logging.INFO)
@@ -168,7 +186,7 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
         check_keys(config_dict, model_name, source="config_dict")
         user.update(config_dict)
     # RecBole only reads its own models' YAML; SS4Rec's defaults go in as external settings.
-    merged = {**_RUN_DEFAULTS, **(model_defaults if model_name == "SS4Rec" else {}), **user}
+    merged = {**_run_defaults(), **(model_defaults if model_name == "SS4Rec" else {}), **user}
     merged.update(_negative_sampling(merged, model_defaults, user))
 
     data_path = merged.pop("data_path", None)

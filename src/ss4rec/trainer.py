@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from pathlib import Path
 
 import torch
 from recbole.trainer import Trainer
 from torch.nn.utils.clip_grad import clip_grad_norm_
-from tqdm import tqdm
 
 from ss4rec.checkpoint import (config_to_plain, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state, to_plain)
 from ss4rec.errors import TrainingGuardError, UserError
 from ss4rec.guards import LRSchedule, TrainingGuards, baseline_loss, guard_settings, optimizer_steps
 from ss4rec.pipeline import working_dir, write_json_atomic
+from ss4rec.progress import EpochProgress
 from ss4rec.wandb_logging import WandbRunLogger
 
 STEP_LOG_LENGTH = 1000  # optimiser steps of loss / LR / grad-norm history kept for debug bundles
@@ -168,8 +169,8 @@ class SS4RecTrainer(Trainer):
         loss_func = loss_func or self.batch_loss or self.model.calculate_loss
         self._epoch = epoch_idx
         total_loss = None
-        iter_data = tqdm(train_data, total=len(train_data), ncols=100,
-                         desc=f"Train {epoch_idx:>5}") if show_progress else train_data
+        progress = EpochProgress(f"epoch {epoch_idx}", len(train_data), self.guard_config["progress_interval"],
+                                 bar=show_progress and sys.stderr.isatty())
         if not self.config["single_spec"] and train_data.shuffle:
             train_data.sampler.set_epoch(epoch_idx)
         if self._scaler is None:
@@ -178,7 +179,7 @@ class SS4RecTrainer(Trainer):
         first_step = self.optim_step
         group_loss, group_size = 0.0, 0
         self.optimizer.zero_grad()
-        for batch_idx, interaction in enumerate(iter_data):
+        for batch_idx, interaction in enumerate(train_data):
             interaction = interaction.to(self.device)
             self._batch = interaction
             self._where = f"epoch {epoch_idx}, batch {batch_idx} (optimiser step {self.optim_step})"
@@ -206,6 +207,8 @@ class SS4RecTrainer(Trainer):
             if group_size == group_len:
                 self._optimizer_step(group_loss / group_size)
                 group_loss, group_size = 0.0, 0
+            progress.update(loss=loss_value, lr=max(g["lr"] for g in self.optimizer.param_groups))
+        progress.close()
         self.epochs_ran.append(epoch_idx)
         self._log_epoch_steps(epoch_idx, first_step)
         if self._saved and not self._is_eval_epoch(epoch_idx):

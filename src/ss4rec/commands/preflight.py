@@ -42,9 +42,12 @@ def main(args) -> int:
     from ss4rec.notify import Notifier
     from ss4rec.pipeline import write_json_atomic
     from ss4rec.preflight import FAIL, preflight
+    from ss4rec.threads import apply_threads
 
+    threads = apply_threads(args.threads)
     environment = environment_info()
     if not args.no_env:
+        print(threads, flush=True)
         print(format_environment(environment), flush=True)
     notifier = Notifier(args.notify)
     run_dir = Path(args.output).resolve() if args.output else Path("(no run folder)")

@@ -23,6 +23,7 @@ its dataloaders shard the batches and its Trainer wraps the model in
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 # What --debug changes (model-specific keys only where the model knows them): users with
@@ -56,6 +57,9 @@ def add_config_arguments(parser) -> None:
                         help="override one config key (repeatable), e.g. --set epochs=5")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="where to train (default: GPU when available)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: $OMP_NUM_THREADS, else the CPUs this "
+                             "process may use)")
     parser.add_argument("--debug", action="store_true",
                         help="smoke-test preset: <=40-rating users, length 20, one epoch, small "
                              "model, autograd anomaly detection (--set still wins)")
@@ -156,8 +160,10 @@ def main(args) -> int:
     import ss4rec
     from ss4rec.notify import Notifier
     from ss4rec.pipeline import default_output_dir
+    from ss4rec.threads import apply_threads
 
     check_nproc(args.nproc)
+    print(apply_threads(args.threads), file=sys.stderr, flush=True)
     run_dir = args.output
     if run_dir is None:
         model_label = getattr(args.model, "__name__", args.model)

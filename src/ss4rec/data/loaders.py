@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -49,7 +50,12 @@ def create_dataset(config):
     if config["save_dataset"] or config["dataset_save_path"]:
         logger.warning("save_dataset / dataset_save_path are ignored: ss4rec never writes or "
                        "loads pickled datasets (loading one can run code)")
-    return dataset_class(config)(config)
+    with warnings.catch_warnings():
+        # RecBole 1.2.1's _fill_nan uses pandas' chained fillna(inplace=True); pandas 2.2+
+        # warns about it on every run. Under pandas < 3 (our pin) it still works.
+        warnings.filterwarnings("ignore", message="A value is trying to be set on a copy",
+                                category=FutureWarning)
+        return dataset_class(config)(config)
 
 
 def prepare_data(config, dataset):

@@ -54,6 +54,7 @@ from ss4rec.ssm.scan import DEFAULT_CHUNK_SIZE, selective_scan, selective_scan_r
 from ss4rec.ssm.scan_fused import fused_causal_conv1d_silu, fused_scan_usable, fused_selective_scan
 
 logger = logging.getLogger(__name__)
+_ANNOUNCED: set = set()  # (backend, reason) pairs auto has logged in this process
 
 BACKENDS = ("auto", "cuda", "torch")
 GPU_INSTALL_HINT = "pip install 'ss4rec[gpu]'"
@@ -212,8 +213,10 @@ class Mamba(nn.Module):
         else:
             choice, why = "torch", f"input is on {hidden.device}"
         if choice != self._logged_backend:
-            logger.info("Mamba(backend='auto') runs on the %r backend: %s", choice, why)
             self._logged_backend = choice
+            if (choice, why) not in _ANNOUNCED:  # once per process, not once per layer
+                _ANNOUNCED.add((choice, why))
+                logger.info("Mamba(backend='auto') runs on the %r backend: %s", choice, why)
         return choice
 
     def forward(self, hidden_states: Tensor, inference_params=None) -> Tensor:
