@@ -62,3 +62,28 @@ def test_thread_count_comes_from_flag_env_or_usable_cpus(monkeypatch):
         choose_threads()
     with pytest.raises(UserError, match="--threads 0"):
         choose_threads(0)
+
+
+def test_resume_with_a_relative_path_from_another_directory_totals_every_leg(tiny_cli_run, tmp_path):
+    import json
+    import shutil
+
+    _, finished = tiny_cli_run  # one epoch, done
+    work = tmp_path / "elsewhere"
+    shutil.copytree(finished, work / "run")
+    (work / "cwd").mkdir()
+    first = json.loads((work / "run" / "results.json").read_text())
+    command = [sys.executable, "-m", "ss4rec", "train", *TINY, "--threads", "1", "--set", "epochs=2",
+               "--resume", "../run/checkpoints/SS4Rec-last.pth"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=work / "cwd", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((work / "run" / "results.json").read_text())  # --output: the run's folder
+    assert results["epochs_run"] == 2 and results["training"]["epochs_ran"] == [1]
+    assert results["train_seconds"] > first["train_seconds"]
+
+    missing = subprocess.run([sys.executable, "-m", "ss4rec", "train", *TINY, "--resume", "no/such.pth"],
+                             capture_output=True, text=True, cwd=work / "cwd", timeout=120)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: --resume ")
+    assert "no such checkpoint file" in missing.stderr and "Traceback" not in missing.stderr
+    assert "The number of users" not in missing.stdout + missing.stderr  # failed before loading data

@@ -346,8 +346,14 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     from ss4rec.losses import window_loss
     from ss4rec.trainer import SS4RecTrainer
 
+    if resume is not None:
+        # The caller's working directory, not the run folder's (the run changes into it).
+        resume = Path(resume).expanduser().resolve()
+        if not resume.is_file():
+            raise UserError(f"--resume {resume}: no such checkpoint file; give the "
+                            "RUN/checkpoints/MODEL-last.pth of the run to continue")
     if output_dir is None and resume is not None:
-        output_dir = Path(resume).resolve().parent.parent  # RUN/checkpoints/MODEL-last.pth
+        output_dir = resume.parent.parent  # RUN/checkpoints/MODEL-last.pth
     model_label = getattr(model, "__name__", model)
     out = Path(output_dir if output_dir is not None else default_output_dir(model_label, dataset)).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -374,15 +380,16 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         failed = True
         try:
             start = time.time()
+            trainer.fit_started = start
             best_valid_score, best_valid = trainer.fit(
                 train_data, valid_data, saved=saved, show_progress=config["show_progress"]
             )
-            train_seconds = time.time() - start
+            train_seconds = trainer.earlier_train_seconds + time.time() - start  # every leg
             test = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
             failed = False
         finally:  # W&B: test metrics, then wandb.finish (also after a crash)
             trainer.close(test_result=None if failed else test, failed=failed)
-        epochs_run = len(trainer.train_loss_dict)
+        epochs_run = trainer.epochs_trained()  # every leg, when resumed
 
     result = {
         "model": config["model"],

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -94,6 +95,8 @@ class SS4RecTrainer(Trainer):
         self.step_log = collections.deque(maxlen=STEP_LOG_LENGTH)
         self.epochs_ran: list[int] = []  # epoch indices trained by this process
         self.resumed_from: dict | None = None
+        self.earlier_train_seconds = 0.0  # training time of the legs before a resume
+        self.fit_started: float | None = None  # time.time() when this leg's fit began
         self.last_checkpoint_file = os.path.join(self.checkpoint_dir, f"{config['model']}-last.pth")
         # The loss of one training batch: the model's calculate_loss, or (train_mode:
         # sequence) ss4rec.losses.window_loss, set by the pipeline.
@@ -285,6 +288,8 @@ class SS4RecTrainer(Trainer):
             "guards": self.guards.state_dict(),
             "rng": rng_state(),
             "dataloader_generator": generator.get_state() if generator is not None else None,
+            "train_seconds": self.earlier_train_seconds + (time.time() - self.fit_started
+                                                           if self.fit_started else 0.0),
             "config": config_to_plain(self.config),
         }
 
@@ -333,6 +338,7 @@ class SS4RecTrainer(Trainer):
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.guards.load_state_dict(checkpoint.get("guards") or {})
+        self.earlier_train_seconds = float(checkpoint.get("train_seconds", 0.0))
         self._pending_resume = {"rng": checkpoint.get("rng"),
                                 "generator": checkpoint.get("dataloader_generator")}
         self.resumed_from = {"checkpoint": str(resume_file), "epochs_done": self.start_epoch,
@@ -394,6 +400,11 @@ class SS4RecTrainer(Trainer):
         return ids
 
     # ---- results and shutdown ----
+
+    def epochs_trained(self) -> int:
+        """Epochs trained in the whole run: earlier legs (before a resume) and this one."""
+        earlier = self.resumed_from["epochs_done"] if self.resumed_from else 0
+        return earlier + len(self.epochs_ran)
 
     def training_summary(self) -> dict:
         """What this process trained: for ``results.json``."""
