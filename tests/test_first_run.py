@@ -87,3 +87,28 @@ def test_resume_with_a_relative_path_from_another_directory_totals_every_leg(tin
     assert missing.stderr.strip().splitlines()[-1].startswith("error: --resume ")
     assert "no such checkpoint file" in missing.stderr and "Traceback" not in missing.stderr
     assert "The number of users" not in missing.stdout + missing.stderr  # failed before loading data
+
+
+def test_every_run_writes_curves_png_and_report_compares_runs(tiny_cli_run, ss4rec_ce_run, tmp_path):
+    import json
+
+    import matplotlib.image
+
+    _, run = tiny_cli_run
+    image = matplotlib.image.imread(run / "curves.png")  # a valid PNG, decoded
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    history = json.loads((run / "results.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0] and history[0]["train_loss"] > 0 and history[0]["valid"]
+
+    other = ss4rec_ce_run["run_dir"]
+    plot = tmp_path / "report.png"
+    proc = subprocess.run([sys.executable, "-m", "ss4rec", "report", str(run), other, "--plot", str(plot)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 3 and "ndcg@10" in table[0]  # header and one row per run
+    assert matplotlib.image.imread(plot).shape[0] > 100
+
+    bad = subprocess.run([sys.executable, "-m", "ss4rec", "report", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "not a run folder" in bad.stderr and "Traceback" not in bad.stderr

@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "ss4rec.commands.recommend",
     "ss4rec.commands.preflight",
     "ss4rec.commands.drift",
+    "ss4rec.commands.report",
 )
 
 

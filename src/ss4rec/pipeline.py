@@ -335,7 +335,8 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
 
     Returns:
         The contents of ``results.json``: model, dataset, best_valid, test, epochs_run,
-        train_seconds, seconds_per_epoch, parameters, checkpoint, config, versions.
+        train_seconds, seconds_per_epoch, parameters, checkpoint, config, versions, history.
+        ``curves.png`` beside it plots the history.
     """
     import torch
     from recbole.utils import init_seed
@@ -409,9 +410,13 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         "config": config_to_plain(config),
         "versions": versions(),
         "training": trainer.training_summary(),  # epochs_ran (0-based), resumed_from, steps, LR
+        "history": trainer.history,  # per epoch: train loss (mean per target), valid metrics
     }
     if torch.cuda.is_available() and str(config["device"]).startswith("cuda"):
         result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if config["local_rank"] in (0, None):  # one writer under DDP
+        from ss4rec.report import plot_curves
+
         write_json_atomic(out / "results.json", result)
+        plot_curves(trainer.history, out / "curves.png", title=f"{config['model']} on {dataset}")
     return result

@@ -96,6 +96,7 @@ class SS4RecTrainer(Trainer):
         self.epochs_ran: list[int] = []  # epoch indices trained by this process
         self.resumed_from: dict | None = None
         self.earlier_train_seconds = 0.0  # training time of the legs before a resume
+        self.history: list[dict] = []  # per epoch: train loss, valid metrics (every leg)
         self.fit_started: float | None = None  # time.time() when this leg's fit began
         self.last_checkpoint_file = os.path.join(self.checkpoint_dir, f"{config['model']}-last.pth")
         # The loss of one training batch: the model's calculate_loss, or (train_mode:
@@ -213,6 +214,14 @@ class SS4RecTrainer(Trainer):
             progress.update(loss=loss_value, lr=max(g["lr"] for g in self.optimizer.param_groups))
         progress.close()
         self.epochs_ran.append(epoch_idx)
+        # Mean over batches of the per-batch losses (each a mean over its targets): comparable
+        # across epochs, batch sizes and train modes, unlike RecBole's sum over batches.
+        if isinstance(total_loss, tuple):
+            total_loss = tuple(part / max(n_batches, 1) for part in total_loss)
+        elif total_loss is not None:
+            total_loss = total_loss / max(n_batches, 1)
+        self.history.append({"epoch": epoch_idx, "train_loss": sum(total_loss) if isinstance(total_loss, tuple)
+                             else total_loss})
         self._log_epoch_steps(epoch_idx, first_step)
         if self._saved and not self._is_eval_epoch(epoch_idx):
             self._save_last(epoch_idx)  # no evaluation follows: this epoch's state is final
@@ -263,9 +272,15 @@ class SS4RecTrainer(Trainer):
             f"grad norm (pre-clip) mean {sum(norms) / len(norms):.4g} max {max(norms):.4g}"
         )
 
+    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
+        return super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses).replace(
+            "train loss", "train loss (mean per target)")
+
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
         self._latest_valid_result = valid_result
+        if self.history and self.history[-1]["epoch"] == self._epoch:
+            self.history[-1]["valid"] = {k: float(v) for k, v in valid_result.items()}
         self.guards.check_metrics(valid_result, self._epoch)
         return valid_score, valid_result
 
@@ -288,6 +303,7 @@ class SS4RecTrainer(Trainer):
             "guards": self.guards.state_dict(),
             "rng": rng_state(),
             "dataloader_generator": generator.get_state() if generator is not None else None,
+            "history": to_plain(self.history),
             "train_seconds": self.earlier_train_seconds + (time.time() - self.fit_started
                                                            if self.fit_started else 0.0),
             "config": config_to_plain(self.config),
@@ -339,6 +355,7 @@ class SS4RecTrainer(Trainer):
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.guards.load_state_dict(checkpoint.get("guards") or {})
         self.earlier_train_seconds = float(checkpoint.get("train_seconds", 0.0))
+        self.history = [entry for entry in checkpoint.get("history") or [] if entry["epoch"] < self.start_epoch]
         self._pending_resume = {"rng": checkpoint.get("rng"),
                                 "generator": checkpoint.get("dataloader_generator")}
         self.resumed_from = {"checkpoint": str(resume_file), "epochs_done": self.start_epoch,

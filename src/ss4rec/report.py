@@ -1,0 +1,116 @@
+"""Results you can look at: per-run training curves and a table + plot across runs.
+
+    >>> plot_curves(result["history"], "runs/demo/curves.png", title="SS4Rec")  # doctest: +SKIP
+    >>> rows = load_runs(["runs/a", "runs/cmp"])  # doctest: +SKIP
+    >>> print(markdown_table(rows))  # doctest: +SKIP
+
+Every ``ss4rec train`` run writes ``curves.png`` beside ``results.json``: the training loss
+(mean per target) and the validation metrics at each epoch. ``ss4rec report RUN [RUN ...]``
+takes train run folders or ``ss4rec compare`` folders, prints one row per run and writes a
+plot of their validation curves and test NDCG@10.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ss4rec.errors import UserError
+
+TABLE_METRICS = ("hit@10", "ndcg@10", "mrr@10")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, none opened
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict], path, title: str = "") -> Path:
+    """Train loss and validation metrics per epoch -> a PNG at ``path``."""
+    plt = _pyplot()
+    fig, (loss_ax, valid_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = [h["epoch"] for h in history]
+    loss_ax.plot(epochs, [h.get("train_loss") for h in history], marker="o")
+    loss_ax.set(xlabel="epoch", ylabel="train loss (mean per target)", title="training")
+    valid = [h for h in history if h.get("valid")]
+    for metric in sorted({k for h in valid for k in h["valid"] if k.endswith("@10")}):
+        valid_ax.plot([h["epoch"] for h in valid], [h["valid"][metric] for h in valid], marker="o", label=metric)
+    valid_ax.set(xlabel="epoch", title="validation")
+    if valid:
+        valid_ax.legend()
+    for ax in (loss_ax, valid_ax):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_folders(path) -> list[Path]:
+    """A train run folder (``results.json``) or a compare folder (its models' run folders)."""
+    path = Path(path)
+    if (path / "results.json").is_file():
+        return [path]
+    runs = sorted(p.parent for p in path.glob("*/results.json"))
+    if (path / "comparison.csv").is_file() or runs:
+        return runs
+    raise UserError(f"{path}: not a run folder (no results.json) nor a compare folder (no comparison.csv); "
+                    "give the --output folder of `ss4rec train` or `ss4rec compare`")
+
+
+def load_runs(paths) -> list[dict]:
+    """One row per run: label, model, train_mode, epochs, test metrics, seconds per epoch, history."""
+    rows = []
+    for folder in (run for path in paths for run in run_folders(path)):
+        result = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        config = result.get("config") or {}
+        rows.append({
+            "run": folder.name, "model": result["model"],
+            "model_type": config.get("model_type") if result["model"] == "SS4Rec" else None,
+            "train_mode": config.get("train_mode") or "prefix",
+            "epochs_run": result.get("epochs_run"),
+            **{k: result.get("test", {}).get(k) for k in TABLE_METRICS},
+            "seconds_per_epoch": result.get("seconds_per_epoch"),
+            "history": result.get("history") or [], "run_dir": str(folder),
+        })
+    if not rows:
+        raise UserError(f"no finished runs (results.json) under {', '.join(map(str, paths))}")
+    return rows
+
+
+def markdown_table(rows) -> str:
+    columns = ["run", "model", "train_mode", "epochs_run", *TABLE_METRICS, "seconds_per_epoch"]
+    fmt = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        label = dict(row, model=row["model"] + (f" ({row['model_type']})" if row["model_type"] not in (None, "SS4Rec") else ""))
+        lines.append("| " + " | ".join(fmt(label[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def plot_comparison(rows, path) -> Path:
+    """Validation NDCG@10 per epoch of every run, and their test NDCG@10 -> a PNG."""
+    plt = _pyplot()
+    fig, (curve_ax, bar_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for row in rows:
+        valid = [h for h in row["history"] if h.get("valid", {}).get("ndcg@10") is not None]
+        curve_ax.plot([h["epoch"] for h in valid], [h["valid"]["ndcg@10"] for h in valid], marker="o",
+                      label=row["run"])
+    curve_ax.set(xlabel="epoch", ylabel="valid NDCG@10", title="validation")
+    curve_ax.grid(alpha=0.3)
+    curve_ax.legend(fontsize=8)
+    bar_ax.bar(range(len(rows)), [row["ndcg@10"] or 0.0 for row in rows])
+    bar_ax.set_xticks(range(len(rows)), [row["run"] for row in rows], rotation=30, ha="right", fontsize=8)
+    bar_ax.set(ylabel="test NDCG@10", title="test (best validation checkpoint)")
+    bar_ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
