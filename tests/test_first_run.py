@@ -112,3 +112,21 @@ def test_every_run_writes_curves_png_and_report_compares_runs(tiny_cli_run, ss4r
     bad = subprocess.run([sys.executable, "-m", "ss4rec", "report", str(tmp_path)], capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "not a run folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_help_imports_neither_torch_nor_recbole():
+    code = ("import sys, ss4rec.cli\n"
+            "try:\n    ss4rec.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('loaded:', 'torch' in sys.modules, 'recbole' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "report" in proc.stdout and "train" in proc.stdout  # the subcommands are listed
+    assert proc.stdout.strip().splitlines()[-1] == "loaded: False False"
+
+
+def test_recbole_finds_ss4rec_when_imported_after_ss4rec():
+    code = ("import ss4rec\nfrom recbole.utils import get_model\nimport recbole.data.dataset as d\n"
+            "print(get_model('SS4Rec').__module__, d.SS4RecDataset.__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ss4rec.model", "SS4RecDataset"]

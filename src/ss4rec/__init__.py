@@ -6,18 +6,28 @@
     >>> result["test"]["ndcg@10"]  # doctest: +SKIP
 
 Importing the package makes RecBole 1.2.1 work on numpy 2 (see ``ss4rec.compat``) and
-registers ``SS4Rec`` with RecBole, so ``recbole.quick_start.run_recbole(model="SS4Rec")``
-works as well.
+registers ``SS4Rec`` with RecBole as soon as RecBole is imported, so
+``recbole.quick_start.run_recbole(model="SS4Rec")`` works as well. torch and RecBole load
+on first use.
 """
 
 from ss4rec import compat as _compat
 
 _compat.apply()
-
-from ss4rec.model import SS4Rec  # noqa: E402
-from ss4rec.pipeline import run  # noqa: E402
-
-_compat.register_with_recbole()
+_compat.register_when_recbole_loads()
 
 __version__ = "0.1.0"
 __all__ = ["SS4Rec", "run", "__version__"]
+
+
+def __getattr__(name):
+    # torch and RecBole load on first use, so `import ss4rec` (and `ss4rec --help`) is fast.
+    if name == "SS4Rec":
+        from ss4rec.model import SS4Rec
+
+        return SS4Rec
+    if name == "run":
+        from ss4rec.pipeline import run
+
+        return run
+    raise AttributeError(f"module 'ss4rec' has no attribute {name!r}")

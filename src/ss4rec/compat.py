@@ -17,11 +17,14 @@ What breaks, and what this module does about it:
   ``recbole`` package.  :func:`register_with_recbole` makes our classes findable there
   (in memory only), so ``recbole.quick_start.run_recbole(model="SS4Rec")`` works.
 
-Everything here is idempotent and runs on ``import ss4rec``.
+Everything here is idempotent and runs on ``import ss4rec`` (the RecBole registration as soon
+as RecBole itself is imported).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import sys
 import types
 
@@ -101,7 +104,39 @@ def register_with_recbole() -> None:
     setattr(trainer_module, "SS4RecTrainer", SS4RecTrainer)
 
 
+class _RegisterAfterRecBole(importlib.abc.MetaPathFinder):
+    """Runs :func:`register_with_recbole` right after the ``recbole`` package is imported.
+
+    ``import ss4rec`` stays light (no torch, no RecBole: ``ss4rec --help`` answers at once),
+    and RecBole still finds SS4Rec whenever anyone imports it afterwards.
+    """
+
+    def find_spec(self, name, path, target=None):
+        if name != "recbole":
+            return None
+        sys.meta_path.remove(self)  # find the real spec once, then step aside
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        real_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            real_exec(module)
+            register_with_recbole()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def register_when_recbole_loads() -> None:
+    """Register with RecBole now if it is loaded, else as soon as it is imported."""
+    if "recbole" in sys.modules:
+        register_with_recbole()
+    elif not any(isinstance(f, _RegisterAfterRecBole) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterRecBole())
+
+
 def apply() -> None:
-    """Everything this module does; called on ``import ss4rec``."""
+    """The numpy aliases and the pandas check; called on ``import ss4rec``."""
     apply_numpy_aliases()
     check_pandas()
