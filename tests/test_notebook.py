@@ -42,3 +42,18 @@ def test_notebook_executes_and_saves_figures(tmp_path, monkeypatch):
     # The table cell shows both models.
     outputs = "".join(str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
     assert "SASRec" in outputs and "GRU4Rec" in outputs
+
+
+def test_notebook_runs_on_a_single_train_run(ss4rec_ce_run, monkeypatch, tmp_path):
+    run_dir = Path(ss4rec_ce_run["run_dir"])
+    monkeypatch.setenv("SS4REC_RESULTS", str(run_dir))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    assert not (run_dir / "comparison.csv").exists()  # nothing was trained: the run was read
+    for figure in ("hr_ndcg_vs_k.png", "valid_ndcg10_by_epoch.png", "ndcg10_by_history.png"):
+        png = (run_dir / figure).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    outputs = "".join(str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
+    assert "SS4Rec" in outputs

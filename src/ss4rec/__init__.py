@@ -14,7 +14,7 @@ on first use.
 from ss4rec import compat as _compat
 
 _compat.apply()
-_compat.register_when_recbole_loads()
+_compat.register_with_recbole()
 
 __version__ = "0.1.0"
 __all__ = ["SS4Rec", "run", "__version__"]

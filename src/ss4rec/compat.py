@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
-import types
 
 import numpy as np
 
@@ -67,73 +66,108 @@ def check_pandas() -> None:
         )
 
 
-def register_with_recbole() -> None:
-    """Make ss4rec's model, dataset and trainer classes visible to RecBole's lookups.
+_ALIAS = "recbole.model.sequential_recommender.ss4rec"
 
-    * ``recbole.utils.get_model(name)`` imports ``recbole.model.<kind>.<name.lower()>``;
-      we add an in-memory alias module ``recbole.model.sequential_recommender.ss4rec``.
-    * ``recbole.data.create_dataset`` uses ``recbole.data.dataset.<Model>Dataset`` if present.
-    * ``recbole.utils.get_trainer`` uses ``recbole.trainer.<Model>Trainer`` if present.
-    """
-    import importlib
 
-    from ss4rec import model as ss4rec_model
+def _lazy_attribute(module, name: str, load) -> None:
+    """``module.<name>`` resolves to ``load()`` on first access (PEP 562 module __getattr__)."""
+    previous = module.__dict__.get("__getattr__")
+
+    def __getattr__(attr):
+        if attr == name:
+            value = load()
+            setattr(module, name, value)
+            return value
+        if previous is not None:
+            return previous(attr)
+        raise AttributeError(f"module {module.__name__!r} has no attribute {attr!r}")
+
+    module.__getattr__ = __getattr__
+
+
+def _dataset_class():
     from ss4rec.data.dataset import SS4RecDataset
+
+    return SS4RecDataset
+
+
+def _trainer_class():
     from ss4rec.trainer import SS4RecTrainer
 
-    seq_pkg = importlib.import_module("recbole.model.sequential_recommender")
+    return SS4RecTrainer
+
+
+def _after_sequential_models(module) -> None:
     # RecBole's sine.py (imported with every sequential model) switches autograd anomaly
     # detection on for the whole process at import time, making every backward pass ~1.7x
     # slower. It is a debugging aid: off unless asked for (--debug turns it on).
     import torch
 
     torch.autograd.set_detect_anomaly(False)
-    alias_name = "recbole.model.sequential_recommender.ss4rec"
-    if alias_name not in sys.modules:
-        alias = types.ModuleType(alias_name)
-        alias.__dict__.update(
-            {k: v for k, v in vars(ss4rec_model).items() if not k.startswith("__")}
-        )
-        alias.__spec__ = importlib.machinery.ModuleSpec(alias_name, loader=None)
-        sys.modules[alias_name] = alias
-        setattr(seq_pkg, "ss4rec", alias)
-
-    dataset_module = importlib.import_module("recbole.data.dataset")
-    setattr(dataset_module, "SS4RecDataset", SS4RecDataset)
-    trainer_module = importlib.import_module("recbole.trainer")
-    setattr(trainer_module, "SS4RecTrainer", SS4RecTrainer)
 
 
-class _RegisterAfterRecBole(importlib.abc.MetaPathFinder):
-    """Runs :func:`register_with_recbole` right after the ``recbole`` package is imported.
+# module -> what to do right after RecBole imports it (our classes load only when asked for)
+_AFTER_IMPORT = {
+    "recbole.model.sequential_recommender": _after_sequential_models,
+    "recbole.data.dataset": lambda module: _lazy_attribute(module, "SS4RecDataset", _dataset_class),
+    "recbole.trainer": lambda module: _lazy_attribute(module, "SS4RecTrainer", _trainer_class),
+}
 
-    ``import ss4rec`` stays light (no torch, no RecBole: ``ss4rec --help`` answers at once),
-    and RecBole still finds SS4Rec whenever anyone imports it afterwards.
+
+class _AliasLoader(importlib.abc.Loader):
+    """``recbole.model.sequential_recommender.ss4rec``: an in-memory view of ``ss4rec.model``."""
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        from ss4rec import model
+
+        module.__dict__.update({k: v for k, v in vars(model).items() if not k.startswith("__")})
+
+
+class _RecBoleHooks(importlib.abc.MetaPathFinder):
+    """Registers SS4Rec with RecBole as RecBole's modules are imported, never before.
+
+    * ``recbole.utils.get_model("SS4Rec")`` imports ``recbole.model.sequential_recommender.ss4rec``:
+      an alias of ``ss4rec.model`` (:class:`_AliasLoader`);
+    * ``recbole.data.create_dataset`` and ``recbole.utils.get_trainer`` look up
+      ``recbole.data.dataset.SS4RecDataset`` and ``recbole.trainer.SS4RecTrainer``: lazy
+      attributes of those modules, so nothing of ours is imported while RecBole loads;
+    * after the sequential models load, anomaly detection is switched back off.
     """
 
     def find_spec(self, name, path, target=None):
-        if name != "recbole":
+        if name == _ALIAS:
+            return importlib.util.spec_from_loader(name, _AliasLoader())
+        after = _AFTER_IMPORT.get(name)
+        if after is None:
             return None
-        sys.meta_path.remove(self)  # find the real spec once, then step aside
-        spec = importlib.util.find_spec(name)
+        finders = (f for f in sys.meta_path if f is not self and hasattr(f, "find_spec"))
+        spec = next((s for s in (f.find_spec(name, path, target) for f in finders) if s is not None), None)
         if spec is None or spec.loader is None:
             return spec
         real_exec = spec.loader.exec_module
 
         def exec_module(module):
             real_exec(module)
-            register_with_recbole()
+            after(module)
 
         spec.loader.exec_module = exec_module
         return spec
 
 
-def register_when_recbole_loads() -> None:
-    """Register with RecBole now if it is loaded, else as soon as it is imported."""
-    if "recbole" in sys.modules:
-        register_with_recbole()
-    elif not any(isinstance(f, _RegisterAfterRecBole) for f in sys.meta_path):
-        sys.meta_path.insert(0, _RegisterAfterRecBole())
+def register_with_recbole() -> None:
+    """Make SS4Rec, its dataset and trainer visible to RecBole's lookups (in memory only).
+
+    Idempotent. RecBole modules already imported are registered now, the others when they
+    are imported; ``import ss4rec`` itself imports neither torch nor RecBole.
+    """
+    if not any(isinstance(f, _RecBoleHooks) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RecBoleHooks())
+    for name, after in _AFTER_IMPORT.items():
+        if name in sys.modules:
+            after(sys.modules[name])
 
 
 def apply() -> None:
