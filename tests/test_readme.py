@@ -37,3 +37,28 @@ def test_top_level_configs_folder_is_the_packaged_one():
     assert sorted(p.name for p in top.glob("*.yaml")) == sorted(
         p.name for p in (ROOT / "src" / "ss4rec" / "configs").glob("*.yaml"))
     assert (top / "ml-100k-quick.yaml").is_file()
+
+
+def test_quickstart_training_runs_as_written_and_prints_its_metric(tmp_path):
+    """README command 1's training part, through the CLI, on the bundled ML-100K.
+
+    The README's time budget is for people and benchmarks; here it only bounds the wait
+    (ten times over: CI machines are slower and shared).
+    """
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    budget_minutes = int(re.search(r"# 1\..*?~(\d+) minutes of training", readme).group(1))
+    train = _quickstart_commands()[0].split("&& ss4rec train", 1)[1]
+    args = shlex.split(train)
+    args[args.index("--output") + 1] = str(tmp_path / "quickstart")
+    proc = subprocess.run([sys.executable, "-m", "ss4rec", "train", *args], capture_output=True,
+                          text=True, timeout=budget_minutes * 60 * 10)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+    assert printed["test"]["ndcg@10"] > 0.03  # well above random (~0.003); README: about 0.058
+    assert "expected with ml-100k-quick: test NDCG@10" in proc.stdout
+    assert (tmp_path / "quickstart" / "curves.png").is_file()
