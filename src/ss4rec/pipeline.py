@@ -312,6 +312,20 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _log_estimate(logger, data, train_data) -> None:
+    """Before the first epoch: preflight's host-memory estimate, and when the ETA comes."""
+    import resource
+
+    from ss4rec.data.sequences import estimate_host_memory
+
+    flat = getattr(data, "flat_feat", None)
+    rows = len(flat) if flat is not None else data.inter_num
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    logger.info(f"estimate: ~{estimate_host_memory(rows) / 2**30:.1f} GB host RAM for {rows:,} "
+                f"interactions (peak so far {peak:.1f} GB); {len(train_data)} batches an epoch, "
+                "the first progress line gives the epoch's ETA")
+
+
 def default_output_dir(model: str, dataset: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{model}-{dataset}-{stamp}"
@@ -367,6 +381,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         data = create_dataset(config)
         logger.info(data)
         train_data, valid_data, test_data = prepare_data(config, data)
+        _log_estimate(logger, data, train_data)
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         net = model_class(config, train_data._dataset).to(config["device"])
         n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
