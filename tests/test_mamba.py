@@ -201,12 +201,16 @@ def test_cuda_backend_without_kernels_names_the_fix():
             Mamba(16, backend="cuda")
 
 
-def test_auto_on_cpu_picks_torch_and_logs_once(caplog):
-    layer = Mamba(16, d_state=4)
+def test_auto_on_cpu_picks_torch_and_logs_once(caplog, monkeypatch):
+    from ss4rec.ssm import mamba
+
+    monkeypatch.setattr(mamba, "_ANNOUNCED", set())  # as in a fresh process
+    layer, other = Mamba(16, d_state=4), Mamba(16, d_state=4)
     with caplog.at_level(logging.INFO, logger="ss4rec.ssm.mamba"):
         layer(torch.randn(1, 3, 16))
         layer(torch.randn(2, 4, 16))
-    assert layer.last_backend == "torch"
+        other(torch.randn(2, 4, 16))  # a second layer (of the same model): no second line
+    assert layer.last_backend == other.last_backend == "torch"
     messages = [r.getMessage() for r in caplog.records if r.name == "ss4rec.ssm.mamba"]
     assert len(messages) == 1 and "'torch'" in messages[0], messages
 
