@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from recbole.data.dataloader import TrainDataLoader
 from recbole.data.utils import create_samplers, get_dataloader
+from recbole.sampler import KGSampler
 from recbole.utils import ModelType
 
 from ss4rec.data.modes import train_mode
@@ -71,6 +72,11 @@ def prepare_data(config, dataset):
     train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built)
     if sequence:
         train_data = WindowTrainDataLoader(config, train_dataset, None, shuffle=config["shuffle"])
+    elif config["MODEL_TYPE"] == ModelType.KNOWLEDGE:  # as RecBole: a KG sampler as well
+        neg = config["train_neg_sample_args"]
+        kg_sampler = KGSampler(dataset, neg["distribution"], neg["alpha"])
+        train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, kg_sampler,
+                                                     shuffle=True)
     else:
         train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler,
                                                      shuffle=config["shuffle"])
