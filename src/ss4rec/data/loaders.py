@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import warnings
 
 import numpy as np
@@ -46,17 +47,26 @@ def dataset_class(config):
     return getattr(module, _TYPE_TO_CLASS[config["MODEL_TYPE"]])
 
 
+def _warn_if_cached(path: str, what: str) -> None:
+    if os.path.exists(path):
+        logger.warning(f"ignored {path}: RecBole would unpickle this {what} cache, which can run "
+                       "code; ss4rec never loads one (delete the file if you did not put it there)")
+
+
 def create_dataset(config):
     """Load and filter the dataset named by ``config``: never from a pickle, never cached."""
     if config["save_dataset"] or config["dataset_save_path"]:
         logger.warning("save_dataset / dataset_save_path are ignored: ss4rec never writes or "
                        "loads pickled datasets (loading one can run code)")
+    cls = dataset_class(config)
+    _warn_if_cached(config["dataset_save_path"] or os.path.join(
+        config["checkpoint_dir"], f'{config["dataset"]}-{cls.__name__}.pth'), "dataset")
     with warnings.catch_warnings():
         # RecBole 1.2.1's _fill_nan uses pandas' chained fillna(inplace=True); pandas 2.2+
         # warns about it on every run. Under pandas < 3 (our pin) it still works.
         warnings.filterwarnings("ignore", message="A value is trying to be set on a copy",
                                 category=FutureWarning)
-        return dataset_class(config)(config)
+        return cls(config)
 
 
 def prepare_data(config, dataset):
@@ -64,6 +74,8 @@ def prepare_data(config, dataset):
     if config["save_dataloaders"] or config["dataloaders_save_path"]:
         logger.warning("save_dataloaders / dataloaders_save_path are ignored: ss4rec never writes "
                        "or loads pickled dataloaders (loading one can run code)")
+    _warn_if_cached(config["dataloaders_save_path"] or os.path.join(
+        config["checkpoint_dir"], f'{config["dataset"]}-for-{config["model"]}-dataloader.pth'), "dataloader")
     built = dataset.build()
     train_dataset, valid_dataset, test_dataset = built
     sequence = train_mode(config) == "sequence"
