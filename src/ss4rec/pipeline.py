@@ -359,6 +359,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     from ss4rec.data.loaders import create_dataset, prepare_data
     from ss4rec.data.modes import train_mode
     from ss4rec.losses import window_loss
+    from ss4rec.runfolder import RunLock
     from ss4rec.trainer import SS4RecTrainer
 
     if resume is not None:
@@ -371,10 +372,15 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         output_dir = resume.parent.parent  # RUN/checkpoints/MODEL-last.pth
     model_label = getattr(model, "__name__", model)
     out = Path(output_dir if output_dir is not None else default_output_dir(model_label, dataset)).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    # Settings first: a run refused for its settings leaves no folder behind.
     config, model_class = build_config(model, dataset, config_files, config_dict, device, out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+        raise UserError(f"--output {out}: cannot create the run folder ({exc.strerror}); "
+                        "give a writable folder path") from None
 
-    with _run_logging(out / "train.log"), working_dir(out):
+    with RunLock(out), _run_logging(out / "train.log"), working_dir(out):
         logger = logging.getLogger()
         init_seed(config["seed"], config["reproducibility"])
         logger.info(f"run folder: {out}")
