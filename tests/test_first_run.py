@@ -130,3 +130,18 @@ def test_recbole_finds_ss4rec_when_imported_after_ss4rec():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["ss4rec.model", "SS4RecDataset"]
+
+
+def test_resuming_a_finished_run_leaves_its_results_alone(tiny_cli_run, tmp_path):
+    import shutil
+
+    _, finished = tiny_cli_run  # epochs=1 (tiny), done
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = (run / "results.json").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "ss4rec", "train", *TINY, "--threads", "1",
+                           "--resume", str(run / "checkpoints" / "SS4Rec-last.pth")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "nothing to do: the run in" in proc.stderr and "--set epochs=N" in proc.stderr
+    assert (run / "results.json").read_bytes() == before

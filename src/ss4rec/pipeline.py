@@ -312,6 +312,28 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _finished_run(resume: Path, config) -> dict | None:
+    """The results of the run ``resume`` belongs to if it has nothing left to train, else None.
+
+    Finished: its last epoch was the last of ``epochs``, or early stopping had ended it. Such
+    a run is left as it is (its ``results.json`` stays), and the caller is told so.
+    """
+    from ss4rec.checkpoint import load_checkpoint
+
+    state = load_checkpoint(resume)
+    done = int(state.get("epoch", -1)) + 1
+    stopped_early = int(state.get("cur_step", 0)) > int(config["stopping_step"])
+    if done < int(config["epochs"]) and not stopped_early:
+        return None
+    run_dir = resume.parent.parent  # RUN/checkpoints/MODEL-last.pth
+    results = run_dir / "results.json"
+    why = "early stopping ended it" if stopped_early else f"all {config['epochs']} epochs are done"
+    print(f"nothing to do: the run in {run_dir} is finished ({why}); its results stay in {results}. "
+          "To train longer, resume with a larger --set epochs=N (or --set stopping_step=N)", file=sys.stderr)
+    return json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {
+        "run_dir": str(run_dir), "test": {}, "epochs_run": done}
+
+
 def _log_estimate(logger, data, train_data) -> None:
     """Before the first epoch: preflight's host-memory estimate, and when the ETA comes."""
     import resource
@@ -379,6 +401,11 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     except (FileExistsError, NotADirectoryError, PermissionError) as exc:
         raise UserError(f"--output {out}: cannot create the run folder ({exc.strerror}); "
                         "give a writable folder path") from None
+
+    if resume is not None:
+        finished = _finished_run(resume, config)
+        if finished is not None:
+            return finished
 
     with RunLock(out), _run_logging(out / "train.log"), working_dir(out):
         logger = logging.getLogger()
