@@ -44,7 +44,7 @@ class RankRecordingTrainer(SS4RecTrainer):
         return interaction, scores, positive_u, positive_i
 
 
-def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "cpu") -> dict:
+def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "cpu", data_path=None) -> dict:
     """Rebuild the run of ``checkpoint``, score its test split, write metrics and per-user ranks.
 
     Args:
@@ -52,6 +52,7 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
         topk: cut-offs (default: the run's own ``topk``).
         output_dir: where to write (default: ``evaluate/`` in the run folder).
         device: ``cpu`` or ``cuda``.
+        data_path: the folder holding ``NAME/NAME.inter`` if the data moved since training.
 
     Returns:
         ``{"metrics": {...}, "topk": [...], "n_users": int, "metrics_file", "ranks_file", ...}``.
@@ -65,12 +66,18 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
         if not topk or topk[0] < 1:
             raise UserError(f"--topk values must be positive integers, got {topk}")
         config_dict["topk"] = topk
+    if data_path is not None:
+        config_dict["data_path"] = str(data_path)
     out = Path(output_dir) if output_dir is not None else checkpoint.parent.parent / "evaluate"
     out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
 
     restored = restore(checkpoint, device=device, config_dict=config_dict)
     config = restored.config
+    n_items = restored.dataset.item_num - 1  # item 0 is padding
+    if max(config["topk"]) > n_items:
+        raise UserError(f"--topk {max(config['topk'])} is more than the {n_items:,} items this run ranks: "
+                        f"use cut-offs up to {n_items}")
+    out.mkdir(parents=True, exist_ok=True)
     trainer = RankRecordingTrainer(config, restored.model)
     metrics = trainer.evaluate(restored.test_data, load_best_model=False, show_progress=False)
     metrics = {k: float(v) for k, v in metrics.items()}

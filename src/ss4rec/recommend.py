@@ -51,6 +51,11 @@ _GENRE_FIELDS = ("genre", "genres", "class", "category", "categories")
 ON_UNKNOWN = ("warn", "raise", "ignore")
 
 
+# Larger request times make the time gap overflow the model's float32 (1e13 s is ~300,000
+# years, room even for millisecond timestamps).
+MAX_TIME_SECONDS = 1e13
+
+
 def parse_time(value) -> float:
     """A request time as epoch seconds (UTC).
 
@@ -86,6 +91,9 @@ def parse_time(value) -> float:
         raise UserError(f"request time must be epoch seconds, an ISO string or a datetime, not {type(value).__name__}")
     if not math.isfinite(seconds):
         raise UserError(f"request time {value!r} is not a finite number of seconds")
+    if abs(seconds) >= MAX_TIME_SECONDS:
+        raise UserError(f"request time {value!r} is {seconds:.3g} s, far outside any real timeline "
+                        f"(|time| < {MAX_TIME_SECONDS:.0e} s): give epoch seconds or an ISO date")
     return seconds
 
 

@@ -22,13 +22,16 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="folder for metrics.json and user_ranks.csv (default: RUN/evaluate)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to score (default: cpu)")
+    parser.add_argument("--data-path", default=None, metavar="DIR",
+                        help="folder holding NAME/NAME.inter, if the data moved since training")
     parser.set_defaults(func=main)
 
 
 def main(args) -> int:
     from ss4rec.evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.checkpoint, topk=args.topk, output_dir=args.output, device=args.device)
+    report = evaluate_checkpoint(args.checkpoint, topk=args.topk, output_dir=args.output, device=args.device,
+                                 data_path=args.data_path)
     metrics = {k: round(v, 4) for k, v in report["metrics"].items()}
     print(json.dumps({"metrics": metrics, "n_users": report["n_users"],
                       "metrics_file": report["metrics_file"], "ranks_file": report["ranks_file"]}, indent=2))

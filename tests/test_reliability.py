@@ -1,5 +1,7 @@
-"""RecBole unpickles dataset and dataloader caches it finds in a run's checkpoint folder;
-a file planted there would run its code. Our runs never load one: resume, evaluate and
+"""Bad input to the commands that reuse a run folder: planted pickles, out-of-range values.
+
+RecBole unpickles dataset and dataloader caches it finds in a run's checkpoint folder; a
+file planted there would run its code. Our runs never load one: resume, evaluate and
 recommend on a run folder holding such files leave the planted code unexecuted."""
 
 from __future__ import annotations
@@ -49,3 +51,18 @@ def test_planted_pickles_in_a_run_folder_are_never_loaded(tmp_path):
         assert proc.returncode == 0, (command[0], proc.stderr[-3000:])
         assert not marker.exists(), f"`ss4rec {command[0]}` unpickled a planted file"
         assert "ignored " in proc.stdout + proc.stderr and "never loads one" in proc.stdout + proc.stderr
+
+
+def test_out_of_range_topk_and_request_time_are_clean_errors(ss4rec_ce_run, tmp_path):
+    best = ss4rec_ce_run["checkpoint"]
+    cases = [
+        (["evaluate", "--checkpoint", best, "--topk", "10", "5000", "--output", str(tmp_path / "e")],
+         "--topk 5000 is more than the"),
+        (["recommend", "--checkpoint", best, "--user", "594", "--at", "1e300"], "far outside any real timeline"),
+    ]
+    for command, message in cases:
+        proc = subprocess.run([sys.executable, "-m", "ss4rec", *command], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "e").exists()
