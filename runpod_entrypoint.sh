@@ -198,7 +198,10 @@ if [[ "$WANDB" == 1 ]]; then
             fi
         done
     fi
-    [[ -n "${WANDB_API_KEY:-}" ]] || die "--wandb needs a W&B key: export WANDB_API_KEY=... or put WANDB_API_KEY=... in ./.env (or use --no-wandb)"
+    # Offline W&B (WANDB_MODE=offline or disabled) writes locally and needs no key.
+    if [[ "${WANDB_MODE:-}" != "offline" && "${WANDB_MODE:-}" != "disabled" ]]; then
+        [[ -n "${WANDB_API_KEY:-}" ]] || die "--wandb needs a W&B key: export WANDB_API_KEY=... or put WANDB_API_KEY=... in ./.env (or WANDB_MODE=offline, or --no-wandb)"
+    fi
     PRESET_SETS+=("log_wandb=True")
 fi
 

@@ -201,6 +201,13 @@ def test_wandb_without_a_key_fails_and_a_dotenv_key_is_never_printed(tmp_path):
     assert proc.returncode == 1 and "config file missing.yaml not found" in last_error(proc)
 
 
+def test_wandb_offline_needs_no_key(tmp_path):
+    env = {"WANDB_API_KEY": "", "WANDB_MODE": "offline"}
+    proc = run_script("--wandb", "--debug", "--dry-run", "--config", "missing.yaml", cwd=tmp_path, env_extra=env)
+    assert "log_wandb=True" in proc.stdout  # accepted: it gets as far as the config
+    assert proc.returncode == 1 and "config file missing.yaml not found" in last_error(proc)
+
+
 # ---- --raw URL: download, convert, preflight ---------------------------------------------------
 
 def grouplens_zip(path: Path, rows: int = 3000) -> Path:
