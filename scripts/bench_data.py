@@ -11,6 +11,7 @@ measures, each in its own process:
   batches and scales to the epoch (the table marks it ``whole_epoch: False``).
 
     python scripts/bench_data.py prep --rows 2000000 --max-len 200
+    python scripts/bench_data.py all --rows 200000 --max-len 50 --batches 5   # both, one table each
     python scripts/bench_data.py train --rows 1000000 --items 3400 --max-len 200 --modes sequence
     python scripts/bench_data.py train --dataset ml-100k --max-len 50 --batch-size 2048  # bundled real data
 
@@ -198,7 +199,7 @@ def _table(rows) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=sorted(MEASURES))
+    parser.add_argument("what", choices=[*sorted(MEASURES), "all"], help="prep, train, or all (prep then train)")
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic log size (ignored with --dataset)")
     parser.add_argument("--items", type=int, default=27_000, help="synthetic catalogue size")
     parser.add_argument("--dataset", default=None, help="a real dataset instead (ml-100k is bundled)")
@@ -226,8 +227,10 @@ def main(argv=None) -> int:
               f"{time.time() - t0:.0f} s)", flush=True)
         args.dataset, args.data_path = name, str(folder)
     rows = []
-    for mode in args.modes.split(","):
-        command = [sys.executable, __file__, args.what, "--child", "--modes", mode, "--dataset", args.dataset,
+    jobs = [(what, mode) for what in (sorted(MEASURES) if args.what == "all" else [args.what])
+            for mode in args.modes.split(",") if not (what == "train" and mode == "recbole")]
+    for what, mode in jobs:
+        command = [sys.executable, __file__, what, "--child", "--modes", mode, "--dataset", args.dataset,
                    "--max-len", str(args.max_len), "--model", args.model, "--batch-size", str(args.batch_size),
                    "--batches", str(args.batches), "--threads", str(args.threads)]
         if args.data_path:
@@ -236,15 +239,19 @@ def main(argv=None) -> int:
         proc = subprocess.run(command, capture_output=True, text=True, env=env)
         results = [line[len("RESULT "):] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not results:
-            print(f"{args.what} {mode}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
+            print(f"{what} {mode}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(results[-1]))
-        print(f"{args.what} {mode}: done", flush=True)
+        print(f"{what} {mode}: done", flush=True)
     print(f"\n{args.what}, {args.model}, {args.dataset}, L={args.max_len}, {args.threads} thread(s), "
           f"load {os.getloadavg()[0]:.2f}\n")
-    print(_table(rows))
-    if len(rows) == 2 and "epoch_s" in rows[0]:
-        print(f"\nprefix / sequence epoch time: {rows[0]['epoch_s'] / rows[1]['epoch_s']:.1f}x")
+    for what in sorted({row["what"] for row in rows}):
+        group = [row for row in rows if row["what"] == what]
+        print(f"\n{what}\n\n{_table(group)}")
+        by_mode = {row["mode"]: row for row in group}
+        if what == "train" and {"prefix", "sequence"} <= set(by_mode):
+            print(f"\nprefix / sequence epoch time: "
+                  f"{by_mode['prefix']['epoch_s'] / by_mode['sequence']['epoch_s']:.1f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
