@@ -381,6 +381,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     from ss4rec.data.loaders import create_dataset, prepare_data
     from ss4rec.data.modes import train_mode
     from ss4rec.losses import window_loss
+    from ss4rec.preflight import check_before_building
     from ss4rec.runfolder import RunLock
     from ss4rec.trainer import SS4RecTrainer
 
@@ -396,6 +397,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     out = Path(output_dir if output_dir is not None else default_output_dir(model_label, dataset)).resolve()
     # Settings first: a run refused for its settings leaves no folder behind.
     config, model_class = build_config(model, dataset, config_files, config_dict, device, out)
+    check_before_building(config, str(model_label), dataset)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError, PermissionError) as exc:

@@ -150,6 +150,24 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
     return report
 
 
+def check_before_building(config, model_label: str, dataset: str) -> None:
+    """Preflight's fast checks (settings, optimiser, the .inter file, host memory) for a run
+    about to start: the first FAIL is raised as a UserError, the same verdict preflight gives.
+
+    Nothing is loaded or built; reading the time column is the only pass over the data.
+    """
+    from ss4rec.errors import UserError
+
+    report = PreflightReport(model=model_label, dataset=dataset, device=str(config["device"]))
+    _check_config(report, config)
+    _check_optimiser(report, config)
+    rows = _check_inter_file(report, config, dataset) if report.ok else 0
+    if rows:
+        _check_host_memory(report, rows)
+    if not report.ok:
+        raise UserError(report.first_failure)
+
+
 def _skip_rest(report: PreflightReport, why: str) -> None:
     """A SKIP line for every section that has no line yet."""
     done = {c.section for c in report.checks}
