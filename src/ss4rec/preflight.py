@@ -323,7 +323,9 @@ def _check_mamba_backend(report: PreflightReport, config, backend: str) -> None:
 
 def _check_optimiser(report: PreflightReport, config) -> None:
     lr = config["learning_rate"]
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+    if lr == 0 and config["guard_lr_zero"] is False:  # asked for on purpose (guard switched off)
+        report.add("optimiser", "learning rate", WARN, "learning_rate=0 with guard_lr_zero off: nothing will train")
+    elif not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
         report.add("optimiser", "learning rate", FAIL,
                    f"learning_rate={lr!r}: nothing would train; use a positive number "
                    "(paper: --set learning_rate=0.001)")
