@@ -397,17 +397,16 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     out = Path(output_dir if output_dir is not None else default_output_dir(model_label, dataset)).resolve()
     # Settings first: a run refused for its settings leaves no folder behind.
     config, model_class = build_config(model, dataset, config_files, config_dict, device, out)
+    if resume is not None:
+        finished = _finished_run(resume, config)
+        if finished is not None:
+            return finished
     check_before_building(config, str(model_label), dataset)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError, PermissionError) as exc:
         raise UserError(f"--output {out}: cannot create the run folder ({exc.strerror}); "
                         "give a writable folder path") from None
-
-    if resume is not None:
-        finished = _finished_run(resume, config)
-        if finished is not None:
-            return finished
 
     with RunLock(out), _run_logging(out / "train.log"), working_dir(out):
         logger = logging.getLogger()
@@ -430,12 +429,10 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
 
         failed = True
         try:
-            start = time.time()
-            trainer.fit_started = start
             best_valid_score, best_valid = trainer.fit(
                 train_data, valid_data, saved=saved, show_progress=config["show_progress"]
             )
-            train_seconds = trainer.earlier_train_seconds + time.time() - start  # every leg
+            train_seconds = trainer.train_seconds()  # every leg
             test = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
             failed = False
         finally:  # W&B: test metrics, then wandb.finish (also after a crash)

@@ -132,11 +132,7 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
     if config is None:
         _skip_rest(report, "the config could not be built")
         return report
-    _check_config(report, config)
-    _check_optimiser(report, config)
-    rows = _check_inter_file(report, config, dataset)
-    if rows:
-        _check_host_memory(report, rows)
+    _fast_checks(report, config, dataset)
     # Loading the data and running the model are the slow checks: only for a run that
     # can still go ahead (every failure so far is reported; fix those first).
     if not report.ok:
@@ -159,13 +155,22 @@ def check_before_building(config, model_label: str, dataset: str) -> None:
     from ss4rec.errors import UserError
 
     report = PreflightReport(model=model_label, dataset=dataset, device=str(config["device"]))
-    _check_config(report, config)
-    _check_optimiser(report, config)
-    rows = _check_inter_file(report, config, dataset) if report.ok else 0
-    if rows:
-        _check_host_memory(report, rows)
+    _fast_checks(report, config, dataset, stop_early=True)
     if not report.ok:
         raise UserError(report.first_failure)
+
+
+def _fast_checks(report: PreflightReport, config, dataset: str, stop_early: bool = False) -> None:
+    """Settings, optimiser, the .inter file and the host-memory estimate: nothing is built.
+
+    ``stop_early``: skip the pass over the data file once a check has failed (a run that is
+    refused anyway need not wait for it); preflight reports every check.
+    """
+    _check_config(report, config)
+    _check_optimiser(report, config)
+    rows = _check_inter_file(report, config, dataset) if report.ok or not stop_early else 0
+    if rows:
+        _check_host_memory(report, rows)
 
 
 def _skip_rest(report: PreflightReport, why: str) -> None:

@@ -111,6 +111,8 @@ def _histories(dataset, internal_uids: np.ndarray) -> dict[int, _History]:
     Sequential datasets of our runs keep every interaction once, sorted stably by (user,
     time) as RecBole sorts them (``flat_feat``, :mod:`ss4rec.data.sequences`), ties included.
     """
+    from ss4rec.data.sequences import user_runs
+
     feat = dataset.flat_feat
     uid_field, item_field, time_field = dataset.uid_field, dataset.iid_field, dataset.time_field
     all_uids = feat[uid_field].numpy()
@@ -118,12 +120,9 @@ def _histories(dataset, internal_uids: np.ndarray) -> dict[int, _History]:
     uids = all_uids[rows]
     items = feat[item_field][rows].numpy()
     times = feat[time_field][rows].numpy()
-    histories = {}
-    starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if len(uids) else np.array([], dtype=int)
-    ends = np.r_[starts[1:], len(uids)]
-    for start, end in zip(starts, ends):
-        histories[int(uids[start])] = _History(items=items[start:end], times=times[start:end])
-    return histories
+    starts, counts = user_runs(uids)
+    return {int(uids[start]): _History(items=items[start:start + n], times=times[start:start + n])
+            for start, n in zip(starts, counts)}
 
 
 def _time_is_scaled(run) -> bool:

@@ -97,7 +97,7 @@ class SS4RecTrainer(Trainer):
         self.resumed_from: dict | None = None
         self.earlier_train_seconds = 0.0  # training time of the legs before a resume
         self.history: list[dict] = []  # per epoch: train loss, valid metrics (every leg)
-        self.fit_started: float | None = None  # time.time() when this leg's fit began
+        self.fit_started: float | None = None  # time.time() when this leg's fit began (_prepare_fit)
         self.last_checkpoint_file = os.path.join(self.checkpoint_dir, f"{config['model']}-last.pth")
         # The loss of one training batch: the model's calculate_loss, or (train_mode:
         # sequence) ss4rec.losses.window_loss, set by the pipeline.
@@ -134,6 +134,7 @@ class SS4RecTrainer(Trainer):
             raise
 
     def _prepare_fit(self, train_data, valid_data, saved):
+        self.fit_started = time.time()
         self._train_data = train_data
         self._has_valid = bool(valid_data)
         self._saved = saved
@@ -304,8 +305,7 @@ class SS4RecTrainer(Trainer):
             "rng": rng_state(),
             "dataloader_generator": generator.get_state() if generator is not None else None,
             "history": to_plain(self.history),
-            "train_seconds": self.earlier_train_seconds + (time.time() - self.fit_started
-                                                           if self.fit_started else 0.0),
+            "train_seconds": self.train_seconds(),
             "config": config_to_plain(self.config),
         }
 
@@ -417,6 +417,10 @@ class SS4RecTrainer(Trainer):
         return ids
 
     # ---- results and shutdown ----
+
+    def train_seconds(self) -> float:
+        """Seconds spent in fit over the whole run: earlier legs (before a resume) and this one."""
+        return self.earlier_train_seconds + (time.time() - self.fit_started if self.fit_started else 0.0)
 
     def epochs_trained(self) -> int:
         """Epochs trained in the whole run: earlier legs (before a resume) and this one."""
