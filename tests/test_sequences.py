@@ -146,6 +146,7 @@ def _loss_and_grads(model, loss):
     ("SS4Rec", {"dropout_prob": 0.0}),
     ("SASRec", {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}),
     ("GRU4Rec", {"dropout_prob": 0.0}),
+    ("TiSASRec", {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}),
 ])
 def test_sequence_loss_and_gradients_equal_prefix(model_name, no_dropout):
     # Tiny keeps users with <= 40 ratings: with histories of 50 every user fits one window.
@@ -179,7 +180,7 @@ def test_sequence_loss_and_gradients_equal_prefix(model_name, no_dropout):
         torch.testing.assert_close(seq_grads[name], grad, rtol=1e-5, atol=1e-5 * largest, msg=name)
 
 
-@pytest.mark.parametrize("model_name", ["SS4Rec", "SASRec", "GRU4Rec"])
+@pytest.mark.parametrize("model_name", ["SS4Rec", "SASRec", "GRU4Rec", "TiSASRec"])
 def test_sequence_mode_trains_above_random(model_name, tmp_path):
     import ss4rec
 

@@ -32,6 +32,7 @@ from ss4rec.config import check_keys, load_config_file, model_config_file
 from ss4rec.errors import ConfigError, DataError, UserError
 
 BUNDLED_DATASET = "ml-100k"
+OWN_MODEL_NAMES = ("SS4Rec", "TiSASRec")  # see own_models()
 
 def _run_defaults() -> dict:
     """Settings every run gets unless the user overrides them (lowest priority).
@@ -42,9 +43,9 @@ def _run_defaults() -> dict:
 
 
 def resolve_model(name):
-    """A model name -> (canonical name, class). SS4Rec is ours; others are RecBole's
-    (SASRec and GRU4Rec as :mod:`ss4rec.baselines`' subclasses, which can also train in
-    ``train_mode: sequence``).
+    """A model name -> (canonical name, class). SS4Rec and TiSASRec are ours; others are
+    RecBole's (SASRec and GRU4Rec as :mod:`ss4rec.baselines`' subclasses, which can also
+    train in ``train_mode: sequence``).
 
     A model class is used as it is, named by its ``__name__`` (RecBole loads the defaults
     YAML of that name: a subclass named like its RecBole base inherits the base's defaults).
@@ -53,18 +54,23 @@ def resolve_model(name):
 
     if not isinstance(name, str):
         return name.__name__, name
-    from ss4rec.model import SS4Rec
-
     from ss4rec.baselines import MODELS
 
-    if name.lower() == "ss4rec":
-        return "SS4Rec", SS4Rec
-    for canonical in recbole_model_names():
+    ours = own_models()
+    for canonical in [*ours, *recbole_model_names()]:
         if canonical.lower() == name.lower():
-            return canonical, MODELS.get(canonical) or get_model(canonical)
-    close = [m for m in recbole_model_names() + ["SS4Rec"] if m.lower().startswith(name.lower()[:3])]
+            return canonical, ours.get(canonical) or MODELS.get(canonical) or get_model(canonical)
+    close = [m for m in [*ours, *recbole_model_names()] if m.lower().startswith(name.lower()[:3])]
     hint = f" (similar: {', '.join(close[:5])})" if close else ""
-    raise ConfigError(f"unknown model {name!r}{hint}; use SS4Rec or a RecBole model name such as SASRec")
+    raise ConfigError(f"unknown model {name!r}{hint}; use SS4Rec, TiSASRec or a RecBole model name such as SASRec")
+
+
+def own_models() -> dict:
+    """The models this package defines: name -> class (their defaults are in properties/)."""
+    from ss4rec.model import SS4Rec
+    from ss4rec.tisasrec import TiSASRec
+
+    return {"SS4Rec": SS4Rec, "TiSASRec": TiSASRec}
 
 
 def recbole_model_names() -> list[str]:
@@ -185,8 +191,8 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
     if config_dict:
         check_keys(config_dict, model_name, source="config_dict")
         user.update(config_dict)
-    # RecBole only reads its own models' YAML; SS4Rec's defaults go in as external settings.
-    merged = {**_run_defaults(), **(model_defaults if model_name == "SS4Rec" else {}), **user}
+    # RecBole only reads its own models' YAML; ours go in as external settings.
+    merged = {**_run_defaults(), **(model_defaults if model_name in OWN_MODEL_NAMES else {}), **user}
     merged.update(_negative_sampling(merged, model_defaults, user))
 
     data_path = merged.pop("data_path", None)
@@ -237,7 +243,7 @@ def check_train_mode(model_name: str, model_class, settings: dict) -> None:
     if train_mode(settings) == "sequence" and not supports_windows(model_class):
         raise ConfigError(
             f"{model_name} cannot train in train_mode: sequence (it does not score every "
-            "position; SS4Rec, SASRec and GRU4Rec can): set train_mode: prefix"
+            "position; SS4Rec, TiSASRec, SASRec and GRU4Rec can): set train_mode: prefix"
         )
 
 

@@ -268,12 +268,15 @@ def _check_config(report: PreflightReport, config) -> None:
     time_field = config["TIME_FIELD"]
     load_col = config["load_col"]
     loaded = load_col is None or time_field in (load_col.get("inter") or [])
+    from ss4rec.data.loaders import EXACT_TIME_MODELS
+
     is_ss4rec = config["model"] == "SS4Rec"
+    reads_time = config["model"] in EXACT_TIME_MODELS
     if loaded:
         report.add("config", "time field", PASS, f"{time_field!r} is loaded")
     else:
-        status = FAIL if is_ss4rec else WARN
-        why = "SS4Rec reads the real time gaps" if is_ss4rec else "no time order for the split"
+        status = FAIL if reads_time else WARN
+        why = f"{config['model']} reads the real time gaps" if reads_time else "no time order for the split"
         report.add("config", "time field", status,
                    f"{time_field!r} is not in load_col.inter ({why}): add it, e.g. "
                    f"load_col: {{inter: [user_id, item_id, {time_field}]}}")
@@ -384,7 +387,9 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
     report.add("data", "header types", PASS, " ".join(header))
 
     if time_field not in names:
-        status = FAIL if config["model"] == "SS4Rec" else WARN
+        from ss4rec.data.loaders import EXACT_TIME_MODELS
+
+        status = FAIL if config["model"] in EXACT_TIME_MODELS else WARN
         report.add("data", "timestamps", status, f"{path.name} has no {time_field!r} column")
         return 0
     column = header.index(f"{time_field}:float")

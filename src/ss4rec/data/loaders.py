@@ -36,12 +36,20 @@ _TYPE_TO_CLASS = {
 }
 
 
+# Models that read real time gaps: their timestamps stay exact float64, never normalised.
+EXACT_TIME_MODELS = ("SS4Rec", "TiSASRec")
+
+
 def dataset_class(config):
     """RecBole's choice of dataset class, with FlatSequentialDataset for sequential models."""
     module = importlib.import_module("recbole.data.dataset")
     own = getattr(module, config["model"] + "Dataset", None)  # e.g. SS4RecDataset
     if own is not None:
         return own
+    if config["model"] in EXACT_TIME_MODELS:
+        from ss4rec.data.dataset import SS4RecDataset
+
+        return SS4RecDataset
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         return FlatSequentialDataset
     return getattr(module, _TYPE_TO_CLASS[config["MODEL_TYPE"]])
