@@ -13,7 +13,8 @@ excluded, as in RecBole; ties count in the target's favour).
 
 Written to ``output_dir``: ``metrics.json`` and ``user_ranks.csv`` with columns
 ``user_id, item_id`` (original ids), ``rank`` (1 = top), ``history_length`` (the user's
-interactions before the test item).
+interactions before the test item). With ``time_probe=True`` also ``time_probe.json`` and a
+``target_gap_seconds`` column (:mod:`ss4rec.probe`: NDCG@10 by gap, time-shift sensitivity).
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ from ss4rec.trainer import SS4RecTrainer
 
 
 class RankRecordingTrainer(SS4RecTrainer):
-    """RecBole's evaluation, also keeping (user index, item index, rank) of every positive."""
+    """RecBole's evaluation, also keeping (user index, item index, rank) of every positive.
 
-    def __init__(self, config, model):
+    With ``time_shifts`` (name -> seconds), each batch is scored again with the request time
+    moved, and the per-user rank correlations are kept (for the first PROBE_USERS users).
+    """
+
+    def __init__(self, config, model, time_shifts=None, time_scale=1.0):
         super().__init__(config, model)
         self.recorded_ranks: list[torch.Tensor] = []  # each [n_pos, 3]: user, item, rank
+        self.time_shifts = time_shifts or {}
+        self.time_scale = time_scale  # stored time units per second (RecBole may normalise)
+        self.shift_correlations = {name: [] for name in self.time_shifts}
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
@@ -41,10 +49,32 @@ class RankRecordingTrainer(SS4RecTrainer):
         ranks = 1 + (scores[positive_u] > target_scores.unsqueeze(1)).sum(dim=1)  # [n_pos]
         users = interaction[self.config["USER_ID_FIELD"]].cpu()[positive_u.cpu()]  # [n_pos]
         self.recorded_ranks.append(torch.stack([users, positive_i.cpu(), ranks.cpu()], dim=1))
+        if self.time_shifts:
+            self._probe_time_shifts(batched_data, scores[positive_u])
         return interaction, scores, positive_u, positive_i
 
+    def _probe_time_shifts(self, batched_data, scores):
+        from recbole.data.interaction import Interaction
 
-def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "cpu", data_path=None) -> dict:
+        from ss4rec.probe import PROBE_USERS, rank_correlations
+
+        done = len(next(iter(self.shift_correlations.values())))
+        if done >= PROBE_USERS:
+            return
+        interaction, history_index, positive_u, positive_i = batched_data
+        time_field = self.config["TIME_FIELD"]
+        before = scores[: PROBE_USERS - done].cpu().numpy()  # [U n_items]
+        for name, seconds in self.time_shifts.items():
+            fields = dict(interaction.interaction)
+            if time_field in fields:
+                fields[time_field] = fields[time_field] + seconds * self.time_scale
+            shifted = super()._full_sort_batch_eval((Interaction(fields), history_index, positive_u, positive_i))[1]
+            after = shifted[positive_u][: len(before)].cpu().numpy()
+            self.shift_correlations[name].extend(rank_correlations(before, after).tolist())
+
+
+def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "cpu", data_path=None,
+                        time_probe: bool = False) -> dict:
     """Rebuild the run of ``checkpoint``, score its test split, write metrics and per-user ranks.
 
     Args:
@@ -53,6 +83,8 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
         output_dir: where to write (default: ``evaluate/`` in the run folder).
         device: ``cpu`` or ``cuda``.
         data_path: the folder holding ``NAME/NAME.inter`` if the data moved since training.
+        time_probe: also NDCG@10 by gap bucket and the time-shift rank correlations
+            (:mod:`ss4rec.probe`), in ``time_probe.json`` and the report's ``time_probe``.
 
     Returns:
         ``{"metrics": {...}, "topk": [...], "n_users": int, "metrics_file", "ranks_file", ...}``.
@@ -78,15 +110,34 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
         raise UserError(f"--topk {max(config['topk'])} is more than the {n_items:,} items this run ranks: "
                         f"use cut-offs up to {n_items}")
     out.mkdir(parents=True, exist_ok=True)
-    trainer = RankRecordingTrainer(config, restored.model)
+    shifts, time_scale, gaps = {}, 1.0, None
+    if time_probe:
+        from ss4rec.data.dataset import SS4RecDataset
+        from ss4rec.data.loaders import exact_time_dataset
+        from ss4rec.probe import TIME_SHIFTS, test_gaps
+
+        if config["TIME_FIELD"] not in restored.dataset.field2type:
+            raise UserError(f"--time-probe needs the time field {config['TIME_FIELD']!r}, which this run "
+                            "did not load (load_col.inter)")
+        exact = restored.dataset
+        if not isinstance(exact, SS4RecDataset):
+            exact = exact_time_dataset(config)
+        gaps = test_gaps(config, exact)
+        shifts, time_scale = TIME_SHIFTS, _stored_time_units_per_second(restored.dataset, exact, config)
+    trainer = RankRecordingTrainer(config, restored.model, shifts, time_scale)
     metrics = trainer.evaluate(restored.test_data, load_best_model=False, show_progress=False)
     metrics = {k: float(v) for k, v in metrics.items()}
 
     ranks = torch.cat(trainer.recorded_ranks).numpy()  # [n_users_tested 3]
     rows = _rank_rows(restored.dataset, config, ranks)
+    columns = ["user_id", "item_id", "rank", "history_length"]
+    if gaps is not None:
+        columns.append("target_gap_seconds")
+        for row in rows:
+            row["target_gap_seconds"] = gaps[row["user_id"]]
     ranks_file = out / "user_ranks.csv"
     with open(ranks_file, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["user_id", "item_id", "rank", "history_length"])
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     report = {
@@ -100,8 +151,28 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
         "metrics_file": str(out / "metrics.json"),
         "ranks_file": str(ranks_file),
     }
+    if time_probe:
+        from ss4rec.probe import gap_bucket_table, shift_summary
+
+        report["time_probe"] = {
+            "model": config["model"],
+            "gap_buckets": gap_bucket_table([r["rank"] for r in rows], [r["target_gap_seconds"] for r in rows]),
+            "time_shift": shift_summary(trainer.shift_correlations),
+        }
+        report["time_probe_file"] = str(out / "time_probe.json")
+        write_json_atomic(out / "time_probe.json", report["time_probe"])
     write_json_atomic(out / "metrics.json", report)
     return report
+
+
+def _stored_time_units_per_second(dataset, exact, config) -> float:
+    """1.0 for exact times; for RecBole's min-max normalised times, 1 / (time range in s)."""
+    normalised = config["normalize_all"] or config["TIME_FIELD"] in (config["normalize_field"] or [])
+    if dataset is exact or not normalised:
+        return 1.0
+    times = exact.inter_feat[config["TIME_FIELD"]]
+    span = float(times.max() - times.min())
+    return 1.0 / span if span > 0 else 1.0
 
 
 def _rank_rows(dataset, config, ranks) -> list[dict]:

@@ -69,6 +69,17 @@ def create_dataset(config):
     cls = dataset_class(config)
     _warn_if_cached(config["dataset_save_path"] or os.path.join(
         config["checkpoint_dir"], f'{config["dataset"]}-{cls.__name__}.pth'), "dataset")
+    return _load(cls, config)
+
+
+def exact_time_dataset(config):
+    """The dataset of ``config`` loaded and filtered with exact, unnormalised float64 times."""
+    from ss4rec.data.dataset import SS4RecDataset
+
+    return _load(SS4RecDataset, config)
+
+
+def _load(cls, config):
     with warnings.catch_warnings():
         # RecBole 1.2.1's _fill_nan uses pandas' chained fillna(inplace=True); pandas 2.2+
         # warns about it on every run. Under pandas < 3 (our pin) it still works.
@@ -140,5 +151,5 @@ class WindowTrainDataLoader(TrainDataLoader):
         return data
 
 
-__all__ = ["create_dataset", "prepare_data", "dataset_class", "WindowTrainDataLoader",
+__all__ = ["create_dataset", "exact_time_dataset", "prepare_data", "dataset_class", "WindowTrainDataLoader",
            "TARGET_ITEMS", "TARGET_MASK", "NEG_TARGETS"]
