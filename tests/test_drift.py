@@ -132,8 +132,9 @@ def test_random_split_is_no_drift(splits):
     assert report["overall"]["verdict"] == "no drift", report["overall"]
     assert report["overall"]["measures"]["new_user_share"]["value"] == 0.0
     assert len(report["windows"]) == 8  # 1997-09 .. 1998-04
-    for entry in report["windows"]:
-        assert entry["measures"]["popularity_js"]["verdict"] == "no drift", (entry["label"], entry["measures"])
+    for entry in report["windows"]:  # months under 100 active users have no verdict, the others no drift
+        expected = "insufficient data" if entry["users"] < 100 else "no drift"
+        assert entry["measures"]["popularity_js"]["verdict"] == expected, (entry["label"], entry["measures"])
 
 
 def test_streamed_gaps_equal_sorted_gaps(splits, tmp_path):
@@ -149,6 +150,143 @@ def test_streamed_gaps_equal_sorted_gaps(splits, tmp_path):
     for a, b in zip(raw["windows"] + [raw["overall"]], streamed["windows"] + [streamed["overall"]]):
         for name in MEASURES:
             assert a["measures"][name]["value"] == pytest.approx(b["measures"][name]["value"]), name
+
+
+@pytest.fixture(scope="module")
+def user_split(tmp_path_factory):
+    """ML-100K's users in two random halves over the same months (no drift injected), and the
+    same future with every user's gaps multiplied by 50 (a gap shift injected)."""
+    root = tmp_path_factory.mktemp("drift-users")
+    everything = pd.read_csv(_bundled_ml100k(), sep="\t", dtype=str)
+    users = everything["user_id:token"].unique()
+    in_past = everything["user_id:token"].isin(np.random.default_rng(0).choice(users, len(users) // 2, replace=False))
+    future = everything[~in_past].copy()
+    times = future["timestamp:float"].astype(float)
+    first = times.groupby(future["user_id:token"]).transform("min")
+    future["timestamp:float"] = (first + 50 * (times - first)).map(lambda t: f"{t:.0f}")
+    return {"past": _write(everything[in_past], root / "past.inter"),
+            "future": _write(everything[~in_past], root / "future.inter"),
+            "future_gaps_x50": _write(future, root / "future-gaps-x50.inter")}
+
+
+def test_user_split_headline_names_only_new_user_share(user_split, tmp_path):
+    """Issue 18: on a user split new_user_share is 1.0 by construction; the headline must say
+    that it is the only cause and that it does not apply, and the verdict must not be drift."""
+    report = drift_report(user_split["past"], user_split["future"], tmp_path / "out", window="month")
+    data = json.loads((tmp_path / "out" / "drift.json").read_text())["data_drift"]
+    assert data["user_split"] is True and data["future"]["shared_users"] == 0
+    overall = data["overall"]
+    assert overall["measures"]["new_user_share"]["value"] == 1.0
+    assert overall["measures"]["new_user_share"]["verdict"] == "not applicable"
+    assert "by construction" in overall["measures"]["new_user_share"]["note"]
+    assert overall["verdict"] == "no drift" and overall["drifting"] == []
+    headline = data["headline"]
+    assert headline.startswith("no drift. The only measure past its threshold is new_user_share (1.0000)")
+    assert "does not apply" in headline and "share no users" in headline
+    assert not [name for name in MEASURES - {"new_user_share"} if name in headline], headline
+    assert report["data_drift"]["headline"] == headline
+    markdown = (tmp_path / "out" / "drift.md").read_text()
+    assert f"**Data: {headline}.**" in markdown
+    assert [w["verdict"] for w in data["windows"]].count("drift") == 0
+    for entry in data["windows"] + [overall]:
+        assert entry["measures"]["new_user_share"]["verdict"] == "not applicable"
+
+    # the noise level and the critical value are in the JSON and printed in drift.md
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown.splitlines() if line.startswith("| ")}
+    for entry in data["windows"] + [dict(overall, label="**all**")]:
+        popularity = entry["measures"]["popularity_js"]
+        assert popularity["excess"] == pytest.approx(popularity["value"] - popularity["noise"])
+        assert f"{popularity['value']:.4f} − {popularity['noise']:.4f} = {popularity['excess']:.4f}" in rows[entry["label"]]
+        for name in ("gap_ks", "activity_ks"):
+            measure = entry["measures"][name]
+            assert f"{measure['value']:.4f} (crit {measure['critical_value']:.4f})" in rows[entry["label"]]
+
+
+def test_insufficient_windows_are_marked_in_json_markdown_and_plot(user_split, tmp_path):
+    """Months with fewer than 100 active users are insufficient: marked with the reason in the
+    JSON, no ⚠ in drift.md, greyed out in the plot. rating_js=0 makes every sufficient window
+    drift, so a missing flag on the insufficient ones is the rule, not luck."""
+    from matplotlib.dates import ConciseDateFormatter, date2num
+
+    from ss4rec.drift.report import data_drift_figure
+
+    report = drift_report(user_split["past"], user_split["future"], tmp_path / "out", window="month",
+                          thresholds={"rating_js": 0.0})
+    data = json.loads((tmp_path / "out" / "drift.json").read_text())["data_drift"]
+    assert data["min_window_users"] == 100
+    short = [w for w in data["windows"] if w["insufficient"]]
+    assert 0 < len(short) < len(data["windows"])
+    for entry in data["windows"]:
+        if entry["insufficient"]:
+            assert entry["users"] < 100 and entry["rows"] >= 500  # rows alone would have passed
+            assert entry["insufficient_reason"] == f"{entry['users']} users < 100"
+            assert entry["verdict"] == "insufficient data" and entry["drifting"] == []
+            assert {m["verdict"] for m in entry["measures"].values()} <= {"insufficient data", "not applicable"}
+        else:
+            assert entry["users"] >= 100 and entry["insufficient_reason"] is None
+            assert entry["verdict"] == "drift" and "rating_js" in entry["drifting"]
+
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in (tmp_path / "out" / "drift.md").read_text().splitlines()
+            if line.startswith("| ")}
+    for entry in data["windows"]:
+        line = rows[entry["label"]]
+        if entry["insufficient"]:
+            assert "⚠" not in line and line.endswith(f"| insufficient data: {entry['users']} users < 100 |")
+        else:
+            assert "⚠" in line
+
+    fig = data_drift_figure(report)
+    middles = [date2num(pd.Timestamp(w["start_utc"]).tz_convert(None)) / 2
+               + date2num(pd.Timestamp(w["end_utc"]).tz_convert(None)) / 2 for w in short]
+    for ax in fig.axes:
+        greyed = [c for c in ax.collections if c.get_gid() == "insufficient"]
+        assert len(greyed) == 1 and greyed[0].get_offsets()[:, 0].tolist() == pytest.approx(middles)
+        assert len([p for p in ax.patches if p.get_gid() == "insufficient"]) == len(short)  # grey bands
+        main = ax.get_lines()[0]  # the sufficient windows' line leaves the insufficient ones out
+        assert np.isnan(main.get_ydata()).sum() == len(short)
+        assert isinstance(ax.xaxis.get_major_formatter(), ConciseDateFormatter)
+
+
+def test_scaled_gaps_move_the_gap_measure(user_split, tmp_path):
+    """Half of ML-100K's gaps are 0 s, so a plain median gap never moves. Multiplying every
+    future gap by 50 moves the median of the positive gaps ~50x and flags gap_ks; the null
+    split flags neither. The stretched future spans ~270 months: the axis stays readable."""
+    from ss4rec.drift.report import data_drift_figure
+
+    null = compute_data_drift(user_split["past"], user_split["future"])
+    scaled = compute_data_drift(user_split["past"], user_split["future_gaps_x50"])
+    past_gaps = null["past"]
+    assert 0.4 < past_gaps["zero_gap_share"] < 0.6  # why a median over all gaps says nothing
+    for report in (null, scaled):
+        assert report["overall"]["details"]["zero_gap_share"] == pytest.approx(null["overall"]["details"]["zero_gap_share"])
+    ratio = (scaled["overall"]["details"]["median_positive_gap_seconds"]
+             / null["overall"]["details"]["median_positive_gap_seconds"])
+    assert 40 < ratio < 60, ratio
+    assert 0.7 < null["overall"]["details"]["median_positive_gap_seconds"] / past_gaps["median_positive_gap_seconds"] < 1.4
+    assert scaled["overall"]["measures"]["gap_ks"]["verdict"] == "drift"
+    assert "gap_ks" in scaled["overall"]["drifting"] and "gap_ks" in scaled["headline"]
+    assert all(w["measures"]["gap_ks"]["verdict"] != "drift" for w in null["windows"] + [null["overall"]])
+
+    assert len(scaled["windows"]) > 250
+    fig = data_drift_figure({"data_drift": scaled})
+    fig.canvas.draw()
+    for ax in fig.axes:
+        labels = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+        assert len(labels) <= 10, labels
+
+
+def test_minimum_users_is_configurable(user_split, tmp_path):
+    from ss4rec.cli import main
+
+    out = tmp_path / "out"
+    assert main(["drift", "--past", str(user_split["past"]), "--future", str(user_split["future"]),
+                 "--output", str(out), "--min-window-users", "10", "--min-window-rows", "4000"]) == 0
+    data = json.loads((out / "drift.json").read_text())["data_drift"]
+    assert (data["min_window_users"], data["min_window_rows"]) == (10, 4000)
+    for entry in data["windows"]:
+        assert entry["insufficient"] == (entry["rows"] < 4000)
+        if entry["insufficient"]:
+            assert entry["insufficient_reason"] == f"{entry['rows']:,} rows < 4,000"
 
 
 def test_bad_inputs_are_clear_errors(splits, tmp_path):

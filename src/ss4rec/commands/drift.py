@@ -35,6 +35,11 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for the model (default cpu)")
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
                         help="override a data-drift threshold, e.g. popularity_js=0.05 (repeatable)")
+    parser.add_argument("--min-window-rows", type=int, metavar="N",
+                        help="a data window with fewer interactions is 'insufficient data' (default 500)")
+    parser.add_argument("--min-window-users", type=int, metavar="N",
+                        help="a data window with fewer active users is 'insufficient data' (default 100: below "
+                        "~67 users the activity KS test cannot tell its threshold from chance)")
     parser.set_defaults(func=run_drift)
 
 
@@ -59,10 +64,15 @@ def run_drift(args: argparse.Namespace) -> int:
 
     report = drift_report(args.past, args.future, args.output, checkpoint=args.checkpoint, window=args.window,
                           topk=args.topk, thresholds=_thresholds(args.threshold), device=args.device,
-                          max_predictions=args.max_predictions)
+                          max_predictions=args.max_predictions, min_window_rows=args.min_window_rows,
+                          min_window_users=args.min_window_users)
     data = report["data_drift"]
-    print(f"data drift ({data['window']} windows): " + ", ".join(f"{w['label']} {w['verdict']}" for w in data["windows"]))
-    print(f"overall: {data['overall']['verdict']}" + (f" on {', '.join(data['overall']['drifting'])}" if data["overall"]["drifting"] else ""))
+    counts = {}
+    for w in data["windows"]:
+        counts[w["verdict"]] = counts.get(w["verdict"], 0) + 1
+    print(f"data drift ({len(data['windows'])} {data['window']} windows): "
+          + ", ".join(f"{n} {verdict}" for verdict, n in counts.items()))
+    print(f"overall: {data['headline']}")
     model = report["model_drift"]
     if model:
         k = model["verdict_k"]

@@ -33,11 +33,13 @@ def compute_model_drift(*args, **kwargs):
 
 def drift_report(past, future, output_dir, checkpoint=None, window: str = "month", topk=(10,),
                  thresholds: dict | None = None, device: str = "cpu", max_predictions: int | None = None,
-                 config_dict: dict | None = None, plots: bool = True) -> dict:
+                 config_dict: dict | None = None, plots: bool = True, min_window_rows: int | None = None,
+                 min_window_users: int | None = None) -> dict:
     """Compute data drift (and model drift with ``checkpoint``); write drift.json, drift.md, PNGs.
 
     Returns the report written to ``drift.json``: ``{"window", "data_drift", "model_drift"
-    (None without a checkpoint), "plots", "files"}``.
+    (None without a checkpoint), "plots", "files"}``. ``min_window_rows`` / ``min_window_users``
+    (None: the defaults, 500 and 100) mark smaller data windows as insufficient.
     """
     from ss4rec.drift.report import write_markdown, write_plots
 
@@ -46,7 +48,10 @@ def drift_report(past, future, output_dir, checkpoint=None, window: str = "month
         spec = spec.with_anchor(InterColumns(future).time_range()[0])
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"window": spec.name, "data_drift": compute_data_drift(past, future, spec, thresholds), "model_drift": None}
+    minimums = {name: value for name, value in (("min_window_rows", min_window_rows),
+                                                 ("min_window_users", min_window_users)) if value is not None}
+    report = {"window": spec.name, "data_drift": compute_data_drift(past, future, spec, thresholds, **minimums),
+              "model_drift": None}
     if checkpoint is not None:
         report["model_drift"] = compute_model_drift(checkpoint, past, future, spec, topk=topk, device=device,
                                                     max_predictions=max_predictions, config_dict=config_dict)

@@ -16,8 +16,8 @@ popularity_js  Jensen–Shannon divergence (base 2, 0..1) of the   value - noise
                item popularity distributions (counts per item)
 new_item_share share of the window's interactions on items      value > 0.05
                never seen in the past
-new_user_share share of the window's interactions by users      value > 0.2
-               never seen in the past
+new_user_share share of the window's interactions by users      value > 0.2 (not applicable
+               never seen in the past                            when no user is shared)
 rating_js      JS divergence of the rating-value distributions   value > 0.02
                (n/a without a rating field)
 gap_ks         KS statistic of the inter-event gaps (time        value > 0.1 and > critical
@@ -30,10 +30,30 @@ activity_ks    KS statistic of the interactions per active       value > 0.2 and
 
 ``noise`` is the JS divergence sampling alone gives at the window's size (mean over 5 pairs
 of multinomial samples of the past distribution, one of the past's size, one of the
-window's): a small window of an unchanged process still diverges a little. ``critical`` is
-the two-sample KS critical value at alpha = 0.01, ``1.63 * sqrt((n + m) / (n m))``: a
-shift must be both large (the threshold) and beyond chance (the critical value). A window
-with fewer than ``min_window_rows`` interactions gets the verdict ``insufficient data``.
+window's): a small window of an unchanged process still diverges a little, so what is
+compared with the threshold is ``excess = value - noise``. ``critical`` is the two-sample
+KS critical value at alpha = 0.01, ``1.63 * sqrt((n + m) / (n m))`` (n, m: gaps, or
+active users, on each side): a shift must be both large (the threshold) and beyond chance
+(the critical value). Every measure in the JSON carries what its rule used: ``value``,
+``threshold`` and ``noise`` + ``excess`` or ``critical_value``; ``drift.md`` prints them.
+
+A window is **insufficient** (``"insufficient": true`` with ``insufficient_reason``,
+verdict ``insufficient data``, no measure verdicts, nothing in ``drifting``) when it has
+fewer than ``min_window_rows`` interactions (500) or fewer than ``min_window_users``
+active users (100). Users, not only rows: ``activity_ks`` compares users, and its
+critical value ``~1.63 / sqrt(users)`` is above its 0.2 threshold below about 67 users, so
+a month with 40 users and 4,000 rows only flags chance (on ML-100K split in two random
+halves of users, 25 of 40 seeds flagged some month on ``activity_ks`` with no drift
+injected; at 100 users, 2 of 40). The values are still computed and shown.
+
+``new_user_share`` does not apply when past and future share no user (a split by users,
+not by time): it is 1.0 by construction. Its verdict is then ``not applicable`` (with a
+``note``) and it leaves the verdicts alone; ``headline`` says so in words.
+
+Gap details (``details``): ``zero_gap_share`` (gaps under 1 s: items rated in one batch,
+half of ML-100K's gaps) and ``median_positive_gap_seconds`` (median of the gaps of 1 s
+and more, interpolated inside its 12 %-wide log bin); the past's values are under
+``past``. A median over all gaps would read 0-1 s whatever the real gaps are.
 
 Memory: files are streamed in chunks of 1M rows; kept are the distinct user and item
 tokens, per-item counts (per future window), per-user last timestamps, fixed-bin gap
@@ -65,6 +85,9 @@ DEFAULT_THRESHOLDS = {
     "activity_ks": 0.2,
 }
 MIN_WINDOW_ROWS = 500
+# activity_ks's alpha=0.01 critical value, ~1.63/sqrt(users), exceeds its 0.2 threshold
+# below ~67 active users; 100 keeps it at <= 0.17 (see the module docstring).
+MIN_WINDOW_USERS = 100
 # [0, 1 s), then 20 bins per decade up to 1e10 s; the last bin takes everything above.
 GAP_EDGES = np.concatenate([[0.0], np.logspace(0, 10, 201)])
 _PAIR_MERGE_AT = 2_000_000  # merge pending (user, window) pairs at least at this many
@@ -229,7 +252,8 @@ def _ks_critical(n: float, m: float) -> float:
 
 def _measure(value, threshold, floor=None, floor_name=None) -> dict:
     """Value, threshold and verdict: drift when ``value > threshold`` and, if a chance
-    level ``floor`` is given, also ``value > floor`` (popularity: ``value - floor > threshold``)."""
+    level ``floor`` is given, also ``value > floor`` (popularity: ``excess = value - noise >
+    threshold``). The chance level is kept in the entry, so the rule can be read back."""
     clean = None if value is None or not np.isfinite(value) else float(value)
     entry = {"value": clean, "threshold": threshold}
     if floor_name is not None:
@@ -238,16 +262,42 @@ def _measure(value, threshold, floor=None, floor_name=None) -> dict:
         entry["verdict"] = "n/a"
         return entry
     if floor_name == "noise":
-        drift = clean - (entry["noise"] or 0.0) > threshold
+        entry["excess"] = clean - (entry["noise"] or 0.0)
+        drift = entry["excess"] > threshold
     else:
         drift = clean > threshold and (entry.get(floor_name) is None or clean > entry[floor_name])
     entry["verdict"] = "drift" if drift else "no drift"
     return entry
 
 
-def _compare(past: _SideAccumulator, counts: dict, thresholds: dict, min_rows: int) -> dict:
+USER_SPLIT_NOTE = ("past and future share no users (a split by users, not by time), so every future user is new "
+                   "and new_user_share is 1.0 by construction, as on any such split")
+
+
+def _gap_summary(gaps: np.ndarray) -> dict:
+    """Share of gaps under 1 s and the median of the others, from a gap histogram. The
+    median is interpolated log-linearly inside its bin (bins are 12 % wide), so it moves
+    when gaps scale even though half of them may be 0 s."""
+    total = int(gaps.sum())
+    if not total:
+        return {}
+    summary = {"gaps": total, "zero_gap_share": float(gaps[0] / total), "median_positive_gap_seconds": None}
+    positive = gaps[1:]  # positive[j] holds [GAP_EDGES[j+1], GAP_EDGES[j+2]); the last bin is open
+    if positive.sum():
+        cumulative = np.cumsum(positive)
+        half = cumulative[-1] / 2
+        j = int(np.searchsorted(cumulative, half))
+        low = np.log10(GAP_EDGES[j + 1])
+        high = np.log10(GAP_EDGES[j + 2]) if j + 2 < len(GAP_EDGES) else low
+        inside = (half - (cumulative[j - 1] if j else 0)) / positive[j]
+        summary["median_positive_gap_seconds"] = float(10 ** (low + inside * (high - low)))
+    return summary
+
+
+def _compare(past: _SideAccumulator, counts: dict, thresholds: dict, min_rows: int, min_users: int,
+             user_split: bool) -> dict:
     """Measures of one future selection (``counts``) against the whole past."""
-    rows = counts["rows"]
+    rows, users = counts["rows"], counts["users"]
     past_items = past.item_counts.get(0, np.zeros(0))
     past_gaps = past.gap_counts.get(0, np.zeros(0))
     measures = {
@@ -263,6 +313,8 @@ def _compare(past: _SideAccumulator, counts: dict, thresholds: dict, min_rows: i
                                 _ks_critical(counts["past_activity"].sum(), counts["activity"].sum()),
                                 "critical_value"),
     }
+    if user_split:
+        measures["new_user_share"].update(verdict="not applicable", note=USER_SPLIT_NOTE)
     details = {}
     past_ratings = past.rating_counts.get(0)
     if past_ratings and counts["ratings"]:
@@ -274,20 +326,47 @@ def _compare(past: _SideAccumulator, counts: dict, thresholds: dict, min_rows: i
         details["mean_rating"] = float(np.dot(scale, q) / q.sum())
     active = counts["activity"]
     if len(active) and active.sum():
-        details["active_users"] = int(active.sum())
         details["mean_interactions_per_active_user"] = float(np.dot(np.arange(len(active)), active) / active.sum())
-    gaps = counts["gaps"]
-    if gaps.sum():
-        median_bin = int(np.searchsorted(np.cumsum(gaps), gaps.sum() / 2))
-        details["median_gap_seconds_at_most"] = float(GAP_EDGES[min(median_bin + 1, len(GAP_EDGES) - 1)])
-    if rows < min_rows:
-        verdict = "insufficient data"
-    elif any(m["verdict"] == "drift" for m in measures.values()):
-        verdict = "drift"
-    else:
-        verdict = "no drift"
+    details.update(_gap_summary(counts["gaps"]))
+    short = [f"{rows:,} rows < {min_rows:,}"] if rows < min_rows else []
+    short += [f"{users:,} users < {min_users:,}"] if users < min_users else []
+    if short:  # values stay for reading; no verdict is drawn from them
+        for measure in measures.values():
+            if measure["verdict"] in ("drift", "no drift"):
+                measure["verdict"] = "insufficient data"
     drifting = [name for name, m in measures.items() if m["verdict"] == "drift"]
-    return {"rows": int(rows), "measures": measures, "drifting": drifting, "verdict": verdict, "details": details}
+    verdict = "insufficient data" if short else "drift" if drifting else "no drift"
+    return {"rows": int(rows), "users": int(users), "insufficient": bool(short),
+            "insufficient_reason": ", ".join(short) or None, "measures": measures, "drifting": drifting,
+            "verdict": verdict, "details": details}
+
+
+def _rule(name: str, measure: dict) -> str:
+    """How a measure's verdict was reached, in one phrase (for the headline)."""
+    value = measure["value"]
+    if "excess" in measure:
+        return (f"{name} {value:.4f} - noise {measure['noise'] or 0.0:.4f} = {measure['excess']:.4f} "
+                f"> threshold {measure['threshold']}")
+    if measure.get("critical_value") is not None:
+        return (f"{name} {value:.4f} > threshold {measure['threshold']} "
+                f"and > critical value {measure['critical_value']:.4f}")
+    return f"{name} {value:.4f} > threshold {measure['threshold']}"
+
+
+def _headline(overall: dict) -> str:
+    """The overall verdict in one sentence, naming the measures that drove it."""
+    if overall["insufficient"]:
+        return f"insufficient data: {overall['insufficient_reason']}"
+    skipped = overall["measures"]["new_user_share"]
+    left_out = ""
+    if skipped["verdict"] == "not applicable":
+        left_out = f"new_user_share ({skipped['value']:.4f}), and it does not apply: {USER_SPLIT_NOTE}"
+    if overall["drifting"]:
+        text = "drift, driven by " + "; ".join(_rule(n, overall["measures"][n]) for n in overall["drifting"])
+        return text + (f". Left out: {left_out}" if left_out else "")
+    if left_out and skipped["value"] > skipped["threshold"]:
+        return f"no drift. The only measure past its threshold is {left_out}"
+    return "no drift: no measure passes its rule" + (f". Left out: {left_out}" if left_out else "")
 
 
 def _utc(seconds: float) -> str:
@@ -301,12 +380,15 @@ def _side_summary(acc: _SideAccumulator) -> dict:
 
 
 def compute_data_drift(past_path, future_path, window: str | WindowSpec = "month", thresholds: dict | None = None,
-                       min_window_rows: int = MIN_WINDOW_ROWS, chunk_rows: int = CHUNK_ROWS) -> dict:
+                       min_window_rows: int = MIN_WINDOW_ROWS, min_window_users: int = MIN_WINDOW_USERS,
+                       chunk_rows: int = CHUNK_ROWS) -> dict:
     """Stream both files and return the data-drift report (see the module docstring).
 
-    Returns ``{"window", "thresholds", "min_window_rows", "past", "future", "overall",
-    "windows": [...], "gap_method"}``; each comparison holds ``rows``, ``measures`` (name ->
-    value, threshold, verdict), ``drifting``, ``verdict`` and ``details``.
+    Returns ``{"window", "thresholds", "min_window_rows", "min_window_users", "user_split",
+    "headline", "past", "future", "overall", "windows": [...], "gap_method"}``; each
+    comparison holds ``rows``, ``users`` (active), ``insufficient`` (+ ``insufficient_reason``),
+    ``measures`` (name -> value, threshold, noise/excess or critical_value, verdict),
+    ``drifting``, ``verdict`` and ``details``.
     """
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     unknown = set(thresholds) - set(DEFAULT_THRESHOLDS)
@@ -351,6 +433,9 @@ def compute_data_drift(past_path, future_path, window: str | WindowSpec = "month
         past_activity = _grow(past_activity, len(hist))
         past_activity[: len(hist)] += hist
     future_activity = future.activity()
+    # no future user is in the past: new_user_share is 1.0 by construction (a user split)
+    user_split = not future.users_seen[:n_past_users].any()
+    compare = dict(thresholds=thresholds, min_rows=min_window_rows, min_users=min_window_users, user_split=user_split)
 
     windows = []
     overall_items = np.zeros(0, dtype=np.int64)
@@ -365,9 +450,10 @@ def compute_data_drift(past_path, future_path, window: str | WindowSpec = "month
             "gaps": future.gap_counts.get(key, np.zeros(len(GAP_EDGES), dtype=np.int64)),
             "activity": future_activity.get(key, np.zeros(0, dtype=np.int64)), "past_activity": past_activity,
         }
+        selection["users"] = int(selection["activity"].sum())  # active users: one count per user
         entry = {"key": int(key), "label": spec.label(key), "start_utc": _utc(spec.start(key)),
                  "end_utc": _utc(spec.end(key))}
-        entry.update(_compare(past, selection, thresholds, min_window_rows))
+        entry.update(_compare(past, selection, **compare))
         windows.append(entry)
         overall_items = _grow(overall_items, len(selection["items"]))
         overall_items[: len(selection["items"])] += selection["items"]
@@ -379,15 +465,18 @@ def compute_data_drift(past_path, future_path, window: str | WindowSpec = "month
     overall = _compare(past, {
         "rows": future.rows, "items": overall_items, "new_item_rows": sum(future.new_item_rows.values()),
         "new_user_rows": sum(future.new_user_rows.values()), "ratings": overall_ratings, "gaps": overall_gaps,
-        "activity": overall_activity, "past_activity": past_activity,
-    }, thresholds, min_window_rows)
+        "activity": overall_activity, "past_activity": past_activity, "users": int(future.users_seen.sum()),
+    }, **compare)
     future_summary = _side_summary(future)
     future_summary["new_users"] = int(future.users_seen[n_past_users:].sum())
     future_summary["new_items"] = int(future.items_seen[n_past_items:].sum())
+    future_summary["shared_users"] = future_summary["users"] - future_summary["new_users"]
+    past_summary = {"path": str(past_file.path), **_side_summary(past),
+                    **_gap_summary(past.gap_counts.get(0, np.zeros(0)))}
     return {
         "window": spec.name, "window_anchor_utc": _utc(spec.anchor) if spec.anchor is not None else None,
-        "thresholds": thresholds, "min_window_rows": min_window_rows,
-        "past": {"path": str(past_file.path), **_side_summary(past)},
+        "thresholds": thresholds, "min_window_rows": min_window_rows, "min_window_users": min_window_users,
+        "user_split": bool(user_split), "headline": _headline(overall), "past": past_summary,
         "future": {"path": str(future_file.path), **future_summary},
         "overall": overall, "windows": windows, "gap_method": gap_method,
     }

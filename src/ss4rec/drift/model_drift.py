@@ -252,13 +252,15 @@ def _verdict(entry: dict, reference: dict, k: int, max_drop: float, min_predicti
     for metric in (f"hit@{k}", f"ndcg@{k}"):
         value, ref = entry["metrics"].get(metric), reference.get(metric)
         drops[metric] = None if value is None or not ref else float(1 - value / ref)
-    if entry["predictions"] < min_predictions:
+    short = entry["predictions"] < min_predictions
+    if short:
         verdict = "insufficient data"
     elif any(d is not None and d > max_drop for d in drops.values()):
         verdict = "drift"
     else:
         verdict = "no drift"
-    return {"relative_drop": drops, "verdict": verdict}
+    return {"relative_drop": drops, "verdict": verdict, "insufficient": short,
+            "insufficient_reason": f"{entry['predictions']:,} predictions < {min_predictions:,}" if short else None}
 
 
 class _Batcher:

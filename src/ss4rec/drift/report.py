@@ -27,35 +27,78 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "n/a"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _cell(measure: dict) -> str:
+    """A measure as its rule read it: popularity ``value - noise = excess``, KS ``value (crit
+    c)``; ⚠ only on a drift verdict (never on insufficient or not-applicable ones)."""
+    value = measure["value"]
+    if value is None:
+        return "n/a"
+    text = _fmt(value)
+    if "excess" in measure:
+        text = f"{text} − {_fmt(measure['noise'])} = {_fmt(measure['excess'])}"
+    elif measure.get("critical_value") is not None:
+        text = f"{text} (crit {_fmt(measure['critical_value'])})"
+    if measure["verdict"] == "not applicable":
+        return f"{text} (not applicable)"
+    return text + (" ⚠" if measure["verdict"] == "drift" else "")
+
+
+def _gaps(details: dict) -> str:
+    if "zero_gap_share" not in details:
+        return "n/a"
+    return f"{details['zero_gap_share']:.0%} · {_duration(details['median_positive_gap_seconds'])}"
+
+
+def _verdict_cell(entry: dict) -> str:
+    if entry.get("insufficient"):
+        return f"insufficient data: {entry['insufficient_reason']}"
+    return entry["verdict"] + (f" ({', '.join(entry['drifting'])})" if entry.get("drifting") else "")
+
+
 def markdown(report: dict) -> str:
     data = report["data_drift"]
+    past, future, t = data["past"], data["future"], data["thresholds"]
+    insufficient = sum(w["insufficient"] for w in data["windows"])
     lines = [
         "# Drift report", "",
-        f"- past: `{data['past']['path']}`: {data['past']['rows']:,} interactions, {data['past']['users']:,} users, "
-        f"{data['past']['items']:,} items, {data['past']['time_min_utc']} .. {data['past']['time_max_utc']}",
-        f"- future: `{data['future']['path']}`: {data['future']['rows']:,} interactions, "
-        f"{data['future']['users']:,} users ({data['future']['new_users']:,} new), {data['future']['items']:,} items "
-        f"({data['future']['new_items']:,} new), {data['future']['time_min_utc']} .. {data['future']['time_max_utc']}",
-        f"- windows: {data['window']}; overall data verdict: **{data['overall']['verdict']}**"
-        + (f" ({', '.join(data['overall']['drifting'])})" if data["overall"]["drifting"] else ""),
+        f"**Data: {data['headline']}.**", "",
+        f"- past: `{past['path']}`: {past['rows']:,} interactions, {past['users']:,} users, "
+        f"{past['items']:,} items, {past['time_min_utc']} .. {past['time_max_utc']}; gaps: "
+        f"{_gaps(past)} (share under 1 s · median of the others)",
+        f"- future: `{future['path']}`: {future['rows']:,} interactions, "
+        f"{future['users']:,} users ({future['new_users']:,} new, {future['shared_users']:,} also in the past), "
+        f"{future['items']:,} items ({future['new_items']:,} new), {future['time_min_utc']} .. {future['time_max_utc']}",
+        f"- windows: {len(data['windows'])} × {data['window']}, {insufficient} with insufficient data "
+        f"(under {data['min_window_rows']:,} interactions or {data['min_window_users']:,} active users: no verdict, "
+        f"no ⚠); overall data verdict: **{_verdict_cell(data['overall'])}**",
         f"- gaps: {data['gap_method']}", "",
         "## Data drift", "",
-        "Each future window against the whole past. Drift when the value passes its threshold "
-        "(popularity: after subtracting the sampling-noise level; KS: also above the alpha=0.01 "
-        "critical value).", "",
+        "Each future window against the whole past; ⚠ marks a measure that drifts. Rules: popularity_js cells read "
+        f"`value − noise = excess` (noise: the divergence sampling alone gives at the window's size), drift when "
+        f"excess > {t['popularity_js']}; gap_ks and activity_ks cells read `value (crit c)` (c: the two-sample "
+        f"KS critical value at alpha = 0.01), drift when value > threshold ({t['gap_ks']}, {t['activity_ks']}) "
+        f"and > c; new_item_share > {t['new_item_share']}, new_user_share > {t['new_user_share']}, "
+        f"rating_js > {t['rating_js']}. Gaps: share of gaps under 1 s · median of the others.", "",
     ]
+    if data["user_split"]:
+        lines += [f"new_user_share is not applicable: {data['overall']['measures']['new_user_share']['note']}.", ""]
     names = list(_MEASURE_TITLES)
-    lines.append("| window | rows | " + " | ".join(names) + " | verdict |")
-    lines.append("|---|---:|" + "---:|" * len(names) + "---|")
+    lines.append("| window | rows | users | " + " | ".join(names) + " | gaps | verdict |")
+    lines.append("|---|---:|---:|" + "---:|" * len(names) + "---:|---|")
     for entry in data["windows"] + [dict(data["overall"], label="**all**")]:
-        cells = []
-        for name in names:
-            measure = entry["measures"][name]
-            mark = " ⚠" if measure["verdict"] == "drift" else ""
-            cells.append(_fmt(measure["value"]) + mark)
-        lines.append(f"| {entry['label']} | {entry['rows']:,} | " + " | ".join(cells) + f" | {entry['verdict']} |")
-    lines += ["", "Thresholds: " + ", ".join(f"{k} {v}" for k, v in data["thresholds"].items())
-              + f"; windows under {data['min_window_rows']} rows: insufficient data.", ""]
+        cells = [_cell(entry["measures"][name]) for name in names]
+        lines.append(f"| {entry['label']} | {entry['rows']:,} | {entry['users']:,} | " + " | ".join(cells)
+                     + f" | {_gaps(entry['details'])} | {_verdict_cell(entry)} |")
+    lines += ["", "Thresholds: " + ", ".join(f"{k} {v}" for k, v in t.items()) + ".", ""]
 
     model = report.get("model_drift")
     if model:
@@ -76,7 +119,7 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {entry['label']} | {entry['predictions']:,} | {_fmt(entry['metrics'][f'hit@{k}'])} | "
                 f"{_fmt(entry['metrics'][f'ndcg@{k}'])} | {entry['unknown_item_targets']:,} | {entry['no_context']:,} | "
-                f"{entry['unknown_user_predictions']:,} | {entry['verdict']} |")
+                f"{entry['unknown_user_predictions']:,} | {_verdict_cell(entry)} |")
         lines.append("")
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in report["plots"]] + [""]
@@ -87,56 +130,129 @@ def write_markdown(report: dict, path) -> None:
     Path(path).write_text(markdown(report), encoding="utf-8")
 
 
-def write_plots(report: dict, output_dir) -> list[str]:
-    """``data_drift.png`` (each measure per window, with its threshold) and, with a model,
-    ``model_drift.png`` (HR@K / NDCG@K per window, with the reference)."""
+def _window_times(windows: list[dict]):
+    """Each window's (start, end, middle) as matplotlib date numbers (UTC)."""
+    import matplotlib.dates as mdates
+    import numpy as np
+    import pandas as pd
+
+    start = mdates.date2num(pd.to_datetime([w["start_utc"] for w in windows]).tz_convert(None).to_pydatetime())
+    end = mdates.date2num(pd.to_datetime([w["end_utc"] for w in windows]).tz_convert(None).to_pydatetime())
+    return np.asarray(start), np.asarray(end), (np.asarray(start) + np.asarray(end)) / 2
+
+
+def _date_axis(ax) -> None:
+    """A date axis readable with any number of windows: a few ticks, concise labels."""
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def _grey_out(ax, start, end, middle, values, insufficient) -> None:
+    """Insufficient windows: a grey band and hollow grey markers (gid ``insufficient``);
+    their values are off the main line, so they are not read as results."""
+    for a, b in zip(start[insufficient], end[insufficient]):
+        ax.axvspan(a, b, color="0.9", zorder=0, gid="insufficient")
+    ax.scatter(middle[insufficient], values[insufficient], facecolors="none", edgecolors="0.6", s=18,
+               gid="insufficient", label="insufficient data (no verdict)")
+
+
+def data_drift_figure(report: dict):
+    """The data-drift figure: per measure, sufficient windows on a line with the per-window
+    drift limit (threshold; popularity: noise + threshold; KS: max(threshold, critical
+    value)), drifting windows in red (gid ``drift``), insufficient ones greyed out (gid
+    ``insufficient``), on a date axis. Returned, not saved, so tests can read its artists."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    output_dir = Path(output_dir)
-    written = []
     data = report["data_drift"]
-    labels = [w["label"] for w in data["windows"]]
-    x = range(len(labels))
+    windows = data["windows"]
+    start, end, middle = _window_times(windows)
+    insufficient = np.array([w["insufficient"] for w in windows], dtype=bool)
     fig, axes = plt.subplots(2, 3, figsize=(14, 7), sharex=True)
     for ax, name in zip(axes.flat, _MEASURE_TITLES):
-        values = [w["measures"][name]["value"] for w in data["windows"]]
-        ax.plot(x, [float("nan") if v is None else v for v in values], marker="o", label="future window")
-        ax.axhline(data["thresholds"][name], color="red", linestyle="--", label="threshold")
+        measures = [w["measures"][name] for w in windows]
+        values = np.array([np.nan if m["value"] is None else m["value"] for m in measures])
+        shown = np.where(insufficient, np.nan, values)
+        ax.plot(middle, shown, marker="o", markersize=3, label="future window")
         if name == "popularity_js":
-            noise = [w["measures"][name].get("noise") for w in data["windows"]]
-            ax.plot(x, [float("nan") if v is None else v for v in noise], color="gray", linestyle=":", label="noise level")
-        ax.set_title(_MEASURE_TITLES[name], fontsize=10)
-        ax.set_xticks(list(x), labels, rotation=60, fontsize=7)
+            noise = np.array([np.nan if m.get("noise") is None else m["noise"] for m in measures])
+            ax.plot(middle, np.where(insufficient, np.nan, noise), color="gray", linestyle=":", marker="_",
+                    label="noise level")
+            limit = np.where(insufficient, np.nan, noise + data["thresholds"][name])
+            ax.plot(middle, limit, color="red", linestyle="--", marker="_", label="drift limit")
+        elif name in ("gap_ks", "activity_ks"):
+            critical = np.array([np.nan if m.get("critical_value") is None else m["critical_value"] for m in measures])
+            limit = np.where(insufficient, np.nan, np.fmax(critical, data["thresholds"][name]))
+            ax.plot(middle, limit, color="red", linestyle="--", marker="_", label="drift limit")
+        else:
+            ax.axhline(data["thresholds"][name], color="red", linestyle="--", label="drift limit")
+        drifting = np.array([m["verdict"] == "drift" for m in measures], dtype=bool)
+        if drifting.any():
+            ax.scatter(middle[drifting], values[drifting], color="red", s=22, zorder=3, gid="drift", label="drift")
+        if insufficient.any():
+            _grey_out(ax, start, end, middle, values, insufficient)
+        title = _MEASURE_TITLES[name]
+        if measures and measures[0]["verdict"] == "not applicable":
+            title += " (not applicable)"
+        ax.set_title(title, fontsize=10)
+        _date_axis(ax)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"Data drift per {data['window']} window against the past")
+    fig.suptitle(f"Data drift per {data['window']} window against the past ({len(windows)} windows, "
+                 f"{int(insufficient.sum())} with insufficient data)")
     fig.tight_layout()
-    path = output_dir / "data_drift.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(str(path))
+    return fig
 
-    model = report.get("model_drift")
-    if model:
-        k = model["verdict_k"]
-        labels = [w["label"] for w in model["windows"]]
-        x = range(len(labels))
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        for metric, color in ((f"hit@{k}", "tab:blue"), (f"ndcg@{k}", "tab:orange")):
-            values = [w["metrics"][metric] for w in model["windows"]]
-            ax.plot(x, [float("nan") if v is None else v for v in values], marker="o", color=color,
-                    label=f"{metric} per window")
-            reference = model["reference"]["metrics"].get(metric)
-            if reference is not None:
-                ax.axhline(reference, color=color, linestyle="--", label=f"{metric} test (reference)")
-        ax.set_xticks(list(x), labels, rotation=60, fontsize=8)
-        ax.set_title(f"Model drift: {model['model']} next-item metrics per {data['window']} window")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = output_dir / "model_drift.png"
-        fig.savefig(path, dpi=100)
+
+def model_drift_figure(report: dict):
+    """HR@K / NDCG@K per window with the reference, on the data part's date axis;
+    insufficient windows greyed out as in :func:`data_drift_figure`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    model = report["model_drift"]
+    k = model["verdict_k"]
+    by_key = {w["key"]: w for w in report["data_drift"]["windows"]}  # same future file, same window keys
+    start, end, middle = _window_times([by_key[w["key"]] for w in model["windows"]])
+    insufficient = np.array([w["verdict"] == "insufficient data" for w in model["windows"]], dtype=bool)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for metric, color in ((f"hit@{k}", "tab:blue"), (f"ndcg@{k}", "tab:orange")):
+        values = np.array([np.nan if w["metrics"][metric] is None else w["metrics"][metric] for w in model["windows"]])
+        ax.plot(middle, np.where(insufficient, np.nan, values), marker="o", markersize=3, color=color,
+                label=f"{metric} per window")
+        reference = model["reference"]["metrics"].get(metric)
+        if reference is not None:
+            ax.axhline(reference, color=color, linestyle="--", label=f"{metric} test (reference)")
+        if insufficient.any():
+            _grey_out(ax, start, end, middle, values, insufficient)
+    _date_axis(ax)
+    ax.set_title(f"Model drift: {model['model']} next-item metrics per {report['data_drift']['window']} window")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_plots(report: dict, output_dir) -> list[str]:
+    """``data_drift.png`` (:func:`data_drift_figure`) and, with a model, ``model_drift.png``
+    (:func:`model_drift_figure`)."""
+    import matplotlib.pyplot as plt
+
+    output_dir = Path(output_dir)
+    figures = [("data_drift.png", data_drift_figure)]
+    if report.get("model_drift"):
+        figures.append(("model_drift.png", model_drift_figure))
+    written = []
+    for name, make in figures:
+        fig = make(report)
+        fig.savefig(output_dir / name, dpi=100)
         plt.close(fig)
-        written.append(str(path))
+        written.append(str(output_dir / name))
     return written
