@@ -17,9 +17,18 @@ only (``hidden_size`` from a config means nothing to NeuMF). Model-specific sett
 from each model's own defaults. ``S5-only``, ``S6-only`` and ``ignore-time`` are SS4Rec
 with ``model_type`` set.
 
-Output (``output_dir``): ``comparison.csv``, ``comparison.md`` (rewritten after every
-model, so a long run shows its progress), and one folder per model holding its
-``settings.yaml``, ``train.out`` (the subprocess's output), ``results.json`` and checkpoint.
+Seeds (``seeds=3`` or ``[2020, 2021]``): every model trains once per seed (seed-major, so
+a complete table for the first seed comes first), in ``MODEL/seed-N``. After training, each
+run's best checkpoint is evaluated in a subprocess (``ss4rec evaluate --time-probe``):
+per-user ranks for the paired bootstrap CIs, and the time diagnostics (:mod:`ss4rec.probe`,
+:mod:`ss4rec.study`). Running the same comparison again into the same folder reuses every
+run that finished with identical settings, so an interrupted study continues.
+
+Output (``output_dir``, rewritten after every run, so a long study shows its progress):
+``comparison.csv`` (one row per run), ``comparison.md`` (mean ± std over seeds with CI
+columns, the time diagnostics, then every run), ``summary.json``, the plots
+(:mod:`ss4rec.compare_plots`), and one folder per run holding its ``settings.yaml``,
+``train.out`` (the subprocess's output), ``results.json``, checkpoints and ``evaluate/``.
 """
 
 from __future__ import annotations
@@ -52,8 +61,9 @@ COMPARE_DEFAULTS = {
 ABLATIONS = ("S5-only", "S6-only", "ignore-time")
 
 METRIC_ORDER = ("hit", "ndcg", "mrr")
-COST_COLUMNS = ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb",
+COST_COLUMNS = ("seconds_per_epoch", "epochs_run", "best_epoch", "train_seconds", "peak_memory_mb",
                 "memory_kind", "parameters")
+FIRST_SEED = 2020  # RecBole's default seed; --seeds N runs 2020 .. 2020 + N - 1
 
 
 @dataclass
@@ -86,6 +96,28 @@ def parse_models(text) -> list[ModelSpec]:
         else:
             specs.append(ModelSpec(name, name))
     return specs
+
+
+def parse_seeds(value) -> list[int] | None:
+    """``3`` -> [2020, 2021, 2022]; ``"1,7"`` or ``[1, 7]`` -> [1, 7]; None -> None (one run each)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise UserError(f"--seeds {value!r}: give a count (--seeds 3) or a comma-separated list "
+                            "of integer seeds (--seeds 2020,2021,2022)") from None
+        value = numbers[0] if len(numbers) == 1 else numbers
+    if isinstance(value, int):
+        if not 1 <= value <= 100:
+            raise UserError(f"--seeds {value}: a count of seeds from 1 to 100 (or a list: --seeds 7,8)")
+        return list(range(FIRST_SEED, FIRST_SEED + value))
+    seeds = [int(v) for v in value]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {seeds}: give distinct seeds")
+    return seeds
 
 
 def shared_settings(config_files=(), config_dict=None, epochs=None) -> dict:
@@ -169,38 +201,85 @@ def _run_subprocess(command, log_file: Path, timeout_s=None):
 
 
 def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, device=None,
-              timeout_s=None) -> dict:
-    """Train one model in a subprocess; a table row (status ``ok`` or ``failed`` with ``error``)."""
+              timeout_s=None, seed=None, log=None) -> dict:
+    """Train one model (one seed) in a subprocess, then evaluate its best checkpoint.
+
+    Returns a table row: status ``ok`` or ``failed`` with ``error``. A run folder that
+    already holds a finished run with these exact settings is reused, not retrained.
+    """
     import json
 
     model_dir = out_dir / _folder_name(spec.label)
+    if seed is not None:
+        model_dir = model_dir / f"seed-{seed}"
+        settings = {**settings, "seed": seed}
     model_dir.mkdir(parents=True, exist_ok=True)
     settings_file = model_dir / "settings.yaml"
-    settings_file.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
-    results_file = model_dir / "results.json"
-    if results_file.exists():
-        results_file.unlink()  # a stale file must not pass for this run's result
-    command = [sys.executable, "-m", "ss4rec", "train", "--model", spec.model, "--dataset", dataset,
-               "--config", str(settings_file), "--output", str(model_dir)]
+    text = yaml.safe_dump(settings, sort_keys=False)
+    results_file, usage_file = model_dir / "results.json", model_dir / "usage.json"
+    row = {"model": spec.label, "seed": seed if seed is not None else settings.get("seed", ""),
+           "status": "failed", "run_dir": str(model_dir), "error": ""}
+    reuse = (results_file.exists() and usage_file.exists() and settings_file.exists()
+             and settings_file.read_text(encoding="utf-8") == text)
+    if reuse:
+        peak_rss_mb = json.loads(usage_file.read_text(encoding="utf-8"))["peak_rss_mb"]
+        if log:
+            log(f"[compare] {spec.label}{'' if seed is None else f' seed {seed}'}: finished before "
+                f"with these settings, reused ({model_dir})", flush=True)
+    else:
+        settings_file.write_text(text, encoding="utf-8")
+        for stale in (results_file, usage_file):
+            if stale.exists():
+                stale.unlink()  # a stale file must not pass for this run's result
+        command = [sys.executable, "-m", "ss4rec", "train", "--model", spec.model, "--dataset", dataset,
+                   "--config", str(settings_file), "--output", str(model_dir)]
+        if device:
+            command += ["--device", device]
+        returncode, peak_rss_mb, timed_out = _run_subprocess(command, model_dir / "train.out", timeout_s)
+        if timed_out:
+            row["error"] = f"timed out after {timeout_s:.0f} s"
+            return row
+        if returncode != 0 or not results_file.exists():
+            row["error"] = _failure_cause(model_dir / "train.out", returncode)
+            return row
+    results = json.loads(results_file.read_text(encoding="utf-8"))
+    row.update(results["test"])
+    row.update(status="ok", seconds_per_epoch=results["seconds_per_epoch"],
+               epochs_run=results["epochs_run"], best_epoch=_best_epoch(results),
+               train_seconds=results["train_seconds"], parameters=results["parameters"])
+    if "peak_gpu_memory_mb" in results:
+        row.update(peak_memory_mb=results["peak_gpu_memory_mb"], memory_kind="cuda")
+    else:
+        row.update(peak_memory_mb=peak_rss_mb, memory_kind="rss")
+    if not reuse or not (model_dir / "evaluate" / "user_ranks.csv").exists():
+        row["evaluate_error"] = _evaluate_run(results, settings, model_dir, device)
+    if not reuse:
+        # Written last: its presence says "trained and evaluated with settings.yaml".
+        usage_file.write_text(json.dumps({"peak_rss_mb": peak_rss_mb}), encoding="utf-8")
+    return row
+
+
+def _evaluate_run(results: dict, settings: dict, model_dir: Path, device) -> str:
+    """Per-user ranks (and the time probe, when the time field is loaded) of the best checkpoint.
+
+    Returns "" on success, else the cause: the training result stands either way.
+    """
+    command = [sys.executable, "-m", "ss4rec", "evaluate", "--checkpoint", results["checkpoint"],
+               "--output", str(model_dir / "evaluate")]
+    load_col = settings.get("load_col")
+    time_field = results.get("config", {}).get("TIME_FIELD", "timestamp")
+    if load_col is None or time_field in (load_col.get("inter") or []):
+        command.append("--time-probe")
     if device:
         command += ["--device", device]
-    row = {"model": spec.label, "status": "failed", "run_dir": str(model_dir), "error": ""}
-    returncode, peak_rss_mb, timed_out = _run_subprocess(command, model_dir / "train.out", timeout_s)
-    if timed_out:
-        row["error"] = f"timed out after {timeout_s:.0f} s"
-    elif returncode != 0 or not results_file.exists():
-        row["error"] = _failure_cause(model_dir / "train.out", returncode)
-    else:
-        results = json.loads(results_file.read_text(encoding="utf-8"))
-        row.update(results["test"])
-        row.update(status="ok", seconds_per_epoch=results["seconds_per_epoch"],
-                   epochs_run=results["epochs_run"], train_seconds=results["train_seconds"],
-                   parameters=results["parameters"])
-        if "peak_gpu_memory_mb" in results:
-            row.update(peak_memory_mb=results["peak_gpu_memory_mb"], memory_kind="cuda")
-        else:
-            row.update(peak_memory_mb=peak_rss_mb, memory_kind="rss")
-    return row
+    returncode, _, _ = _run_subprocess(command, model_dir / "evaluate.out")
+    return "" if returncode == 0 else _failure_cause(model_dir / "evaluate.out", returncode)
+
+
+def _best_epoch(results):
+    from ss4rec.study import _best_epoch as best
+
+    return best(results)
 
 
 def _folder_name(label: str) -> str:
@@ -212,7 +291,8 @@ def metric_columns(topk) -> list[str]:
 
 
 def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None, epochs=None,
-            output_dir="runs/compare", device=None, timeout_s=None, log=print) -> list[dict]:
+            output_dir="runs/compare", device=None, timeout_s=None, log=print, seeds=None,
+            reference: str = "SS4Rec") -> list[dict]:
     """Train every model of ``models`` under the same settings; write the comparison table.
 
     Args:
@@ -221,46 +301,71 @@ def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None,
         epochs: overrides ``epochs`` for every model.
         output_dir: where the table and one folder per model go.
         device: ``cpu``, ``cuda`` or None (RecBole's choice).
-        timeout_s: per-model wall-clock limit; a model past it is killed and marked failed.
+        timeout_s: per-run wall-clock limit; a run past it is killed and marked failed.
         log: where progress lines go (``print``; ``None`` for silence).
+        seeds: None (one run per model, the configs' seed), a count, or a list of seeds.
+        reference: the model the paired CIs compare against (default SS4Rec; else the first).
 
     Returns:
-        One row per model: ``model``, ``status`` (``ok``/``failed``), metrics, costs, ``error``.
+        One row per run: ``model``, ``seed``, ``status`` (``ok``/``failed``), metrics, costs, ``error``.
     """
     specs = parse_models(models)
+    seed_list = parse_seeds(seeds)
     out_dir = Path(output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     shared = shared_settings(config_files, config_dict, epochs)
+    runs = [(spec, seed) for seed in (seed_list or [None]) for spec in specs]
     rows = []
-    for spec in specs:
+    for i, (spec, seed) in enumerate(runs, 1):
+        name = spec.label if seed is None else f"{spec.label} seed {seed}"
         if log:
-            log(f"[compare] {spec.label}: training ({out_dir / _folder_name(spec.label)})", flush=True)
-        row = run_model(spec, settings_for(spec, shared, specs), dataset, out_dir, device, timeout_s)
+            log(f"[compare] run {i}/{len(runs)}: {name}: training", flush=True)
+        row = run_model(spec, settings_for(spec, shared, specs), dataset, out_dir, device, timeout_s, seed, log)
         rows.append(row)
         if log:
             detail = f"ndcg@10 {row.get('ndcg@10', float('nan')):.4f}" if row["status"] == "ok" else row["error"]
-            log(f"[compare] {spec.label}: {row['status']} ({detail})", flush=True)
-        write_tables(rows, out_dir, shared, dataset)
+            if row.get("evaluate_error"):
+                detail += f"; evaluate failed: {row['evaluate_error']}"
+            log(f"[compare] run {i}/{len(runs)}: {name}: {row['status']} ({detail})", flush=True)
+        write_tables(rows, out_dir, shared, dataset, reference)
     return rows
 
 
-def write_tables(rows, out_dir, shared: dict, dataset: str) -> None:
-    """``comparison.csv`` (every column) and ``comparison.md`` (readable) in ``out_dir``."""
+def write_tables(rows, out_dir, shared: dict, dataset: str, reference: str = "SS4Rec") -> dict:
+    """``comparison.csv`` (a row per run), ``summary.json``, the plots and ``comparison.md``.
+
+    Returns the summary (:func:`ss4rec.study.summarise`).
+    """
+    import json
+
+    from ss4rec.compare_plots import plot_summary
+    from ss4rec.study import markdown_summary, summarise
+
     out_dir = Path(out_dir)
-    columns = ["model", "status", *metric_columns(shared.get("topk", [10])), *COST_COLUMNS, "run_dir", "error"]
+    topk = list(shared.get("topk", [10]))
+    columns = ["model", "seed", "status", *metric_columns(topk), *COST_COLUMNS, "run_dir", "error"]
     with open(out_dir / "comparison.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({c: row.get(c, "") for c in columns})
-    (out_dir / "comparison.md").write_text(markdown_table(rows, shared, dataset), encoding="utf-8")
+    summary = summarise(rows, topk, reference)
+    summary["plots"] = plot_summary(summary, out_dir)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    text = [markdown_table(rows, shared, dataset)]
+    if any(r["status"] == "ok" for r in rows):
+        plots = "".join(f"![{name}]({Path(path).name})\n" for name, path in summary["plots"].items())
+        text = [text[0].split("\n\n")[0], "", "## Summary over seeds", "", markdown_summary(summary, topk),
+                plots, "## Every run", "", text[0].split("\n\n", 1)[1]]
+    (out_dir / "comparison.md").write_text("\n".join(text), encoding="utf-8")
+    return summary
 
 
 def markdown_table(rows, shared: dict, dataset: str) -> str:
     """The comparison as a Markdown table, failures listed with their causes below it."""
     metrics = metric_columns(shared.get("topk", [10]))
-    header = ["model", *[m.replace("hit", "HR").replace("ndcg", "NDCG").replace("mrr", "MRR") for m in metrics],
-              "s/epoch", "epochs", "peak MiB", "params"]
+    header = ["model", "seed", *[m.replace("hit", "HR").replace("ndcg", "NDCG").replace("mrr", "MRR") for m in metrics],
+              "s/epoch", "epochs", "best epoch", "peak MiB", "params"]
     lines = [
         f"Dataset `{dataset}`; MAX_ITEM_LIST_LENGTH {shared.get('MAX_ITEM_LIST_LENGTH', 'default')}, "
         f"epochs {shared.get('epochs', 'default')}, train_batch_size {shared.get('train_batch_size', 'default')}, "
@@ -271,13 +376,17 @@ def markdown_table(rows, shared: dict, dataset: str) -> str:
     ]
     for row in rows:
         if row["status"] != "ok":
-            lines.append("| " + " | ".join([row["model"], "failed", *[""] * (len(header) - 2)]) + " |")
+            lines.append("| " + " | ".join([row["model"], str(row.get("seed", "")), "failed",
+                                            *[""] * (len(header) - 3)]) + " |")
             continue
         memory = f"{row['peak_memory_mb']:.0f} ({row['memory_kind']})"
-        cells = [row["model"], *[f"{row.get(m, float('nan')):.4f}" for m in metrics],
-                 f"{row['seconds_per_epoch']:.1f}", str(row["epochs_run"]), memory, f"{row['parameters']:,}"]
+        cells = [row["model"], str(row.get("seed", "")), *[f"{row.get(m, float('nan')):.4f}" for m in metrics],
+                 f"{row['seconds_per_epoch']:.1f}", str(row["epochs_run"]), str(row.get("best_epoch") or ""),
+                 memory, f"{row['parameters']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
-        lines += ["", "Failed:", ""] + [f"- {r['model']}: {r['error']}" for r in failed]
+        lines += ["", "Failed:", ""] + [
+            f"- {r['model']}{'' if r.get('seed') in (None, '') else ' seed ' + str(r['seed'])}: {r['error']}"
+            for r in failed]
     return "\n".join(lines) + "\n"

@@ -3,10 +3,16 @@
     $ ss4rec compare --models SS4Rec,SASRec,GRU4Rec,BERT4Rec,NeuMF,S6-only,S5-only \\
           --dataset ml-100k --config ml-100k-quick --epochs 10 --output runs/cmp
 
-Writes ``OUTPUT/comparison.csv`` and ``OUTPUT/comparison.md`` (HR/NDCG/MRR at every
-``topk``, seconds per epoch, peak memory, parameters) and ``OUTPUT/MODEL/results.json``
-per model. A model that fails is listed as failed with its cause; the others still run.
-Exits 1 when any model failed (after writing the table), 0 otherwise.
+    $ ss4rec compare --models SS4Rec,TiSASRec,SASRec --config ml-100k-quick --seeds 3 \\
+          --set epochs=200 --set stopping_step=5 --output runs/study
+
+Writes ``OUTPUT/comparison.csv`` (a row per run) and ``OUTPUT/comparison.md`` (HR/NDCG/MRR
+at every ``topk`` as mean ± std over seeds, a paired per-user bootstrap 95% CI of each
+model's NDCG@10 difference from SS4Rec, epochs and the early-stopping epoch, seconds per
+epoch, peak memory; NDCG@10 by gap bucket; time-shift sensitivity), ``summary.json``, PNG
+plots, and ``OUTPUT/MODEL[/seed-N]/`` per run. A run that fails is listed as failed with
+its cause; the others still run. Running again into OUTPUT reuses finished runs.
+Exits 1 when any run failed (after writing the table), 0 otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +36,13 @@ def add_subparser(subparsers) -> None:
                         help="where to train (default: GPU when available)")
     parser.add_argument("--timeout-minutes", type=float, default=None, metavar="M",
                         help="kill a model still training after M minutes and mark it failed")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the table and the runs")
+    parser.add_argument("--seeds", default=None, metavar="N|S1,S2,...",
+                        help="train every model with N seeds (2020, 2021, ...) or with the listed seeds; the "
+                             "table gets mean ± std and paired bootstrap CIs against --reference")
+    parser.add_argument("--reference", default="SS4Rec", metavar="MODEL",
+                        help="model the per-user paired CIs compare against (default: SS4Rec)")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="folder for the table and the runs (run again into it to continue a study)")
     parser.set_defaults(func=main)
 
 
@@ -43,6 +55,7 @@ def main(args) -> int:
     timeout_s = args.timeout_minutes * 60 if args.timeout_minutes else None
     rows = compare(args.models, dataset=args.dataset, config_files=args.config,
                    config_dict=config_dict_from_args(args), epochs=args.epochs,
-                   output_dir=args.output, device=args.device, timeout_s=timeout_s)
+                   output_dir=args.output, device=args.device, timeout_s=timeout_s, seeds=args.seeds,
+                   reference=args.reference)
     print((Path(args.output) / "comparison.md").read_text(encoding="utf-8"))
     return 0 if all(r["status"] == "ok" for r in rows) else 1
