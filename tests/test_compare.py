@@ -10,7 +10,7 @@ from ss4rec.compare import (ModelSpec, metric_columns, parse_models, run_model, 
                             shared_settings)
 from ss4rec.errors import UserError
 
-COLUMNS = ["model", "seed", "status", *metric_columns([1, 5, 10, 20]), "seconds_per_epoch", "epochs_run",
+COLUMNS = ["model", "seed", "status", "train_mode", *metric_columns([1, 5, 10, 20]), "seconds_per_epoch", "epochs_run",
            "best_epoch", "train_seconds", "peak_memory_mb", "memory_kind", "parameters", "run_dir", "error"]
 
 

@@ -78,8 +78,10 @@ class ModelSpec:
 def parse_models(text) -> list[ModelSpec]:
     """``"SS4Rec,SASRec,S6-only"`` (or a list) -> model specs; ablations become SS4Rec + model_type.
 
-    Names are not checked here: an unknown name fails in its own subprocess and is
-    reported in the table like any other failure.
+    An entry may carry settings of its own: ``BERT4Rec:epochs=10`` (``NAME:KEY=VALUE:...``,
+    values read as YAML), e.g. an epoch cap for a model too slow to converge; the label
+    shows them (``BERT4Rec (epochs=10)``). Names are not checked here: an unknown name fails
+    in its own subprocess and is reported in the table like any other failure.
     """
     names = text.split(",") if isinstance(text, str) else list(text)
     names = [n.strip() for n in names if n.strip()]
@@ -89,12 +91,20 @@ def parse_models(text) -> list[ModelSpec]:
     if duplicates:
         raise UserError(f"--models names {', '.join(duplicates)} more than once; each model runs once")
     specs = []
-    for name in names:
+    for entry in names:
+        name, *pairs = [p.strip() for p in entry.split(":")]
+        own = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise UserError(f"--models entry {entry!r}: settings go as NAME:KEY=VALUE, e.g. BERT4Rec:epochs=10")
+            own[key.strip()] = yaml.safe_load(value)
+        label = name if not own else f"{name} ({', '.join(f'{k}={v}' for k, v in own.items())})"
         ablation = next((a for a in ABLATIONS if a.lower() == name.lower()), None)
         if ablation:
-            specs.append(ModelSpec(ablation, "SS4Rec", {"model_type": ablation}))
+            specs.append(ModelSpec(label.replace(name, ablation, 1), "SS4Rec", {"model_type": ablation, **own}))
         else:
-            specs.append(ModelSpec(name, name))
+            specs.append(ModelSpec(label, name, own))
     return specs
 
 
@@ -144,7 +154,11 @@ def _own_keys(model: str) -> set[str]:
 
 
 def settings_for(spec: ModelSpec, shared: dict, specs) -> dict:
-    """``shared`` without other models' own keys, plus ``spec``'s overrides."""
+    """``shared`` without other models' own keys, plus ``spec``'s overrides.
+
+    A model that cannot train in ``train_mode: sequence`` (BERT4Rec, NeuMF, ...) trains in
+    prefix mode when the shared settings ask for sequence mode; the table shows each run's mode.
+    """
     from ss4rec.config import known_keys
 
     general = known_keys("")  # RecBole's and ss4rec's keys, no model's
@@ -153,7 +167,21 @@ def settings_for(spec: ModelSpec, shared: dict, specs) -> dict:
     foreign = {k for k in shared if k in others and k not in own and k not in general}
     settings = {k: v for k, v in shared.items() if k not in foreign}
     settings.update(spec.overrides)
+    if settings.get("train_mode") == "sequence" and not _trains_windows(spec.model):
+        settings["train_mode"] = "prefix"
     return settings
+
+
+def _trains_windows(model: str) -> bool:
+    """Whether ``model`` can train in sequence mode (True for unknown names: their run says why)."""
+    from ss4rec.errors import ConfigError
+    from ss4rec.losses import supports_windows
+    from ss4rec.pipeline import resolve_model
+
+    try:
+        return supports_windows(resolve_model(model)[1])
+    except ConfigError:
+        return True
 
 
 def _failure_cause(log_file: Path, returncode: int) -> str:
@@ -201,11 +229,12 @@ def _run_subprocess(command, log_file: Path, timeout_s=None):
 
 
 def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, device=None,
-              timeout_s=None, seed=None, log=None) -> dict:
+              timeout_s=None, seed=None, log=None, train: bool = True) -> dict:
     """Train one model (one seed) in a subprocess, then evaluate its best checkpoint.
 
     Returns a table row: status ``ok`` or ``failed`` with ``error``. A run folder that
-    already holds a finished run with these exact settings is reused, not retrained.
+    already holds a finished run with these exact settings is reused, not retrained. With
+    ``train=False`` nothing is trained: a run not finished before is ``missing``.
     """
     import json
 
@@ -221,6 +250,9 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
            "status": "failed", "run_dir": str(model_dir), "error": ""}
     reuse = (results_file.exists() and usage_file.exists() and settings_file.exists()
              and settings_file.read_text(encoding="utf-8") == text)
+    if not reuse and not train:
+        row.update(status="missing", error="not run yet (or run with other settings)")
+        return row
     if reuse:
         peak_rss_mb = json.loads(usage_file.read_text(encoding="utf-8"))["peak_rss_mb"]
         if log:
@@ -246,6 +278,7 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
     row.update(results["test"])
     row.update(status="ok", seconds_per_epoch=results["seconds_per_epoch"],
                epochs_run=results["epochs_run"], best_epoch=_best_epoch(results),
+               train_mode=results.get("config", {}).get("train_mode") or "prefix",
                train_seconds=results["train_seconds"], parameters=results["parameters"])
     if "peak_gpu_memory_mb" in results:
         row.update(peak_memory_mb=results["peak_gpu_memory_mb"], memory_kind="cuda")
@@ -292,7 +325,7 @@ def metric_columns(topk) -> list[str]:
 
 def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None, epochs=None,
             output_dir="runs/compare", device=None, timeout_s=None, log=print, seeds=None,
-            reference: str = "SS4Rec") -> list[dict]:
+            reference: str = "SS4Rec", train: bool = True) -> list[dict]:
     """Train every model of ``models`` under the same settings; write the comparison table.
 
     Args:
@@ -305,6 +338,8 @@ def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None,
         log: where progress lines go (``print``; ``None`` for silence).
         seeds: None (one run per model, the configs' seed), a count, or a list of seeds.
         reference: the model the paired CIs compare against (default SS4Rec; else the first).
+        train: False to only tabulate the runs already finished in ``output_dir`` (e.g. while
+            other compare processes still train into it); the others are listed as missing.
 
     Returns:
         One row per run: ``model``, ``seed``, ``status`` (``ok``/``failed``), metrics, costs, ``error``.
@@ -318,15 +353,19 @@ def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None,
     rows = []
     for i, (spec, seed) in enumerate(runs, 1):
         name = spec.label if seed is None else f"{spec.label} seed {seed}"
-        if log:
+        if log and train:
             log(f"[compare] run {i}/{len(runs)}: {name}: training", flush=True)
-        row = run_model(spec, settings_for(spec, shared, specs), dataset, out_dir, device, timeout_s, seed, log)
+        row = run_model(spec, settings_for(spec, shared, specs), dataset, out_dir, device, timeout_s, seed,
+                        log if train else None, train)
         rows.append(row)
-        if log:
+        if log and train:
             detail = f"ndcg@10 {row.get('ndcg@10', float('nan')):.4f}" if row["status"] == "ok" else row["error"]
             if row.get("evaluate_error"):
                 detail += f"; evaluate failed: {row['evaluate_error']}"
             log(f"[compare] run {i}/{len(runs)}: {name}: {row['status']} ({detail})", flush=True)
+        if train:
+            write_tables(rows, out_dir, shared, dataset, reference)
+    if not train:
         write_tables(rows, out_dir, shared, dataset, reference)
     return rows
 
@@ -343,7 +382,7 @@ def write_tables(rows, out_dir, shared: dict, dataset: str, reference: str = "SS
 
     out_dir = Path(out_dir)
     topk = list(shared.get("topk", [10]))
-    columns = ["model", "seed", "status", *metric_columns(topk), *COST_COLUMNS, "run_dir", "error"]
+    columns = ["model", "seed", "status", "train_mode", *metric_columns(topk), *COST_COLUMNS, "run_dir", "error"]
     with open(out_dir / "comparison.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -376,7 +415,7 @@ def markdown_table(rows, shared: dict, dataset: str) -> str:
     ]
     for row in rows:
         if row["status"] != "ok":
-            lines.append("| " + " | ".join([row["model"], str(row.get("seed", "")), "failed",
+            lines.append("| " + " | ".join([row["model"], str(row.get("seed", "")), row["status"],
                                             *[""] * (len(header) - 3)]) + " |")
             continue
         memory = f"{row['peak_memory_mb']:.0f} ({row['memory_kind']})"
@@ -384,7 +423,7 @@ def markdown_table(rows, shared: dict, dataset: str) -> str:
                  f"{row['seconds_per_epoch']:.1f}", str(row["epochs_run"]), str(row.get("best_epoch") or ""),
                  memory, f"{row['parameters']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
-    failed = [r for r in rows if r["status"] != "ok"]
+    failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "Failed:", ""] + [
             f"- {r['model']}{'' if r.get('seed') in (None, '') else ' seed ' + str(r['seed'])}: {r['error']}"

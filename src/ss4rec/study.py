@@ -84,11 +84,13 @@ def summarise(rows, topk, reference: str | None = "SS4Rec") -> dict:
     out = {"models": [], "reference": None, "confidence": CONFIDENCE, "resamples": BOOTSTRAP_RESAMPLES}
     for model in models:
         ok = [r for r in rows if r["model"] == model and r["status"] == "ok"]
-        entry = {"model": model, "runs": len([r for r in rows if r["model"] == model]), "seeds_ok": len(ok),
+        entry = {"model": model, "runs": len([r for r in rows if r["model"] == model and r["status"] != "missing"]),
+                 "seeds_ok": len(ok),
                  "seeds": [r.get("seed") for r in ok]}
         if ok:
             for m in metrics:
                 entry[m] = _mean_std([r[m] for r in ok])
+            entry["train_mode"] = ", ".join(sorted({str(r.get("train_mode", "")) for r in ok}))
             entry["epochs_run"] = [r["epochs_run"] for r in ok]
             entry["best_epoch"] = [r.get("best_epoch") for r in ok]
             entry["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in ok]))
@@ -148,13 +150,14 @@ def markdown_summary(summary: dict, topk) -> str:
     """The mean ± std table with CI columns, and the time diagnostics, in Markdown."""
     k = 10 if 10 in topk else topk[-1]
     ref = summary["reference"]
-    header = ["model", "seeds", f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", "NDCG@10 95% CI (users)",
+    header = ["model", "train mode", "seeds", f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", "NDCG@10 95% CI (users)",
               f"Δ NDCG@10 vs {ref} [95% CI]" if ref else "Δ NDCG@10", "epochs run", "best epoch",
               "s/epoch", "peak MiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in summary["models"]:
         if not e["seeds_ok"]:
-            lines.append("| " + " | ".join([e["model"], f"0/{e['runs']}", *["failed"] + [""] * (len(header) - 3)]) + " |")
+            status = "failed" if e["runs"] else "not run yet"
+            lines.append("| " + " | ".join([e["model"], "", f"0/{e['runs']}", status, *[""] * (len(header) - 4)]) + " |")
             continue
         ci = e.get("ndcg@10_ci")
         if e["model"] == ref:
@@ -165,7 +168,7 @@ def markdown_summary(summary: dict, topk) -> str:
             delta = f"{e['delta_ndcg@10']:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}"
         else:
             delta = ""
-        cells = [e["model"], f"{e['seeds_ok']}/{e['runs']}", _pm(e[f"hit@{k}"]), _pm(e[f"ndcg@{k}"]),
+        cells = [e["model"], e["train_mode"], f"{e['seeds_ok']}/{e['runs']}", _pm(e[f"hit@{k}"]), _pm(e[f"ndcg@{k}"]),
                  _pm(e[f"mrr@{k}"]), f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "",
                  delta, ", ".join(str(x) for x in e["epochs_run"]),
                  ", ".join("?" if x is None else str(x) for x in e["best_epoch"]),
