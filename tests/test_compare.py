@@ -105,3 +105,109 @@ def test_other_models_keys_are_dropped_shared_keys_kept():
         assert settings["MAX_ITEM_LIST_LENGTH"] == 20 and settings["topk"] == [1, 5, 10, 20]
     with pytest.raises(UserError, match="at least 1"):
         shared_settings(epochs=0)
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """SS4Rec and SASRec, two seeds each, one short epoch on the tiny data."""
+    out = tmp_path_factory.mktemp("seeds")
+    code = cli_main(["compare", "--models", "SS4Rec,SASRec", "--seeds", "2", "--config", "tiny", "--epochs", "1",
+                     "--set", "d_state=8", "--set", "d_P=8", "--set", "MAX_ITEM_LIST_LENGTH=10",
+                     "--device", "cpu", "--output", str(out)])
+    return code, out, json.loads((out / "summary.json").read_text())
+
+
+def test_seeds_table_has_mean_std_and_paired_ci(seeded):
+    import numpy as np
+    import pandas as pd
+
+    code, out, summary = seeded
+    assert code == 0
+    with open(out / "comparison.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["seed"]) for r in rows] == [("SS4Rec", "2020"), ("SASRec", "2020"),
+                                                       ("SS4Rec", "2021"), ("SASRec", "2021")]
+    for model in ("SS4Rec", "SASRec"):
+        for seed in (2020, 2021):
+            settings = json.loads((out / model / f"seed-{seed}" / "results.json").read_text())["config"]
+            assert settings["seed"] == seed
+    entries = {e["model"]: e for e in summary["models"]}
+    assert summary["reference"] == "SS4Rec"
+    sas = entries["SASRec"]
+    ndcg = [float(r["ndcg@10"]) for r in rows if r["model"] == "SASRec"]
+    assert sas["ndcg@10"][0] == pytest.approx(np.mean(ndcg)) and sas["ndcg@10"][1] == pytest.approx(np.std(ndcg, ddof=1))
+    assert sas["seeds_ok"] == 2 and len(sas["epochs_run"]) == 2 and all(e == 1 for e in sas["best_epoch"])
+
+    # The paired difference, recomputed from the per-user ranks: seed-averaged, paired by user.
+    def per_user(model):
+        frames = [pd.read_csv(out / model / f"seed-{s}" / "evaluate" / "user_ranks.csv").set_index("user_id")["rank"]
+                  for s in (2020, 2021)]
+        return sum(np.where(f <= 10, 1 / np.log2(f + 1), 0.0) for f in frames) / 2
+
+    diff = per_user("SASRec") - per_user("SS4Rec")
+    assert sas["delta_ndcg@10"] == pytest.approx(diff.mean())
+    low, high = sas["delta_ndcg@10_ci"]
+    assert low < sas["delta_ndcg@10"] < high and high - low < 0.2
+    assert sas["paired_users"] == len(diff) == entries["SS4Rec"]["users"]
+    # RecBole's test NDCG@10 is the same per-user mean: the two routes agree.
+    assert entries["SS4Rec"]["ndcg@10_user_mean"] == pytest.approx(entries["SS4Rec"]["ndcg@10"][0], abs=1e-4)
+
+    md = (out / "comparison.md").read_text()
+    assert "NDCG@10 95% CI (users)" in md and "Δ NDCG@10 vs SS4Rec [95% CI]" in md
+    assert "| SASRec | sequence | 2/2 |" in md or "| SASRec | prefix | 2/2 |" in md
+    for plot in ("ndcg10_ci", "ndcg_at_k", "gap_buckets", "time_shift"):
+        png = (out / f"{plot}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+        assert f"({plot}.png)" in md
+
+
+def test_time_probe_one_for_time_blind_below_one_for_ss4rec(seeded):
+    _, out, summary = seeded
+    entries = {e["model"]: e for e in summary["models"]}
+    assert set(entries["SASRec"]["time_shift"]) == {"+1 h", "+1 day", "+30 days"}
+    assert all(v == 1.0 for v in entries["SASRec"]["time_shift"].values())  # exactly
+    assert all(v < 1.0 for v in entries["SS4Rec"]["time_shift"].values())
+    probe = json.loads((out / "SS4Rec" / "seed-2020" / "evaluate" / "time_probe.json").read_text())
+    buckets = probe["gap_buckets"]
+    assert [b["bucket"] for b in buckets] == ["< 1 min", "< 1 h", "< 1 day", "< 30 days", ">= 30 days"]
+    assert sum(b["users"] for b in buckets) == entries["SS4Rec"]["users"] == 305
+    assert buckets[0]["users"] > 100  # ML-100K: many ratings within a minute of the last
+
+
+def test_finished_runs_are_reused_and_no_train_only_tabulates(seeded, capsys):
+    _, out, summary = seeded
+    mtime = (out / "SASRec" / "seed-2020" / "results.json").stat().st_mtime
+    code = cli_main(["compare", "--models", "SS4Rec,SASRec,GRU4Rec", "--seeds", "2", "--config", "tiny",
+                     "--epochs", "1", "--set", "d_state=8", "--set", "d_P=8", "--set", "MAX_ITEM_LIST_LENGTH=10",
+                     "--device", "cpu", "--output", str(out), "--no-train"])
+    assert code == 0
+    assert (out / "SASRec" / "seed-2020" / "results.json").stat().st_mtime == mtime
+    assert not (out / "GRU4Rec").exists() or not any((out / "GRU4Rec").glob("*/results.json"))
+    entries = {e["model"]: e for e in json.loads((out / "summary.json").read_text())["models"]}
+    assert entries["SASRec"]["delta_ndcg@10"] == {e["model"]: e for e in summary["models"]}["SASRec"]["delta_ndcg@10"]
+    assert "| GRU4Rec |  | 0/0 | not run yet |" in (out / "comparison.md").read_text()
+
+
+def test_parse_seeds_and_model_settings():
+    from ss4rec.compare import parse_seeds
+
+    assert parse_seeds(None) is None
+    assert parse_seeds("3") == [2020, 2021, 2022] and parse_seeds(2) == [2020, 2021]
+    assert parse_seeds("7, 9") == [7, 9]
+    for bad in ("0", "x", "3,3", "1.5"):
+        with pytest.raises(UserError, match="--seeds"):
+            parse_seeds(bad)
+    (spec,) = parse_models("BERT4Rec:epochs=10:hidden_size=32")
+    assert spec.label == "BERT4Rec (epochs=10, hidden_size=32)" and spec.model == "BERT4Rec"
+    assert spec.overrides == {"epochs": 10, "hidden_size": 32}
+    (ablation,) = parse_models("s6-only:epochs=3")
+    assert ablation.model == "SS4Rec" and ablation.overrides == {"model_type": "S6-only", "epochs": 3}
+    with pytest.raises(UserError, match="NAME:KEY=VALUE"):
+        parse_models("BERT4Rec:epochs")
+
+
+def test_models_without_windows_train_in_prefix_mode_when_sequence_is_shared():
+    shared = shared_settings(["tiny"], {"train_mode": "sequence"})
+    specs = parse_models("SASRec,BERT4Rec,NeuMF")
+    modes = {s.label: settings_for(s, shared, specs)["train_mode"] for s in specs}
+    assert modes == {"SASRec": "sequence", "BERT4Rec": "prefix", "NeuMF": "prefix"}

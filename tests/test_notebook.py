@@ -34,7 +34,9 @@ def test_notebook_executes_and_saves_figures(tmp_path, monkeypatch):
 
     assert nb.cells[-1].outputs[0]["text"].strip() == sys.executable  # the venv's python
     assert (results / "comparison.csv").is_file()
-    for figure in ("hr_ndcg_vs_k.png", "ndcg10_by_history.png"):
+    for figure in ("hr_ndcg_vs_k.png", "ndcg10_by_history.png", "valid_ndcg10_by_epoch.png",
+                   # the comparison's plots (ss4rec.compare_plots), drawn by the notebook too
+                   "ndcg10_ci.png", "ndcg_at_k.png", "gap_buckets.png", "time_shift.png"):
         png = (results / figure).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     for model in ("SASRec", "GRU4Rec"):
@@ -42,6 +44,10 @@ def test_notebook_executes_and_saves_figures(tmp_path, monkeypatch):
     # The table cell shows both models.
     outputs = "".join(str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
     assert "SASRec" in outputs and "GRU4Rec" in outputs
+    # The summary table (Markdown) and the four plots are displayed.
+    shown = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "display_data"]
+    assert any("Δ NDCG@10 vs SASRec" in o["data"].get("text/markdown", "") for o in shown)
+    assert sum("image/png" in o["data"] for o in shown) >= 4 + 3  # 4 comparison plots, 3 drawn here
 
 
 def test_notebook_runs_on_a_single_train_run(ss4rec_ce_run, monkeypatch, tmp_path):

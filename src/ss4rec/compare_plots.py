@@ -18,18 +18,17 @@ PLOTS = ("ndcg10_ci", "ndcg_at_k", "gap_buckets", "time_shift")
 
 
 def _figure(width=7.0, height=4.0):
-    import matplotlib
+    # A bare Figure, not pyplot: no backend switch and no global state, so this also runs
+    # inside a notebook without changing how its own plots display.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, *plt.subplots(figsize=(width, height))
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
 
 
-def _save(plt, fig, path: Path) -> str:
+def _save(fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 
@@ -55,16 +54,16 @@ def plot_summary(summary: dict, out_dir) -> dict:
     if not models:
         return written
 
-    plt, fig, ax = _figure(7.0, 0.5 + 0.45 * len(models))
+    fig, ax = _figure(7.0, 0.5 + 0.45 * len(models))
     names = [e["model"] for e in models][::-1]
     means = [e["ndcg@10_user_mean"] for e in models][::-1]
     lows = [m - e["ndcg@10_ci"][0] for m, e in zip(means, models[::-1])]
     highs = [e["ndcg@10_ci"][1] - m for m, e in zip(means, models[::-1])]
     ax.barh(names, means, xerr=[lows, highs], capsize=4, color="tab:blue", alpha=0.8)
     ax.set_xlabel("test NDCG@10 (mean over users of the seed-averaged score; 95% CI over users)")
-    written["ndcg10_ci"] = _save(plt, fig, out_dir / "ndcg10_ci.png")
+    written["ndcg10_ci"] = _save(fig, out_dir / "ndcg10_ci.png")
 
-    plt, fig, ax = _figure()
+    fig, ax = _figure()
     for e in models:
         ks = sorted(e["ndcg_at_k"], key=int)  # JSON keys: "1", "2", ...
         ax.plot([int(k) for k in ks], [e["ndcg_at_k"][k] for k in ks], marker="o", label=e["model"])
@@ -73,25 +72,25 @@ def plot_summary(summary: dict, out_dir) -> dict:
     ax.set_xlabel("K")
     ax.set_ylabel("test NDCG@K")
     ax.legend(fontsize=8, ncol=2)
-    written["ndcg_at_k"] = _save(plt, fig, out_dir / "ndcg_at_k.png")
+    written["ndcg_at_k"] = _save(fig, out_dir / "ndcg_at_k.png")
 
     with_gaps = [e for e in models if e.get("gap_buckets")]
     if with_gaps:
-        plt, fig, ax = _figure(8.0, 4.0)
+        fig, ax = _figure(8.0, 4.0)
         groups = [f"{b['bucket']}\n({b['users']} users)" for b in with_gaps[0]["gap_buckets"]]
         _grouped_bars(ax, groups, {e["model"]: [b["ndcg@10"] for b in e["gap_buckets"]] for e in with_gaps},
                       "test NDCG@10")
         ax.set_xlabel("gap between the last history item and the target")
-        written["gap_buckets"] = _save(plt, fig, out_dir / "gap_buckets.png")
+        written["gap_buckets"] = _save(fig, out_dir / "gap_buckets.png")
 
     with_shift = [e for e in models if e.get("time_shift")]
     if with_shift:
-        plt, fig, ax = _figure()
+        fig, ax = _figure()
         shifts = list(with_shift[0]["time_shift"])
         _grouped_bars(ax, [f"request {s}" for s in shifts],
                       {e["model"]: [e["time_shift"][s] for s in shifts] for e in with_shift},
                       "Spearman correlation of scores\n(1.0 = ranking ignores request time)")
         low = min(min(e["time_shift"].values()) for e in with_shift)
         ax.set_ylim(min(0.0, low - 0.05), 1.02)
-        written["time_shift"] = _save(plt, fig, out_dir / "time_shift.png")
+        written["time_shift"] = _save(fig, out_dir / "time_shift.png")
     return written

@@ -20,19 +20,18 @@ from ss4rec.errors import UserError
 TABLE_METRICS = ("hit@10", "ndcg@10", "mrr@10")
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    # A bare Figure, not pyplot: files only, no backend switch, no global state (a notebook
+    # that calls ss4rec.run keeps its inline plots).
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: no display needed, none opened
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_curves(history: list[dict], path, title: str = "") -> Path:
     """Train loss and validation metrics per epoch -> a PNG at ``path``."""
-    plt = _pyplot()
-    fig, (loss_ax, valid_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = _figure(figsize=(10, 3.6))
+    loss_ax, valid_ax = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
     loss_ax.plot(epochs, [h.get("train_loss") for h in history], marker="o")
     loss_ax.set(xlabel="epoch", ylabel="train loss (mean per target)", title="training")
@@ -48,7 +47,6 @@ def plot_curves(history: list[dict], path, title: str = "") -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -57,7 +55,7 @@ def run_folders(path) -> list[Path]:
     path = Path(path)
     if (path / "results.json").is_file():
         return [path]
-    runs = sorted(p.parent for p in path.glob("*/results.json"))
+    runs = sorted(p.parent for p in [*path.glob("*/results.json"), *path.glob("*/seed-*/results.json")])
     if (path / "comparison.csv").is_file() or runs:
         return runs
     raise UserError(f"{path}: not a run folder (no results.json) nor a compare folder (no comparison.csv); "
@@ -71,7 +69,9 @@ def load_runs(paths) -> list[dict]:
         result = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         config = result.get("config") or {}
         rows.append({
-            "run": folder.name, "model": result["model"],
+            # A compare run with seeds lives in MODEL/seed-N: name it by both.
+            "run": f"{folder.parent.name}/{folder.name}" if folder.name.startswith("seed-") else folder.name,
+            "model": result["model"],
             "model_type": config.get("model_type") if result["model"] == "SS4Rec" else None,
             "train_mode": config.get("train_mode") or "prefix",
             "epochs_run": result.get("epochs_run"),
@@ -96,8 +96,8 @@ def markdown_table(rows) -> str:
 
 def plot_comparison(rows, path) -> Path:
     """Validation NDCG@10 per epoch of every run, and their test NDCG@10 -> a PNG."""
-    plt = _pyplot()
-    fig, (curve_ax, bar_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = _figure(figsize=(11, 3.8))
+    curve_ax, bar_ax = fig.subplots(1, 2)
     for row in rows:
         valid = [h for h in row["history"] if h.get("valid", {}).get("ndcg@10") is not None]
         curve_ax.plot([h["epoch"] for h in valid], [h["valid"]["ndcg@10"] for h in valid], marker="o",
@@ -112,5 +112,4 @@ def plot_comparison(rows, path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
