@@ -23,14 +23,9 @@ from pathlib import Path
 import yaml
 
 from ss4rec.errors import ConfigError
+from ss4rec.validation import PACKAGE_DIR, PROPERTIES_DIR, SS4REC_KEYS  # noqa: F401  (re-exported)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR / "configs"
-PROPERTIES_DIR = PACKAGE_DIR / "properties"
-
-# Keys our own code reads (trainer guards, checkpoints, runs). Other modules extend this
-# set by adding to it at import time: one place lists what ss4rec understands.
-SS4REC_KEYS: set[str] = set()
 
 # Keys RecBole reads that no RecBole YAML file lists (distributed runs, internals).
 _RECBOLE_EXTRA_KEYS = {
@@ -65,9 +60,6 @@ def known_keys(model: str) -> set[str]:
     """Every key that RecBole, the model ``model`` and ss4rec understand."""
     from recbole.utils import argument_list
 
-    import ss4rec.data.modes  # noqa: F401  (registers train_mode in SS4REC_KEYS)
-    import ss4rec.guards  # noqa: F401  (registers the trainer's keys in SS4REC_KEYS)
-
     props = _recbole_dir() / "properties"
     keys = set(_RECBOLE_EXTRA_KEYS) | SS4REC_KEYS
     for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
@@ -80,6 +72,18 @@ def known_keys(model: str) -> set[str]:
     if model_file is not None:
         keys |= _yaml_keys(model_file)
     return keys
+
+
+def known_defaults(model: str) -> dict:
+    """Default values of RecBole's general keys, the model's own and ss4rec's (for type checks)."""
+    from ss4rec.validation import DATA_DEFAULTS, GUARD_DEFAULTS
+
+    defaults = {}
+    for path in (_recbole_dir() / "properties" / "overall.yaml", model_config_file(model)):
+        if path is not None:
+            with open(path, encoding="utf-8") as f:
+                defaults.update(yaml.safe_load(f) or {})
+    return {**defaults, **GUARD_DEFAULTS, **DATA_DEFAULTS}
 
 
 def check_keys(config: dict, model: str, source: str = "config_dict") -> None:

@@ -5,7 +5,7 @@ random baseline, metrics that never change) costs hours before anyone notices. E
 here turns one such failure into an immediate :class:`~ss4rec.errors.TrainingGuardError`
 that says what happened, where, and how to fix it. Every guard is on by default and
 configurable through the keys in ``properties/guards.yaml`` (the one place holding their
-defaults); importing this module registers those keys as known config keys.
+defaults; their types and ranges are checked in :mod:`ss4rec.validation`).
 
     >>> settings = guard_settings({"grad_accum_steps": 4})   # unset keys: guards.yaml
     >>> settings["grad_accum_steps"], settings["guard_nonfinite"]
@@ -22,15 +22,8 @@ import logging
 import math
 from dataclasses import dataclass
 
-import yaml
-
-from ss4rec.config import PROPERTIES_DIR, SS4REC_KEYS
 from ss4rec.errors import ConfigError, TrainingGuardError
-
-GUARDS_FILE = PROPERTIES_DIR / "guards.yaml"
-with open(GUARDS_FILE, encoding="utf-8") as _f:
-    GUARD_DEFAULTS: dict = yaml.safe_load(_f)
-SS4REC_KEYS.update(GUARD_DEFAULTS)
+from ss4rec.validation import GUARD_DEFAULTS, GUARDS_FILE, RULES
 
 SCHEDULERS = ("none", "linear", "cosine")
 BASELINE_WINDOW = 10  # optimiser steps averaged before comparing the loss with the baseline
@@ -52,28 +45,12 @@ def guard_settings(config) -> dict:
 
 
 def _check_settings(s: dict) -> None:
-    def fail(key, need):
-        raise ConfigError(f"config key {key}={s[key]!r} is invalid: {need} (defaults in {GUARDS_FILE})")
-
-    for key in ("grad_accum_steps", "guard_frozen_metrics_evals"):
-        if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < (2 if "evals" in key else 1):
-            fail(key, "use an integer >= " + ("2" if "evals" in key else "1"))
-    for key in ("lr_warmup_steps", "guard_baseline_warn_steps", "guard_baseline_fail_steps"):
-        if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 0:
-            fail(key, "use an integer >= 0")
-    if s["lr_schedule_steps"] is not None and (not isinstance(s["lr_schedule_steps"], int)
-                                               or s["lr_schedule_steps"] < 1):
-        fail("lr_schedule_steps", "use an integer >= 1, or ~ to compute it from the data")
-    if str(s["lr_scheduler"]).lower() not in SCHEDULERS:
-        fail("lr_scheduler", f"use one of {', '.join(SCHEDULERS)}")
+    # Types and ranges live in ss4rec.validation; lr_scheduler is case-insensitive.
+    for key in GUARD_DEFAULTS:
+        need = RULES[key].problem(s[key]) if key in RULES else None
+        if need is not None:
+            raise ConfigError(f"config key {key}={s[key]!r} is invalid: {need} (defaults in {GUARDS_FILE})")
     s["lr_scheduler"] = str(s["lr_scheduler"]).lower()
-    if not 0.0 <= float(s["lr_min_ratio"]) <= 1.0:
-        fail("lr_min_ratio", "use a fraction in [0, 1]")
-    if not 0.0 < float(s["guard_baseline_tolerance"]) < 1.0:
-        fail("guard_baseline_tolerance", "use a fraction in (0, 1), e.g. 0.01")
-    interval = s["progress_interval"]
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval >= 0:
-        fail("progress_interval", "use seconds >= 0 (0: no progress lines)")
 
 
 def optimizer_steps(batches_per_epoch: int, grad_accum_steps: int, epochs: int) -> int:

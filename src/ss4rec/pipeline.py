@@ -180,16 +180,22 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
     import torch
     from recbole.config import Config
 
+    from ss4rec.config import known_defaults
+    from ss4rec.validation import check_values
+
     model_name, model_class = resolve_model(model)
     defaults_file = model_config_file(model_name)
     model_defaults = load_config_file(defaults_file) if defaults_file else {}
+    defaults = known_defaults(model_name)
     user = {}
     for f in config_files or ():
         data = load_config_file(f)
         check_keys(data, model_name, source=str(f))
+        check_values(data, str(f), defaults)
         user.update(data)
     if config_dict:
         check_keys(config_dict, model_name, source="config_dict")
+        check_values(config_dict, "config_dict", defaults)
         user.update(config_dict)
     # RecBole only reads its own models' YAML; ours go in as external settings.
     merged = {**_run_defaults(), **(model_defaults if model_name in OWN_MODEL_NAMES else {}), **user}
@@ -407,7 +413,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         finished = _finished_run(resume, config)
         if finished is not None:
             return finished
-    check_before_building(config, str(model_label), dataset)
+    data_warnings = check_before_building(config, str(model_label), dataset)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError, PermissionError) as exc:
@@ -418,6 +424,8 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         logger = logging.getLogger()
         init_seed(config["seed"], config["reproducibility"])
         logger.info(f"run folder: {out}")
+        for warning in data_warnings:
+            logger.warning(warning)
         data = create_dataset(config)
         logger.info(data)
         train_data, valid_data, test_data = prepare_data(config, data)

@@ -48,6 +48,8 @@ PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 SECTIONS = ("environment", "config", "data", "model", "optimiser", "estimate")
 KNOWN_LEARNERS = ("adam", "sgd", "adagrad", "rmsprop", "sparse_adam", "adamw")
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+# Epoch seconds reach 1e11 in the year 5138; epoch milliseconds passed it in 1973.
+MILLISECONDS_ABOVE = 1e11
 # CE loss at init counts as "near ln(n_items)" within this relative distance.
 INIT_LOSS_TOLERANCE = 0.25
 TIMED_BATCHES = 2
@@ -146,11 +148,12 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
     return report
 
 
-def check_before_building(config, model_label: str, dataset: str) -> None:
+def check_before_building(config, model_label: str, dataset: str) -> list[str]:
     """Preflight's fast checks (settings, optimiser, the .inter file, host memory) for a run
     about to start: the first FAIL is raised as a UserError, the same verdict preflight gives.
 
-    Nothing is loaded or built; reading the time column is the only pass over the data.
+    Returns the WARN lines (``section/name: detail``) for the run's log. Nothing is loaded or
+    built; one streamed read of the id and time columns is the only pass over the data.
     """
     from ss4rec.errors import UserError
 
@@ -158,6 +161,7 @@ def check_before_building(config, model_label: str, dataset: str) -> None:
     _fast_checks(report, config, dataset, stop_early=True)
     if not report.ok:
         raise UserError(report.first_failure)
+    return [f"preflight {c.section}/{c.name}: {c.detail}" for c in report.checks if c.status == WARN]
 
 
 def _fast_checks(report: PreflightReport, config, dataset: str, stop_early: bool = False) -> None:
@@ -360,6 +364,7 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
 
     Returns the number of rows (0 when a check failed or the rows were not counted).
     """
+    import numpy as np
     import pandas as pd
 
     path = Path(config["data_path"]) / f"{dataset}.inter"
@@ -367,16 +372,26 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
         report.add("data", "files exist", FAIL, f"{path} not found")
         return 0
     report.add("data", "files exist", PASS, str(path))
+    if path.stat().st_size == 0:
+        report.add("data", "header types", FAIL, f"{path} is empty (0 bytes): re-create it with "
+                   "`ss4rec convert`, or write a header line and one interaction per line")
+        return 0
     with open(path, encoding="utf-8", errors="replace") as f:
         header = f.readline().rstrip("\r\n").split("\t")
+    if header[0].startswith("\ufeff"):
+        report.add("data", "header types", FAIL,
+                   f"{path} starts with a UTF-8 byte-order mark (BOM), which RecBole would read as part of "
+                   f"the first column's name: save it as UTF-8 without a BOM, e.g. "
+                   f"sed -i '1s/^\\xEF\\xBB\\xBF//' {path}")
+        return 0
     untyped = [h for h in header if ":" not in h or h.split(":", 1)[1] not in ATOMIC_TYPES]
     names = {h.split(":", 1)[0]: h.split(":", 1)[1] if ":" in h else None for h in header}
     fix = f"expected tab-separated name:type columns ({', '.join(ATOMIC_TYPES)}); re-create it with `ss4rec convert`"
     if untyped:
         report.add("data", "header types", FAIL, f"{path.name}: header column(s) {untyped} {fix}")
         return 0
-    wanted = {config["USER_ID_FIELD"]: "token", config["ITEM_ID_FIELD"]: "token"}
-    time_field = config["TIME_FIELD"]
+    uid, iid, time_field = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"]
+    wanted = {uid: "token", iid: "token"}
     if time_field in names:
         wanted[time_field] = "float"
     missing = [f"{n}:{t}" for n, t in wanted.items() if names.get(n) != t]
@@ -386,15 +401,36 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
         return 0
     report.add("data", "header types", PASS, " ".join(header))
 
-    if time_field not in names:
+    # One streamed pass (pandas' C parser): ids as categories (small at 32M rows), times as text
+    # so that a bad value can be quoted.
+    has_time = time_field in names
+    columns = [header.index(f"{uid}:token"), header.index(f"{iid}:token")]
+    if has_time:
+        columns.append(header.index(f"{time_field}:float"))
+    frame = pd.read_csv(path, sep="\t", usecols=columns, dtype=str, keep_default_na=False,
+                        quoting=3, engine="c")
+    frame.columns = [header[c].split(":", 1)[0] for c in sorted(columns)]  # file order
+    if frame.empty:
+        report.add("data", "rows", FAIL, f"{path} has a header but no rows: add interactions, one per line")
+        return 0
+    users = frame[uid].astype("category").cat.codes.to_numpy()
+    per_user = np.bincount(users)
+    if per_user.max() < 2:
+        report.add("data", "rows", FAIL,
+                   f"every user in {path.name} has one interaction ({len(per_user):,} users): a sequential "
+                   "model needs users with several (leave-one-out holds out each user's last two); "
+                   "check that user_id is the user column")
+        return 0
+    report.add("data", "rows", PASS, f"{len(frame):,} rows, {len(per_user):,} users, "
+                                     f"{int((per_user >= 2).sum()):,} with >= 2 interactions")
+
+    if not has_time:
         from ss4rec.data.loaders import EXACT_TIME_MODELS
 
         status = FAIL if config["model"] in EXACT_TIME_MODELS else WARN
         report.add("data", "timestamps", status, f"{path.name} has no {time_field!r} column")
-        return 0
-    column = header.index(f"{time_field}:float")
-    raw = pd.read_csv(path, sep="\t", usecols=[column], dtype=str, keep_default_na=False,
-                      quoting=3, engine="c").iloc[:, 0]
+        return 0 if status == FAIL else len(frame)
+    raw = frame[time_field]
     values = pd.to_numeric(raw, errors="coerce")
     bad = ~values.notna() | ~values.map(math.isfinite) | (values < 0)
     if bad.any():
@@ -406,6 +442,19 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
         return 0
     report.add("data", "timestamps", PASS,
                f"{len(values):,} rows, {time_field} {values.min():.0f} .. {values.max():.0f}")
+    in_ms = int((values > MILLISECONDS_ABOVE).sum())
+    if in_ms:
+        report.add("data", "timestamp unit", WARN,
+                   f"{in_ms:,} {time_field} values exceed {MILLISECONDS_ABOVE:.0e}: they look like milliseconds, "
+                   "not epoch seconds. SS4Rec reads gaps in time_unit: --set time_unit=1000 makes them "
+                   "seconds again (or divide the column by 1000)")
+    items = frame[iid].astype("category").cat.codes.to_numpy()
+    keys = pd.DataFrame({"u": users, "i": items, "t": values.to_numpy()})
+    duplicates = int(keys.duplicated().sum())
+    if duplicates:
+        report.add("data", "duplicate rows", WARN,
+                   f"{duplicates:,} rows of {path.name} repeat an earlier (user, item, {time_field}) exactly: "
+                   "every copy is a training example; drop them (e.g. `sort -u`) unless they are real repeats")
     return len(values)
 
 

@@ -11,20 +11,13 @@
   fits in one window.
 
 Validation and test are RecBole's leave-one-out, full ranking, in both modes. This module
-holds the setting's default (``properties/data.yaml``) and registers it as a known key.
+reads the setting (its default is in ``properties/data.yaml``, known through ss4rec.validation).
 """
 
 from __future__ import annotations
 
-import yaml
-
-from ss4rec.config import PROPERTIES_DIR, SS4REC_KEYS
 from ss4rec.errors import ConfigError
-
-DATA_FILE = PROPERTIES_DIR / "data.yaml"
-with open(DATA_FILE, encoding="utf-8") as _f:
-    DATA_DEFAULTS: dict = yaml.safe_load(_f)
-SS4REC_KEYS.update(DATA_DEFAULTS)
+from ss4rec.validation import DATA_DEFAULTS, DATA_FILE
 
 TRAIN_MODES = ("prefix", "sequence")
 
