@@ -7,13 +7,20 @@ bool, None), so they load anywhere without trusting pickled code:
     >>> ckpt = load_checkpoint("runs/demo/checkpoints/SS4Rec-best.pth")  # doctest: +SKIP
     >>> model.load_state_dict(ckpt["state_dict"])  # doctest: +SKIP
 
-A checkpoint holding a pickled object is refused with a clear error.
+A checkpoint holding a pickled object is refused with a clear error. Each checkpoint
+carries a SHA-256 of its content (``checksum``: every tensor's bytes, every value), verified
+on load, so a file damaged after it was written (flipped bytes, a bad copy) is refused
+instead of resuming with a corrupt optimiser. It also carries the fingerprint of the
+dataset it was trained on (:func:`dataset_fingerprint`), which resume, evaluate and
+recommend compare with the data they load.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -53,14 +60,79 @@ def config_to_plain(config) -> dict:
     return {k: to_plain(v) for k, v in data.items()}
 
 
+def content_digest(value) -> str:
+    """SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes, every value.
+
+    Defined on the loaded objects (not on the file's bytes), so it is the same before
+    saving and after loading.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, value)
+    return digest.hexdigest()
+
+
+def _feed(digest, value) -> None:
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{flat.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(b"{")
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[" if isinstance(value, list) else b"(")
+        for item in value:
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(repr((type(value).__name__, value)).encode())
+
+
+def dataset_fingerprint(config, dataset) -> dict:
+    """What identifies the data a model was trained on: its file, size, rows and vocabularies.
+
+    ``path`` may change (data moved, ``--data-path``); the rest must match on resume,
+    evaluate and recommend (:func:`fingerprint_differences`).
+    """
+    path = Path(config["data_path"]) / f"{config['dataset']}.inter"
+    vocab = hashlib.sha256()
+    for field in (config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]):
+        vocab.update("\n".join(map(str, dataset.field2id_token[field])).encode())
+        vocab.update(b"\0")
+    return {"path": str(path), "bytes": path.stat().st_size if path.is_file() else None,
+            "rows": int(dataset.inter_num), "users": int(dataset.user_num), "items": int(dataset.item_num),
+            "vocabulary_sha256": vocab.hexdigest()}
+
+
+def fingerprint_differences(saved: dict | None, current: dict) -> list[str]:
+    """``["rows: 99,287 in the checkpoint, 14,949 now", ...]``; empty when the data is the same."""
+    if not saved:
+        return []  # a checkpoint from before fingerprints: nothing to compare
+    differences = []
+    for key in ("bytes", "rows", "users", "items", "vocabulary_sha256"):
+        if saved.get(key) != current.get(key):
+            old, new = saved.get(key), current.get(key)
+            if isinstance(old, int) and isinstance(new, int):
+                old, new = f"{old:,}", f"{new:,}"
+            elif key == "vocabulary_sha256":
+                old, new = "one set of user/item ids", "another"
+            differences.append(f"{key}: {old} in the checkpoint, {new} now")
+    return differences
+
+
 def save_checkpoint(state: dict, path) -> Path:
     """Write ``state`` to ``path`` atomically: a temp file in the same folder, then rename.
 
-    A crash mid-write leaves the previous checkpoint at ``path`` untouched.
+    A crash mid-write leaves the previous checkpoint at ``path`` untouched. The content's
+    SHA-256 goes in as ``checksum``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": CHECKPOINT_FORMAT, **state}
+    state["checksum"] = content_digest({k: v for k, v in state.items() if k != "checksum"})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -76,23 +148,48 @@ def save_checkpoint(state: dict, path) -> Path:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; refuse pickled objects and foreign files."""
+    """Load a checkpoint with ``weights_only=True``; refuse pickled objects, damaged and
+    foreign files, each with its own message."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): it was never written completely; "
+                        "use the run's other checkpoint (MODEL-best.pth / MODEL-last.pth) or retrain")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError for pickled objects
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not a pickled object: bytes that make no sense
+            raise _damaged(path, size, exc) from exc
         raise UserError(
-            f"checkpoint {path} cannot be loaded safely (weights_only=True): "
-            f"{str(exc).splitlines()[0]}. It holds pickled Python objects, e.g. a checkpoint "
-            "written by RecBole's own Trainer; only ss4rec checkpoints (plain dicts) are accepted"
+            f"checkpoint {path} cannot be loaded safely (weights_only=True): it holds pickled "
+            "Python objects, e.g. a checkpoint written by RecBole's own Trainer; only ss4rec "
+            "checkpoints (plain dicts) are accepted"
         ) from exc
+    except Exception as exc:  # truncated zip, garbage bytes, bad records
+        raise _damaged(path, size, exc) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
             f"checkpoint {path} is not an ss4rec checkpoint (no format={CHECKPOINT_FORMAT!r} key)"
         )
+    saved_digest = state.get("checksum")
+    if saved_digest is not None:
+        actual = content_digest({k: v for k, v in state.items() if k != "checksum"})
+        if actual != saved_digest:
+            raise UserError(
+                f"checkpoint {path} is damaged: its content no longer matches the checksum written "
+                "with it (changed bytes after saving: disk, copy or transfer). Use an intact copy, or "
+                "the run's other checkpoint (MODEL-best.pth / MODEL-last.pth)"
+            )
     return state
+
+
+def _damaged(path: Path, size: int, exc: Exception) -> UserError:
+    first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return UserError(f"checkpoint {path} ({size:,} bytes) is truncated or damaged and cannot be read "
+                     f"({type(exc).__name__}: {first}); use an intact copy, or the run's other "
+                     "checkpoint (MODEL-best.pth / MODEL-last.pth)")
 
 
 def rng_state() -> dict:

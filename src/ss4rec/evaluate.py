@@ -89,7 +89,8 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
     Returns:
         ``{"metrics": {...}, "topk": [...], "n_users": int, "metrics_file", "ranks_file", ...}``.
     """
-    from ss4rec.pipeline import restore, write_json_atomic
+    from ss4rec.pipeline import restore
+    from ss4rec.runfolder import write_json_atomic
 
     checkpoint = Path(checkpoint).resolve()
     config_dict = {}

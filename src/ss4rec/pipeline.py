@@ -30,6 +30,7 @@ from pathlib import Path
 from ss4rec.checkpoint import to_plain
 from ss4rec.config import check_keys, load_config_file, model_config_file
 from ss4rec.errors import ConfigError, DataError, UserError
+from ss4rec.runfolder import working_dir, write_json_atomic  # noqa: F401  (also ss4rec.pipeline's API)
 
 BUNDLED_DATASET = "ml-100k"
 OWN_MODEL_NAMES = ("SS4Rec", "TiSASRec")  # see own_models()
@@ -108,17 +109,6 @@ def _isolated_argv():
         yield
     finally:
         sys.argv = saved
-
-
-@contextlib.contextmanager
-def working_dir(path):
-    """Run a block in ``path``: RecBole writes log_tensorboard/ (and others) relative to the cwd."""
-    saved = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(saved)
 
 
 class _PlainFormatter(logging.Formatter):
@@ -270,7 +260,7 @@ def restore(checkpoint, device: str | None = "cpu", config_dict=None):
     """
     from recbole.utils import init_seed
 
-    from ss4rec.checkpoint import load_checkpoint
+    from ss4rec.checkpoint import dataset_fingerprint, fingerprint_differences, load_checkpoint
     from ss4rec.data.loaders import create_dataset, prepare_data
 
     state = load_checkpoint(checkpoint)
@@ -282,6 +272,10 @@ def restore(checkpoint, device: str | None = "cpu", config_dict=None):
     config, model_class = build_config(settings["model"], settings["dataset"], (), merged, device)
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
+    differences = fingerprint_differences(state.get("dataset"), dataset_fingerprint(config, data))
+    if differences:
+        raise UserError(f"checkpoint {checkpoint} was trained on other data than {config['data_path']} holds "
+                        f"now ({'; '.join(differences)}): point --data-path at the run's own data")
     train_data, valid_data, test_data = prepare_data(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = model_class(config, train_data._dataset).to(config["device"])
@@ -317,11 +311,24 @@ def versions() -> dict:
     }
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON via a temp file and a rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _carry_best_checkpoint(resume: Path, best_file: str, logger) -> None:
+    """Resuming into another folder: bring the run's best checkpoint along (verified on copy).
+
+    The best-so-far weights live beside the resumed checkpoint; without them a resumed run
+    that finds no better epoch would have no best checkpoint to test.
+    """
+    import shutil
+
+    from ss4rec.checkpoint import load_checkpoint
+
+    source = resume.parent / Path(best_file).name
+    target = Path(best_file)
+    if source.resolve() == target.resolve() or not source.is_file() or target.exists():
+        return
+    load_checkpoint(source)  # refuse a damaged best checkpoint before relying on it
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, target)
+    logger.info(f"resume into a new folder: copied the best checkpoint so far {source} -> {target}")
 
 
 def _finished_run(resume: Path, config) -> dict | None:
@@ -389,7 +396,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     import torch
     from recbole.utils import init_seed
 
-    from ss4rec.checkpoint import config_to_plain
+    from ss4rec.checkpoint import config_to_plain, dataset_fingerprint
     from ss4rec.data.loaders import create_dataset, prepare_data
     from ss4rec.data.modes import train_mode
     from ss4rec.losses import window_loss
@@ -428,6 +435,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
             logger.warning(warning)
         data = create_dataset(config)
         logger.info(data)
+        fingerprint = dataset_fingerprint(config, data)  # before the split changes data's rows
         train_data, valid_data, test_data = prepare_data(config, data)
         _log_estimate(logger, data, train_data)
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -438,7 +446,9 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         if train_mode(config) == "sequence":
             trainer.batch_loss = functools.partial(window_loss, net)
         trainer.saved_model_file = str(Path(config["checkpoint_dir"]) / f"{config['model']}-best.pth")
+        trainer.dataset_fingerprint = fingerprint
         if resume is not None:
+            _carry_best_checkpoint(resume, trainer.saved_model_file, logger)
             trainer.resume_checkpoint(resume)
 
         failed = True

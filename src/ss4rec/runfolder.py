@@ -1,4 +1,4 @@
-"""A run folder has one writer at a time: a lock file that the operating system releases.
+"""Run folders: one writer at a time, atomic writes, and the working directory of a run.
 
     >>> with RunLock(Path("runs/demo")):  # doctest: +SKIP
     ...     train()
@@ -12,7 +12,9 @@ the process.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import socket
 import time
@@ -56,3 +58,22 @@ class RunLock:
         fcntl.flock(self._file, fcntl.LOCK_UN)
         self._file.close()
         return False
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON via a temp file and a rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def working_dir(path):
+    """Run a block in ``path``: RecBole writes log_tensorboard/ (and others) relative to the cwd."""
+    saved = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(saved)

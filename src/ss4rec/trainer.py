@@ -36,11 +36,11 @@ import torch
 from recbole.trainer import Trainer
 from torch.nn.utils.clip_grad import clip_grad_norm_
 
-from ss4rec.checkpoint import (config_to_plain, load_checkpoint, rng_state, save_checkpoint,
+from ss4rec.checkpoint import (config_to_plain, fingerprint_differences, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state, to_plain)
 from ss4rec.errors import TrainingGuardError, UserError
 from ss4rec.guards import LRSchedule, TrainingGuards, baseline_loss, guard_settings, optimizer_steps
-from ss4rec.pipeline import working_dir, write_json_atomic
+from ss4rec.runfolder import working_dir, write_json_atomic
 from ss4rec.progress import EpochProgress
 from ss4rec.wandb_logging import WandbRunLogger
 
@@ -59,6 +59,35 @@ def _total_norm(grads, norm_type: float) -> float:
         return 0.0
     norms = torch.stack([torch.linalg.vector_norm(g.detach(), norm_type) for g in grads])
     return float(torch.linalg.vector_norm(norms, norm_type))
+
+
+# Settings a resume may change; they are applied and recorded (results.json
+# training.resumed_from.changed). Any other difference from the checkpoint's settings
+# refuses the resume: the weights, data and schedule would not be those of the run.
+RESUME_MAY_CHANGE = {
+    "epochs", "stopping_step", "learning_rate", "eval_step", "eval_batch_size", "show_progress",
+    "progress_interval", "worker", "use_gpu", "gpu_id", "log_wandb",
+    "wandb_project", "nproc", "world_size", "ip", "port", "offset", "local_rank",
+    "guard_nonfinite", "guard_lr_zero", "guard_baseline_loss", "guard_frozen_metrics",
+}
+
+
+def settings_changes(saved: dict, current: dict) -> tuple[dict, dict]:
+    """(changes a resume may apply, changes that refuse it): ``{key: (saved, current)}`` each.
+
+    ``saved`` and ``current`` are plain run configs; the keys compared are those either run
+    set (its ``run_settings.config_dict``), with the values each run ended up using. Folders
+    may move: the data's identity is checked by its fingerprint instead.
+    """
+    keys = set((saved.get("run_settings") or {}).get("config_dict") or {})
+    keys |= set((current.get("run_settings") or {}).get("config_dict") or {})
+    keys -= {"checkpoint_dir", "data_path"}  # where the run and its data live, not what they are
+    allowed, refused = {}, {}
+    for key in sorted(keys):
+        old, new = saved.get(key), current.get(key)
+        if old != new:
+            (allowed if key in RESUME_MAY_CHANGE else refused)[key] = (old, new)
+    return allowed, refused
 
 
 class SS4RecTrainer(Trainer):
@@ -95,6 +124,7 @@ class SS4RecTrainer(Trainer):
         self.step_log = collections.deque(maxlen=STEP_LOG_LENGTH)
         self.epochs_ran: list[int] = []  # epoch indices trained by this process
         self.resumed_from: dict | None = None
+        self.dataset_fingerprint: dict | None = None  # set by the pipeline; saved in checkpoints
         self.earlier_train_seconds = 0.0  # training time of the legs before a resume
         self.history: list[dict] = []  # per epoch: train loss, valid metrics (every leg)
         self.fit_started: float | None = None  # time.time() when this leg's fit began (_prepare_fit)
@@ -307,6 +337,7 @@ class SS4RecTrainer(Trainer):
             "history": to_plain(self.history),
             "train_seconds": self.train_seconds(),
             "config": config_to_plain(self.config),
+            "dataset": self.dataset_fingerprint,
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -343,9 +374,17 @@ class SS4RecTrainer(Trainer):
                 f"checkpoint {resume_file} is for model {checkpoint.get('model')!r}, this run trains "
                 f"{self.config['model']!r}: resume with the same --model"
             )
-        if checkpoint.get("grad_accum_steps", 1) != self.grad_accum_steps:
-            self.logger.warning(f"grad_accum_steps changed from {checkpoint.get('grad_accum_steps', 1)} "
-                                f"to {self.grad_accum_steps}: the LR schedule position shifts")
+        differences = fingerprint_differences(checkpoint.get("dataset"), self.dataset_fingerprint or {})
+        if differences and self.dataset_fingerprint:
+            raise UserError(f"checkpoint {resume_file} was trained on other data than this run loads "
+                            f"({'; '.join(differences)}): resume with the run's own --dataset / --data-path, "
+                            "or start a new run")
+        changed, refused = settings_changes(checkpoint.get("config") or {}, config_to_plain(self.config))
+        if refused:
+            listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in refused.items())
+            raise UserError(f"--resume {resume_file}: settings differ from the run's ({listed}). Resume with "
+                            "the run's settings (epochs, stopping_step, learning_rate and the progress, guard "
+                            "and evaluation settings may change), or start a new run")
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.optim_step = checkpoint.get("optim_step", 0)
@@ -353,13 +392,19 @@ class SS4RecTrainer(Trainer):
         self.best_valid_result = checkpoint.get("best_valid_result")
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if "learning_rate" in changed:  # the optimiser's state holds the old rate: apply the new one
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base
         self.guards.load_state_dict(checkpoint.get("guards") or {})
         self.earlier_train_seconds = float(checkpoint.get("train_seconds", 0.0))
         self.history = [entry for entry in checkpoint.get("history") or [] if entry["epoch"] < self.start_epoch]
         self._pending_resume = {"rng": checkpoint.get("rng"),
                                 "generator": checkpoint.get("dataloader_generator")}
         self.resumed_from = {"checkpoint": str(resume_file), "epochs_done": self.start_epoch,
-                             "start_epoch": self.start_epoch}
+                             "start_epoch": self.start_epoch,
+                             "changed": {k: list(v) for k, v in changed.items()}}
+        for key, (old, new) in changed.items():
+            self.logger.info(f"resume: {key} {old!r} -> {new!r} (applied)")
         self.logger.info(
             f"Resuming from {resume_file}: epochs 0..{self.start_epoch - 1} done (0-based), training "
             f"continues at epoch index {self.start_epoch} (epoch {self.start_epoch + 1} of "

@@ -40,7 +40,7 @@ def main(args) -> int:
     from ss4rec.envinfo import environment_info, format_environment
     from ss4rec.errors import UserError
     from ss4rec.notify import Notifier
-    from ss4rec.pipeline import write_json_atomic
+    from ss4rec.runfolder import write_json_atomic
     from ss4rec.preflight import FAIL, preflight
     from ss4rec.threads import apply_threads
 

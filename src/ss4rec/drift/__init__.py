@@ -19,7 +19,7 @@ from pathlib import Path
 from ss4rec.drift.data_drift import DEFAULT_THRESHOLDS, compute_data_drift
 from ss4rec.drift.reader import InterColumns
 from ss4rec.drift.windows import WindowSpec
-from ss4rec.pipeline import write_json_atomic
+from ss4rec.runfolder import write_json_atomic
 
 __all__ = ["drift_report", "compute_data_drift", "compute_model_drift", "DEFAULT_THRESHOLDS", "WindowSpec"]
 
