@@ -99,3 +99,28 @@ def test_missing_wandb_is_a_clear_error(monkeypatch):
     with pytest.raises(UserError, match=r"pip install 'ss4rec\[wandb\]'"):
         WandbRunLogger({"log_wandb": True, "wandb_project": None})
     WandbRunLogger({"log_wandb": False, "wandb_project": None}).finish()  # off: needs nothing
+
+
+def test_unreachable_server_falls_back_to_offline_with_one_warning(monkeypatch, tmp_path, caplog):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a local port nobody listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="ss4rec.wandb_logging"):
+        result = ss4rec.run(model="GRU4Rec", dataset="ml-100k", config_files=["tiny"],
+                            config_dict={**SMALL, "epochs": 1, "log_wandb": True},
+                            output_dir=tmp_path / "run", device="cpu")
+    assert time.monotonic() - started < 120  # training included; the fallback itself is seconds
+    warnings = [r.getMessage() for r in caplog.records if "W&B server unreachable" in r.getMessage()]
+    assert len(warnings) == 1 and f"127.0.0.1:{port}" in warnings[0]
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))  # logged offline
+    assert result["test"]["ndcg@10"] > 0 and wandb.run is None

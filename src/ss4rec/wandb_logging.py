@@ -7,7 +7,10 @@ RecBole's from starting and uses this one, with the same ``log_metrics`` /
 
 Off by default; ``log_wandb: true`` turns it on (``wandb_project`` names the project,
 default ``ss4rec``). ``WANDB_MODE=offline`` writes the run under ``./wandb/`` (the run
-folder when started by :func:`ss4rec.run`) for a later ``wandb sync``.
+folder when started by :func:`ss4rec.run`) for a later ``wandb sync``. Online, an
+unreachable W&B server (a pod without network, a firewall) never costs the run: the server
+is probed first (a few seconds), and the run logs offline with one warning when the probe
+or ``wandb.init`` fails, within :data:`ONLINE_BUDGET_S` seconds.
 
 Logged keys: ``train/loss``, ``train/lr``, ``train/grad_norm`` (pre-clip) per optimiser step
 (x axis ``optim_step``); ``epoch/train_loss`` per epoch (``epoch``); ``valid/<metric>`` per
@@ -20,10 +23,35 @@ evaluation (``valid_step``); ``test/<metric>`` once, also in the run summary.
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+from urllib.parse import urlparse
+
 from ss4rec.checkpoint import config_to_plain
 from ss4rec.errors import UserError
 
 DEFAULT_PROJECT = "ss4rec"
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+PROBE_TIMEOUT_S = 5  # TCP connect to the W&B server
+ONLINE_BUDGET_S = 30  # the most an unreachable server may delay a run
+logger = logging.getLogger(__name__)
+
+
+def server_unreachable(base_url: str | None = None) -> str | None:
+    """Why the W&B server cannot be reached (a short reason), or None when a TCP connect works."""
+    url = urlparse(base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    host = url.hostname or "api.wandb.ai"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+
+
+def _offline_requested() -> bool:
+    return os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
 
 
 def import_wandb():
@@ -50,7 +78,10 @@ class WandbRunLogger:
         wandb = import_wandb()
         self._wandb = wandb
         if wandb.run is None:  # a run the caller already started is reused, not replaced
-            wandb.init(project=config["wandb_project"] or DEFAULT_PROJECT, config=config_to_plain(config))
+            # dir: the run folder (the caller's cwd), named each time: wandb's process-wide
+            # settings would otherwise keep the first run's folder for every later run.
+            self._init(wandb, project=config["wandb_project"] or DEFAULT_PROJECT, config=config_to_plain(config),
+                       dir=os.getcwd())
             self._owns_run = True
         wandb.define_metric("optim_step")
         wandb.define_metric("train/*", step_metric="optim_step")
@@ -58,6 +89,23 @@ class WandbRunLogger:
         wandb.define_metric("epoch/*", step_metric="epoch")
         wandb.define_metric("valid_step")
         wandb.define_metric("valid/*", step_metric="valid_step")
+
+    @staticmethod
+    def _init(wandb, **kwargs) -> None:
+        """``wandb.init``; offline, with one warning, when the server cannot be reached in time."""
+        if _offline_requested():
+            wandb.init(**kwargs)
+            return
+        why = server_unreachable()
+        if why is None:
+            try:
+                wandb.init(**kwargs, settings=wandb.Settings(init_timeout=ONLINE_BUDGET_S - PROBE_TIMEOUT_S))
+                return
+            except Exception as exc:  # wandb's CommError, UsageError, timeouts: all mean "not online"
+                why = f"wandb.init failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        logger.warning(f"W&B server unreachable ({why}): logging offline to ./wandb in the run folder; "
+                       "upload it later with `wandb sync RUN/wandb/offline-run-*`")
+        wandb.init(**kwargs, mode="offline")
 
     def log_step(self, values: dict, step: int) -> None:
         """Per optimiser step: ``{"loss": ..., "lr": ..., "grad_norm": ...}``."""
