@@ -135,3 +135,46 @@ def test_resume_into_a_new_folder(two_epoch_run, tmp_path, capsys):
     assert Path(results["checkpoint"]).parent == new / "checkpoints"
     # the original run is left as it was
     assert json.loads((run / "results.json").read_text())["epochs_run"] == 1
+
+
+def test_evaluate_after_the_data_moved_takes_data_path(tmp_path, capsys):
+    data = tmp_path / "data"
+    _write_dataset(data, max_user=150)
+    run = tmp_path / "run"
+    assert cli_main(["train", *GRU, "--dataset", "mini", "--data-path", str(data), "--set", "epochs=1",
+                     "--output", str(run)]) == 0
+    capsys.readouterr()
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    best = str(run / "checkpoints" / "GRU4Rec-best.pth")
+    assert cli_main(["evaluate", "--checkpoint", best]) == 2
+    assert "--data-path" in _last_error(capsys)
+    assert cli_main(["evaluate", "--checkpoint", best, "--data-path", str(moved), "--output", str(tmp_path / "e")]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]
+    results = json.loads((run / "results.json").read_text())
+    assert round(metrics["ndcg@10"], 4) == round(results["test"]["ndcg@10"], 4)
+
+
+def test_epochs_run_counts_every_epoch_after_a_kill_and_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "ss4rec", "train", *GRU, "--set", "epochs=4", "--output", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    last = run / "checkpoints" / "GRU4Rec-last.pth"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # mid-run, as a pod that is taken away
+    proc.wait()
+    assert last.exists() and not (run / "results.json").exists()
+    resumed = subprocess.run([*args, "--resume", str(last)], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs_run"] == 4 and len(results["history"]) == 4
+    assert results["training"]["resumed_from"]["epochs_done"] >= 1
