@@ -66,6 +66,7 @@ def known_keys(model: str) -> set[str]:
     from recbole.utils import argument_list
 
     import ss4rec.data.modes  # noqa: F401  (registers train_mode in SS4REC_KEYS)
+    import ss4rec.distributed  # noqa: F401  (registers ddp_timeout)
     import ss4rec.guards  # noqa: F401  (registers the trainer's keys in SS4REC_KEYS)
 
     props = _recbole_dir() / "properties"
