@@ -279,6 +279,16 @@ def lost_peer(exc) -> RankFailed:
 DUMP_ENV = "SS4REC_DDP_DUMP_DIR"
 
 
+def note_pid(config) -> None:
+    """Test hook: with ``$SS4REC_DDP_DUMP_DIR`` set, each DDP rank writes ``rank-K.pid`` there
+    as training starts (a test kills one rank mid-epoch by this pid)."""
+    folder = os.environ.get(DUMP_ENV)
+    if folder and not config["single_spec"]:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"rank-{config['local_rank']}.pid"), "w", encoding="utf-8") as f:
+            f.write(str(os.getpid()))
+
+
 def dump_parameters(model, config) -> None:
     """Test hook: with ``$SS4REC_DDP_DUMP_DIR`` set, each DDP rank saves its trained weights
     there as ``rank-K.pth`` (after fit, before the test), so a test can compare the ranks."""

@@ -463,6 +463,7 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
         if resume is not None:
             trainer.resume_checkpoint(resume)
 
+        distributed.note_pid(config)  # test hook: off unless asked for
         failed = True
         try:
             best_valid_score, best_valid = trainer.fit(
