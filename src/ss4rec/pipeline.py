@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -347,7 +348,6 @@ def _finished_run(resume: Path, config, quiet: bool = False) -> dict | None:
 
 def _log_estimate(logger, data, train_data) -> None:
     """Before the first epoch: preflight's host-memory estimate, and when the ETA comes."""
-    import resource
 
     from ss4rec.data.sequences import estimate_host_memory
 
@@ -476,6 +476,9 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
         finally:  # W&B: test metrics, then wandb.finish (also after a crash)
             trainer.close(test_result=None if failed else test, failed=failed)
         epochs_run = trainer.epochs_trained()  # every leg, when resumed
+        # Every rank holds the whole dataset: record each one's host-memory peak (GB, Linux).
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        peak_rss_ranks = [peak_rss] if config["single_spec"] else distributed.all_gather_objects(peak_rss)
 
     result = {
         "model": config["model"],
@@ -487,6 +490,7 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(epochs_run, 1),
         "parameters": n_params,
+        "peak_host_memory_gb": [round(x, 3) for x in peak_rss_ranks],  # per process (DDP: by rank)
         "n_users": data.user_num,
         "n_items": data.item_num,
         "checkpoint": trainer.saved_model_file if saved else None,
