@@ -60,14 +60,15 @@ def assert_ranks_equal_checkpoint(dump: Path, checkpoint: Path) -> None:
 
 def sharded_batches(settings: dict, world: int = 2) -> int:
     """Training batches per epoch of one rank when ``world`` ranks shard the rows of this run
-    (RecBole: a DistributedSampler gives each rank ceil(rows / world) rows, and the batch is
-    the single-process batch // world); without sharding it would be about ``world`` times more."""
+    (RecBole: a DistributedSampler gives each rank ceil(rows / world) rows; each rank's batch
+    is the single-process batch / world, rounded up); without sharding it would be about
+    ``world`` times more."""
     from ss4rec.data.loaders import create_dataset, prepare_data
     from ss4rec.pipeline import build_config
 
     config, _ = build_config("SS4Rec", "ml-100k", ["tiny"], {**TINY_SS4REC, **settings}, "cpu")
     train_data, _, _ = prepare_data(config, create_dataset(config))
-    rows, step = len(train_data._dataset), max(1, train_data.step // world)
+    rows, step = len(train_data._dataset), -(-train_data.step // world)
     return -(-(-(-rows // world)) // step)
 
 
@@ -246,3 +247,12 @@ def test_sequence_train_mode_is_sharded_across_ranks(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = results(run_dir)
     assert result["training"]["optimizer_steps"] == sharded_batches({"train_mode": "sequence"})
+
+
+def test_preflight_reports_backend_world_size_and_memory_for_all_processes(capsys):
+    from ss4rec.cli import main
+
+    assert main(["preflight", *COMMON, "--nproc", "2", "--no-env"]) == 0
+    out = capsys.readouterr().out
+    assert "processes (DDP)" in out and "gloo on CPU, world size 2 (--nproc 2 on this machine)" in out
+    assert "for 2 processes on this machine" in out  # the host-memory estimate counts both copies

@@ -348,7 +348,6 @@ def _finished_run(resume: Path, config, quiet: bool = False) -> dict | None:
 
 def _log_estimate(logger, data, train_data) -> None:
     """Before the first epoch: preflight's host-memory estimate, and when the ETA comes."""
-
     from ss4rec.data.sequences import estimate_host_memory
 
     flat = getattr(data, "flat_feat", None)

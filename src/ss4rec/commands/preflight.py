@@ -59,7 +59,7 @@ def main(args) -> int:
         notifier.failure(f"preflight: {exc}")
         raise
     report = preflight(args.model, args.dataset, args.config, config_dict, args.device,
-                       environment=environment)
+                       environment=environment, processes=max(args.nproc, 1))
     try:  # the process layout: backend (gloo/nccl), world size, GPUs per process, torchrun env
         layout = check_nproc(args.nproc, args.device)
         report.add("environment", "processes (DDP)", PASS, layout)

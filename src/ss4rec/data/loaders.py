@@ -124,6 +124,11 @@ class WindowTrainDataLoader(TrainDataLoader):
     def _init_batch_size_and_step(self):
         windows = max(1, len(self._dataset))
         per_batch = max(1, round(self.config["train_batch_size"] * windows / max(1, self.targets)))
+        if not self.config["single_spec"]:
+            # Under DDP RecBole then gives each rank step // world_size windows: round up to a
+            # multiple, so the ranks' batches together are the whole batch, never less.
+            world = self.config["world_size"]
+            per_batch = -(-per_batch // world) * world
         self.step = per_batch
         self.set_batch_size(per_batch)
 
