@@ -243,11 +243,30 @@ def _resume_hint(run_dir) -> str:
             else "; no epoch had finished, so nothing to resume")
 
 
-def rank_failure(exc, run_dir=None) -> RankFailed:
+def _user_error(trace: str) -> str | None:
+    """The message of a UserError (or subclass) that ends the traceback text ``trace``, else None."""
+    last = trace.strip().splitlines()[-1] if trace.strip() else ""
+    kind, _, message = last.partition(": ")
+    return message if kind.startswith(("ss4rec.errors.", "ss4rec.distributed.")) else None
+
+
+def _rank0_user_error(error_files) -> str | None:
+    """Rank 0's UserError message, if it raised one (spawn keeps each process's traceback)."""
+    import pickle
+
+    try:
+        with open(error_files[0], "rb") as f:
+            return _user_error(pickle.load(f))  # written by our own rank 0 (torch's _wrap)
+    except (OSError, EOFError, pickle.UnpicklingError, TypeError, IndexError):
+        return None
+
+
+def rank_failure(exc, run_dir=None, error_files=None) -> RankFailed:
     """One line for ``torch.multiprocessing.spawn``'s report of the first process that failed.
 
-    A UserError raised in a process (a guard stop, a bad setting) keeps its own message;
-    anything else is shown with the process's traceback above the line.
+    A UserError raised in a process (a guard stop, a bad setting) keeps its own message
+    (rank 0's when it raised one too: it names the files it saved); anything else is shown
+    with the process's traceback above the line.
     """
     import sys
 
@@ -260,9 +279,10 @@ def rank_failure(exc, run_dir=None) -> RankFailed:
                           f"stopped{_resume_hint(run_dir)}")
     trace = exc.msg.strip()
     last = trace.splitlines()[-1] if trace else str(exc)
-    kind, _, message = last.partition(": ")
-    if kind.startswith("ss4rec.errors.") or kind.startswith("ss4rec.distributed."):
-        return RankFailed(f"rank {rank_}: {message}")
+    message = _user_error(trace)
+    if message is not None:
+        first = _rank0_user_error(error_files) if rank_ != 0 and error_files else None
+        return RankFailed(f"rank 0: {first}" if first else f"rank {rank_}: {message}")
     print(trace, file=sys.stderr)
     return RankFailed(f"rank {rank_} failed with {last} (traceback above); the other ranks were "
                       f"stopped{_resume_hint(run_dir)}")

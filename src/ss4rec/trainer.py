@@ -495,4 +495,8 @@ class SS4RecTrainer(Trainer):
         if test_result:
             self.wandblogger.log_test(test_result)
         self.wandblogger.finish(exit_code=1 if failed else 0)
+        # RecBole's tensorboard writer uses a path relative to the run folder and flushes from
+        # a thread: close it while the run is still in that folder (and before a DDP rank's
+        # scratch folder is removed), or a late flush fails with FileNotFoundError.
+        self.tensorboard.close()
 

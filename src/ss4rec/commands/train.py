@@ -138,6 +138,9 @@ def rank_threads(requested: int | None, device: str | None, world: int) -> int |
     return 1
 
 
+RANK_GRACE_S = 20.0
+
+
 def _train_rank(local_rank: int, run_kwargs: dict, nproc: int, addr: str, port: int,
                 threads: int) -> None:
     """One process of ``--nproc N`` (started by torch.multiprocessing.spawn, as RecBole's
@@ -161,11 +164,16 @@ def _run_distributed(run_kwargs: dict, nproc: int, addr: str, port: int | None, 
     from ss4rec.distributed import free_port, rank_failure
 
     port = port or free_port()
-    try:  # when one process fails, spawn ends the others and reports the first failure
-        mp.spawn(_train_rank, args=(run_kwargs, nproc, addr, port, torch.get_num_threads()),
-                 nprocs=nproc, join=True)
+    context = mp.start_processes(_train_rank, args=(run_kwargs, nproc, addr, port, torch.get_num_threads()),
+                                 nprocs=nproc, join=False, start_method="spawn")
+    try:
+        # When one process fails, the others get RANK_GRACE_S to stop by themselves (a guard
+        # stops every rank at the same step, and rank 0 then saves its evidence; a lost peer
+        # fails the next collective) before spawn terminates them and reports the first failure.
+        while not context.join(grace_period=RANK_GRACE_S):
+            pass
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-        raise rank_failure(exc, run_dir) from None
+        raise rank_failure(exc, run_dir, context.error_files) from None
     return json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
 
 
