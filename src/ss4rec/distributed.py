@@ -288,9 +288,26 @@ def rank_failure(exc, run_dir=None, error_files=None) -> RankFailed:
                       f"stopped{_resume_hint(run_dir)}")
 
 
+# What a collective says when a peer is gone: torch's DistError family, or gloo's and NCCL's
+# RuntimeErrors (gloo: "Connection reset by peer" / "closed by peer" within a second or two).
+_PEER_SIGNS = ("Connection reset by peer", "Connection closed by peer", "gloo/transport", "NCCL",
+               "timed out", "Timed out")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(sign in str(exc) for sign in _PEER_SIGNS)
+
+
 def lost_peer(exc) -> RankFailed:
     """One line for a collective that failed here because another process died or hung."""
+    import re
+
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]  # gloo's source path, advice
     return RankFailed(f"rank {rank()} lost contact with the other ranks ({first[:300]}): another "
                       "process died or stopped answering; its own output (or the launcher's "
                       "report) names the cause")

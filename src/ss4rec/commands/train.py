@@ -217,7 +217,9 @@ def main(args) -> int:
         elif world > 1:  # one process of a torchrun job
             try:
                 result = ss4rec.run(output_dir=run_dir, **run_kwargs)
-            except torch.distributed.DistError as exc:
+            except RuntimeError as exc:  # gloo/NCCL: another rank died or hangs
+                if not distributed.is_peer_failure(exc):
+                    raise
                 raise distributed.lost_peer(exc) from None
         else:
             result = ss4rec.run(output_dir=run_dir, **run_kwargs)
