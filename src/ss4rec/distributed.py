@@ -15,11 +15,16 @@ What ss4rec adds on top (see :mod:`ss4rec.trainer` and :mod:`ss4rec.pipeline`):
   ``results.json``); other ranks log warnings to stderr and keep RecBole's scratch files in
   a temporary folder;
 - exact evaluation: rank 0 evaluates every user and sends the result to the others
-  (RecBole's sharded evaluation pads the last shard with repeated users and averages rounded
-  per-rank metrics, so it differs slightly from a single process);
+  (RecBole's sharded evaluation repeats users to even out the shards, rounds each rank's
+  metrics and weights the ranks by their number of batches, so it differs slightly from a
+  single process);
 - guards decide on the loss averaged over all ranks, so every rank stops at the same step;
 - a lost rank ends the others: ``gloo`` fails at once when a peer's connection closes, and
-  every collective has a timeout (``ddp_timeout`` seconds) for a peer that hangs.
+  every collective has a timeout (``ddp_timeout`` seconds) for a peer that hangs; the
+  failure is reported in one line naming the rank (:func:`rank_failure`, :func:`lost_peer`).
+
+Test hook: with ``$SS4REC_DDP_DUMP_DIR`` set, each rank writes its pid as training starts
+and its weights after training there (:func:`note_pid`, :func:`dump_parameters`).
 """
 
 from __future__ import annotations
@@ -134,6 +139,16 @@ def check_world(nproc: int = 1, device: str | None = None) -> str:
     return f"nccl on {local} GPU(s) here, world size {world} ({how})"
 
 
+def _timeout_seconds(value) -> float:
+    from ss4rec.errors import ConfigError
+
+    if value is None:
+        return DEFAULT_TIMEOUT_S
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"ddp_timeout={value!r}: use a number of seconds > 0 (default {DEFAULT_TIMEOUT_S})")
+    return float(value)
+
+
 class DistributedConfig(Config):
     """RecBole's ``Config`` with a device step that also runs on CPU and under torchrun.
 
@@ -155,7 +170,7 @@ class DistributedConfig(Config):
         else:
             device = torch.device("cpu")
         if not dist.is_initialized():
-            timeout = datetime.timedelta(seconds=float(cfg.get("ddp_timeout") or DEFAULT_TIMEOUT_S))
+            timeout = datetime.timedelta(seconds=_timeout_seconds(cfg.get("ddp_timeout")))
             dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
                                     rank=rank(), world_size=world_size(), timeout=timeout)
         cfg["gpu_id"] = str(local_rank) if use_cuda else ""
