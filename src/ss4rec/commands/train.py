@@ -26,6 +26,10 @@ import json
 import sys
 from pathlib import Path
 
+# With --nproc, when one process fails the others get this long to stop by themselves
+# before they are terminated (see _run_distributed).
+RANK_GRACE_S = 20.0
+
 # What --debug changes (model-specific keys only where the model knows them): users with
 # at most 40 ratings (ML-100K: 305 users; small evaluation too), histories of 20, one
 # epoch, small batches and a small SS4Rec shape. learning_rate and the data protocol
@@ -138,11 +142,8 @@ def rank_threads(requested: int | None, device: str | None, world: int) -> int |
     return 1
 
 
-RANK_GRACE_S = 20.0
-
-
 def _train_rank(local_rank: int, run_kwargs: dict, nproc: int, addr: str, port: int,
-                threads: int) -> None:
+                threads: int, anomaly: bool) -> None:
     """One process of ``--nproc N`` (started by torch.multiprocessing.spawn, as RecBole's
     quick_start does): the launcher environment torchrun would give it, then the run."""
     import os
@@ -153,7 +154,8 @@ def _train_rank(local_rank: int, run_kwargs: dict, nproc: int, addr: str, port: 
     from ss4rec.distributed import rank_environment
 
     os.environ.update(rank_environment(nproc, local_rank, addr, port))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # a spawned process starts with torch's defaults
+    torch.autograd.set_detect_anomaly(anomaly)
     ss4rec.run(**run_kwargs)
 
 
@@ -164,7 +166,8 @@ def _run_distributed(run_kwargs: dict, nproc: int, addr: str, port: int | None, 
     from ss4rec.distributed import free_port, rank_failure
 
     port = port or free_port()
-    context = mp.start_processes(_train_rank, args=(run_kwargs, nproc, addr, port, torch.get_num_threads()),
+    context = mp.start_processes(_train_rank, args=(run_kwargs, nproc, addr, port, torch.get_num_threads(),
+                                                    torch.is_anomaly_enabled()),
                                  nprocs=nproc, join=False, start_method="spawn")
     try:
         # When one process fails, the others get RANK_GRACE_S to stop by themselves (a guard
