@@ -44,7 +44,8 @@ Presets
 Run
   --dry-run          print the plan and run preflight; train nothing
   --device cpu|cuda  where to train (default: GPU when available)
-  --nproc N          N GPUs through RecBole's distributed mode (torch DDP)
+  --nproc N          N processes on this pod with torch DDP: one per GPU, or with --device cpu
+                     N CPU processes (gloo). Several pods: torchrun on each (README)
   --resume CKPT      continue RUN/checkpoints/MODEL-last.pth (its run folder is reused)
   --output DIR       run folder (default: runs/MODEL-DATASET-TIME)
   --notify URL       Slack/Discord webhook: start, finish, failure (default: $SS4REC_NOTIFY_URL)

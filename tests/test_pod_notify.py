@@ -104,13 +104,3 @@ def test_nproc_without_gpus_is_a_clear_error(webhook):
     assert proc.returncode == 2
     assert "--nproc 2 needs 2 CUDA GPUs" in proc.stderr.strip().splitlines()[-1]
     assert webhook.posts == []  # refused before the run started
-
-
-def test_distributed_settings_are_recboles_ddp_keys():
-    from ss4rec.commands.train import distributed_settings
-    from ss4rec.config import known_keys
-
-    settings = distributed_settings(4, 3, ip="10.0.0.2", port=29500)
-    assert settings == {"nproc": 4, "world_size": 4, "ip": "10.0.0.2", "port": "29500", "offset": 0,
-                        "local_rank": 3, "gpu_id": "0,1,2,3"}
-    assert set(settings) <= known_keys("SS4Rec")  # accepted by the config key check

@@ -22,7 +22,10 @@ import json
 import logging
 import os
 import re
+import resource
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,14 +124,20 @@ class _PlainFormatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def _run_logging(log_file: Path):
+def _run_logging(log_file: Path | None, prefix: str = ""):
     """RecBole logs through the root logger: send it to the run's log file and stderr.
 
     Colours stay only on a terminal; the log file and redirected output are plain text.
+    Without a log file (a DDP rank other than 0) only warnings and errors reach stderr,
+    each line starting with ``prefix`` (``rank 1:``).
     """
     root = logging.getLogger()
-    handlers = [logging.FileHandler(log_file, encoding="utf-8"), logging.StreamHandler(sys.stderr)]
-    fmt = ("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.insert(0, logging.FileHandler(log_file, encoding="utf-8"))
+    else:
+        handlers[0].setLevel(logging.WARNING)
+    fmt = (f"%(asctime)s {prefix}%(levelname)s %(message)s".replace("  ", " "), "%H:%M:%S")
     for h in handlers:
         coloured = h.stream is sys.stderr and sys.stderr.isatty()
         h.setFormatter(logging.Formatter(*fmt) if coloured else _PlainFormatter(*fmt))
@@ -168,7 +177,8 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
     ``config_dict``.
     """
     import torch
-    from recbole.config import Config
+
+    from ss4rec.distributed import DistributedConfig as Config  # RecBole's, plus CPU/torchrun DDP
 
     from ss4rec.config import known_defaults
     from ss4rec.validation import check_values
@@ -331,7 +341,7 @@ def _carry_best_checkpoint(resume: Path, best_file: str, logger) -> None:
     logger.info(f"resume into a new folder: copied the best checkpoint so far {source} -> {target}")
 
 
-def _finished_run(resume: Path, config) -> dict | None:
+def _finished_run(resume: Path, config, quiet: bool = False) -> dict | None:
     """The results of the run ``resume`` belongs to if it has nothing left to train, else None.
 
     Finished: its last epoch was the last of ``epochs``, or early stopping had ended it. Such
@@ -347,16 +357,16 @@ def _finished_run(resume: Path, config) -> dict | None:
     run_dir = resume.parent.parent  # RUN/checkpoints/MODEL-last.pth
     results = run_dir / "results.json"
     why = "early stopping ended it" if stopped_early else f"all {config['epochs']} epochs are done"
-    print(f"nothing to do: the run in {run_dir} is finished ({why}); its results stay in {results}. "
-          "To train longer, resume with a larger --set epochs=N (or --set stopping_step=N)", file=sys.stderr)
+    if not quiet:
+        print(f"nothing to do: the run in {run_dir} is finished ({why}); its results stay in {results}. "
+              "To train longer, resume with a larger --set epochs=N (or --set stopping_step=N)",
+              file=sys.stderr)
     return json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {
         "run_dir": str(run_dir), "test": {}, "epochs_run": done}
 
 
 def _log_estimate(logger, data, train_data) -> None:
     """Before the first epoch: preflight's host-memory estimate, and when the ETA comes."""
-    import resource
-
     from ss4rec.data.sequences import estimate_host_memory
 
     flat = getattr(data, "flat_feat", None)
@@ -393,16 +403,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         train_seconds, seconds_per_epoch, parameters, checkpoint, config, versions, history.
         ``curves.png`` beside it plots the history.
     """
-    import torch
-    from recbole.utils import init_seed
-
-    from ss4rec.checkpoint import config_to_plain, dataset_fingerprint
-    from ss4rec.data.loaders import create_dataset, prepare_data
-    from ss4rec.data.modes import train_mode
-    from ss4rec.losses import window_loss
-    from ss4rec.preflight import check_before_building
-    from ss4rec.runfolder import RunLock
-    from ss4rec.trainer import SS4RecTrainer
+    from ss4rec import distributed
 
     if resume is not None:
         # The caller's working directory, not the run folder's (the run changes into it).
@@ -414,25 +415,59 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         output_dir = resume.parent.parent  # RUN/checkpoints/MODEL-last.pth
     model_label = getattr(model, "__name__", model)
     out = Path(output_dir if output_dir is not None else default_output_dir(model_label, dataset)).resolve()
+    if distributed.rank() == 0:
+        return _run(model, dataset, config_files, config_dict, out, device, saved, resume, out)
+    # A DDP rank other than 0 never touches the run folder (it may be on another machine, or
+    # shared): RecBole's own files (tensorboard, its checkpoint folder) go to a scratch folder.
+    scratch = Path(tempfile.mkdtemp(prefix=f"ss4rec-rank{distributed.rank()}-"))
+    try:
+        return _run(model, dataset, config_files, config_dict, out, device, saved, resume, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(model, dataset, config_files, config_dict, out: Path, device, saved, resume, work: Path) -> dict:
+    """:func:`run` in ``work``: the run folder ``out`` itself, or a DDP rank's scratch folder."""
+    import torch
+    from recbole.utils import init_seed
+
+    from ss4rec import distributed
+    from ss4rec.checkpoint import config_to_plain, dataset_fingerprint
+    from ss4rec.data.loaders import create_dataset, prepare_data
+    from ss4rec.data.modes import train_mode
+    from ss4rec.losses import window_loss
+    from ss4rec.preflight import check_before_building
+    from ss4rec.runfolder import RunLock
+    from ss4rec.trainer import SS4RecTrainer
+
+    model_label = getattr(model, "__name__", model)
+    writer = work == out
     # Settings first: a run refused for its settings leaves no folder behind.
-    config, model_class = build_config(model, dataset, config_files, config_dict, device, out)
+    config, model_class = build_config(model, dataset, config_files, config_dict, device, work)
     if resume is not None:
-        finished = _finished_run(resume, config)
+        finished = _finished_run(resume, config, quiet=not writer)
         if finished is not None:
+            distributed.shutdown()
             return finished
     data_warnings = check_before_building(config, str(model_label), dataset)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError, PermissionError) as exc:
-        raise UserError(f"--output {out}: cannot create the run folder ({exc.strerror}); "
+        raise UserError(f"--output {work}: cannot create the run folder ({exc.strerror}); "
                         "give a writable folder path") from None
 
-    with RunLock(out), _run_logging(out / "train.log"), working_dir(out):
+    log_file = work / "train.log" if writer else None
+    with RunLock(work), _run_logging(log_file, prefix=f"rank {distributed.rank()}: " * (not writer)), \
+            working_dir(work):
         logger = logging.getLogger()
         init_seed(config["seed"], config["reproducibility"])
         logger.info(f"run folder: {out}")
         for warning in data_warnings:
             logger.warning(warning)
+        if not config["single_spec"]:
+            logger.info(f"distributed: {config['world_size']} processes, backend "
+                        f"{torch.distributed.get_backend()}, this is rank {config['local_rank']} "
+                        f"on {config['device']}; rank 0 writes the run folder and evaluates")
         data = create_dataset(config)
         logger.info(data)
         fingerprint = dataset_fingerprint(config, data)  # before the split changes data's rows
@@ -448,20 +483,26 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         trainer.saved_model_file = str(Path(config["checkpoint_dir"]) / f"{config['model']}-best.pth")
         trainer.dataset_fingerprint = fingerprint
         if resume is not None:
-            _carry_best_checkpoint(resume, trainer.saved_model_file, logger)
+            if writer:
+                _carry_best_checkpoint(resume, trainer.saved_model_file, logger)
             trainer.resume_checkpoint(resume)
 
+        distributed.note_pid(config)  # test hook: off unless asked for
         failed = True
         try:
             best_valid_score, best_valid = trainer.fit(
                 train_data, valid_data, saved=saved, show_progress=config["show_progress"]
             )
             train_seconds = trainer.train_seconds()  # every leg
+            distributed.dump_parameters(trainer.model, config)  # test hook: off unless asked for
             test = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
             failed = False
         finally:  # W&B: test metrics, then wandb.finish (also after a crash)
             trainer.close(test_result=None if failed else test, failed=failed)
         epochs_run = trainer.epochs_trained()  # every leg, when resumed
+        # Every rank holds the whole dataset: record each one's host-memory peak (GB, Linux).
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        peak_rss_ranks = [peak_rss] if config["single_spec"] else distributed.all_gather_objects(peak_rss)
 
     result = {
         "model": config["model"],
@@ -473,6 +514,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(epochs_run, 1),
         "parameters": n_params,
+        "peak_host_memory_gb": [round(x, 3) for x in peak_rss_ranks],  # per process (DDP: by rank)
         "n_users": data.user_num,
         "n_items": data.item_num,
         "checkpoint": trainer.saved_model_file if saved else None,
@@ -485,9 +527,10 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     }
     if torch.cuda.is_available() and str(config["device"]).startswith("cuda"):
         result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    if config["local_rank"] in (0, None):  # one writer under DDP
+    if writer:  # one writer under DDP
         from ss4rec.report import plot_curves
 
         write_json_atomic(out / "results.json", result)
         plot_curves(trainer.history, out / "curves.png", title=f"{config['model']} on {dataset}")
+    distributed.shutdown()
     return result

@@ -38,6 +38,7 @@ made the check impossible):
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import warnings
@@ -118,11 +119,12 @@ class PreflightReport:
 
 def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_dict=None,
               device: str | None = None, environment: dict | None = None,
-              timed_batches: int = TIMED_BATCHES) -> PreflightReport:
+              timed_batches: int = TIMED_BATCHES, processes: int = 1) -> PreflightReport:
     """Run every check (see the module docstring) and return the report; never trains.
 
     Args are those of :func:`ss4rec.run`. ``environment``: an already computed
-    :func:`ss4rec.envinfo.environment_info` (computed here when None).
+    :func:`ss4rec.envinfo.environment_info` (computed here when None). ``processes``: DDP
+    processes on this machine (``--nproc``), each holding the whole dataset.
     """
     from ss4rec.envinfo import environment_info
 
@@ -134,7 +136,7 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
     if config is None:
         _skip_rest(report, "the config could not be built")
         return report
-    _fast_checks(report, config, dataset)
+    _fast_checks(report, config, dataset, processes=processes)
     # Loading the data and running the model are the slow checks: only for a run that
     # can still go ahead (every failure so far is reported; fix those first).
     if not report.ok:
@@ -158,13 +160,16 @@ def check_before_building(config, model_label: str, dataset: str) -> list[str]:
     from ss4rec.errors import UserError
 
     report = PreflightReport(model=model_label, dataset=dataset, device=str(config["device"]))
-    _fast_checks(report, config, dataset, stop_early=True)
+    # Under DDP every process on this machine loads the whole dataset (torchrun's count).
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if not config["single_spec"] else 1
+    _fast_checks(report, config, dataset, stop_early=True, processes=processes)
     if not report.ok:
         raise UserError(report.first_failure)
     return [f"preflight {c.section}/{c.name}: {c.detail}" for c in report.checks if c.status == WARN]
 
 
-def _fast_checks(report: PreflightReport, config, dataset: str, stop_early: bool = False) -> None:
+def _fast_checks(report: PreflightReport, config, dataset: str, stop_early: bool = False,
+                 processes: int = 1) -> None:
     """Settings, optimiser, the .inter file and the host-memory estimate: nothing is built.
 
     ``stop_early``: skip the pass over the data file once a check has failed (a run that is
@@ -174,7 +179,7 @@ def _fast_checks(report: PreflightReport, config, dataset: str, stop_early: bool
     _check_optimiser(report, config)
     rows = _check_inter_file(report, config, dataset) if report.ok or not stop_early else 0
     if rows:
-        _check_host_memory(report, rows)
+        _check_host_memory(report, rows, processes)
 
 
 def _skip_rest(report: PreflightReport, why: str) -> None:
@@ -476,14 +481,17 @@ def available_memory() -> float | None:
     return float(available)
 
 
-def _check_host_memory(report: PreflightReport, rows: int) -> None:
-    """Host RAM that loading and preparing ``rows`` interactions will take, before any is built."""
+def _check_host_memory(report: PreflightReport, rows: int, processes: int = 1) -> None:
+    """Host RAM that loading and preparing ``rows`` interactions will take, before any is built
+    (times ``processes``: each DDP process on this machine holds its own copy)."""
     from ss4rec.data.sequences import estimate_host_memory
 
-    need = estimate_host_memory(rows)
+    need = estimate_host_memory(rows) * processes
     have = available_memory()
     report.estimate["host_memory_gb"] = need / 2**30
     text = f"~{need / 2**30:.1f} GB host RAM to load and prepare {rows:,} rows (either train_mode)"
+    if processes > 1:
+        text += f" for {processes} processes on this machine (each holds a copy)"
     if have is None:
         report.add("estimate", "host memory", PASS, text + "; available memory unknown")
     elif need > have:

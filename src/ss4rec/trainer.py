@@ -36,6 +36,7 @@ import torch
 from recbole.trainer import Trainer
 from torch.nn.utils.clip_grad import clip_grad_norm_
 
+from ss4rec import distributed
 from ss4rec.checkpoint import (config_to_plain, fingerprint_differences, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state, to_plain)
 from ss4rec.errors import TrainingGuardError, UserError
@@ -106,12 +107,20 @@ class SS4RecTrainer(Trainer):
         # in the run folder (beside checkpoints/), never in the caller's working directory.
         run_folder = Path(config["checkpoint_dir"]).resolve().parent
         run_folder.mkdir(parents=True, exist_ok=True)
+        # Under DDP, RecBole wraps the model as DistributedDataParallel(device_ids=[local_rank]),
+        # which fails for a CPU model; hide DDP from it and wrap the model ourselves.
+        single_spec = config["single_spec"]
+        config["single_spec"] = True
         try:
             with working_dir(run_folder):
                 super().__init__(config, model)
         finally:
             config["log_wandb"] = log_wandb
-        self.wandblogger = WandbRunLogger(config)
+            config["single_spec"] = single_spec
+        self.writer = distributed.is_writer(config)  # rank 0 (or no DDP): saves and evaluates
+        if not single_spec:
+            self.distributed_model = distributed.wrap_model(self.model, self.device)
+        self.wandblogger = WandbRunLogger(config if self.writer else {"log_wandb": False})
 
         self.grad_accum_steps = self.guard_config["grad_accum_steps"]
         self.guards = TrainingGuards(
@@ -224,14 +233,17 @@ class SS4RecTrainer(Trainer):
                 sync_loss = self.sync_grad_loss()
             with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
                 losses = loss_func(interaction)
+            parts = losses if isinstance(losses, tuple) else (losses,)
+            loss = sum(parts)
+            values = tuple(part.item() for part in parts)
+            if not self.config["single_spec"]:
+                # The mean over all ranks: every rank logs, and every guard decides on, the
+                # same number, so a guard stops all ranks at the same step.
+                values = distributed.mean_over_ranks(values, self.device)
+            loss_value = sum(values)
             if isinstance(losses, tuple):
-                loss = sum(losses)
-                values = tuple(part.item() for part in losses)
                 total_loss = values if total_loss is None else tuple(map(sum, zip(total_loss, values)))
-                loss_value = sum(values)
             else:
-                loss = losses
-                loss_value = losses.item()
                 total_loss = loss_value if total_loss is None else total_loss + loss_value
             self.guards.check_loss(loss_value, self._where)
             # Gradients of a group of batches add up: scale each so the group's is their mean.
@@ -317,7 +329,7 @@ class SS4RecTrainer(Trainer):
 
     # ---- checkpoints ----
 
-    def _checkpoint_state(self, epoch: int, best_valid_result=None) -> dict:
+    def _checkpoint_state(self, epoch: int, best_valid_result=None, rng_ranks=None) -> dict:
         generator = getattr(self._train_data, "generator", None)
         return {
             "model": self.config["model"],
@@ -333,6 +345,7 @@ class SS4RecTrainer(Trainer):
             "grad_accum_steps": self.grad_accum_steps,
             "guards": self.guards.state_dict(),
             "rng": rng_state(),
+            "rng_ranks": rng_ranks,  # under DDP: every rank's generators, by rank (else None)
             "dataloader_generator": generator.get_state() if generator is not None else None,
             "history": to_plain(self.history),
             "train_seconds": self.train_seconds(),
@@ -341,7 +354,10 @@ class SS4RecTrainer(Trainer):
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        # Every rank gets here at the same points (RecBole's fit and ours call it on all ranks):
+        # collect their random generators, so a resumed DDP run continues each rank's streams.
+        rng_ranks = None if self.config["single_spec"] else distributed.all_gather_objects(rng_state())
+        if not self.writer:
             return
         path = kwargs.pop("saved_model_file", self.saved_model_file)
         if epoch < 0 and self.resumed_from:
@@ -351,7 +367,7 @@ class SS4RecTrainer(Trainer):
             return
         # At a new best RecBole saves before storing best_valid_result: the latest result is it.
         best_result = kwargs.pop("best_valid_result", self._latest_valid_result)
-        save_checkpoint(self._checkpoint_state(epoch, best_result), path)
+        save_checkpoint(self._checkpoint_state(epoch, best_result, rng_ranks), path)
         if verbose:
             self.logger.info(f"Saving current: {path}")
 
@@ -398,7 +414,11 @@ class SS4RecTrainer(Trainer):
         self.guards.load_state_dict(checkpoint.get("guards") or {})
         self.earlier_train_seconds = float(checkpoint.get("train_seconds", 0.0))
         self.history = [entry for entry in checkpoint.get("history") or [] if entry["epoch"] < self.start_epoch]
-        self._pending_resume = {"rng": checkpoint.get("rng"),
+        rng = checkpoint.get("rng")
+        ranks = checkpoint.get("rng_ranks")
+        if not self.config["single_spec"] and ranks and len(ranks) == self.config["world_size"]:
+            rng = ranks[self.config["local_rank"]]  # this rank's own streams
+        self._pending_resume = {"rng": rng,
                                 "generator": checkpoint.get("dataloader_generator")}
         self.resumed_from = {"checkpoint": str(resume_file), "epochs_done": self.start_epoch,
                              "start_epoch": self.start_epoch,
@@ -415,6 +435,8 @@ class SS4RecTrainer(Trainer):
     # ---- guard stop: last good weights and a debug bundle ----
 
     def _record_guard_stop(self, err: TrainingGuardError) -> None:
+        if not self.writer:  # all ranks stop at the same step; rank 0 saves the evidence
+            return
         folder = Path(self.checkpoint_dir)
         name = self.config["model"]
         saved = []
@@ -488,6 +510,24 @@ class SS4RecTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if self.config["single_spec"]:
+            return self._evaluate_here(eval_data, load_best_model, model_file, show_progress)
+        # DDP: rank 0 scores every user (its evaluation loaders are not sharded) and sends the
+        # result; the metrics are then exactly a single process's on the same weights.
+        result = self._evaluate_here(eval_data, load_best_model, model_file, show_progress) \
+            if self.writer else None
+        return distributed.broadcast_from_rank0(result)
+
+    def sync_grad_loss(self):
+        # RecBole's sum(param) * 0, which ties every parameter to the loss so DDP all-reduces
+        # each gradient; its running sum fails on complex parameters (SS4Rec's S5 Lambda).
+        return sum(torch.view_as_real(p).sum() * 0 if p.is_complex() else p.sum() * 0
+                   for p in self.model.parameters())
+
+    def _map_reduce(self, result, num_sample):
+        return result  # evaluation is not sharded (see evaluate): nothing to combine
+
+    def _evaluate_here(self, eval_data, load_best_model, model_file, show_progress):
         if eval_data and load_best_model:
             checkpoint_file = model_file or self.saved_model_file
             checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
@@ -500,4 +540,8 @@ class SS4RecTrainer(Trainer):
         if test_result:
             self.wandblogger.log_test(test_result)
         self.wandblogger.finish(exit_code=1 if failed else 0)
+        # RecBole's tensorboard writer uses a path relative to the run folder and flushes from
+        # a thread: close it while the run is still in that folder (and before a DDP rank's
+        # scratch folder is removed), or a late flush fails with FileNotFoundError.
+        self.tensorboard.close()
 

@@ -41,8 +41,9 @@ GUARDS_FILE = PROPERTIES_DIR / "guards.yaml"
 GUARD_DEFAULTS: dict = _defaults("guards.yaml")
 DATA_FILE = PROPERTIES_DIR / "data.yaml"
 DATA_DEFAULTS: dict = _defaults("data.yaml")
-# Keys our own code reads (trainer guards and schedule, training mode).
-SS4REC_KEYS: set[str] = set(GUARD_DEFAULTS) | set(DATA_DEFAULTS)
+# Keys our own code reads (trainer guards and schedule, training mode, DDP's collective
+# timeout: ss4rec.distributed).
+SS4REC_KEYS: set[str] = set(GUARD_DEFAULTS) | set(DATA_DEFAULTS) | {"ddp_timeout"}
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ RULES: dict[str, Rule] = {
     "guard_frozen_metrics_evals": _int(2), "progress_interval": _float(0),
     **{k: Rule("bool") for k, v in GUARD_DEFAULTS.items() if isinstance(v, bool)},
     "train_mode": Rule("choice", choices=("prefix", "sequence")),
+    "ddp_timeout": _float(0, low_open=True, optional=True),
 }
 
 

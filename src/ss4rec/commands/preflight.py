@@ -28,7 +28,8 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="also write DIR/preflight.json (the run folder of the run to come)")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
-                        help="check that N GPUs are there for a multi-GPU run (default: 1)")
+                        help="check the layout of an --nproc N run: backend (nccl on GPUs, gloo "
+                             "with --device cpu), N GPUs, or torchrun's environment (default: 1)")
     parser.add_argument("--notify", default=None, metavar="URL",
                         help="webhook told about a failed preflight (default: $SS4REC_NOTIFY_URL)")
     parser.add_argument("--no-env", action="store_true", help="do not print the environment block")
@@ -41,7 +42,7 @@ def main(args) -> int:
     from ss4rec.errors import UserError
     from ss4rec.notify import Notifier
     from ss4rec.runfolder import write_json_atomic
-    from ss4rec.preflight import FAIL, preflight
+    from ss4rec.preflight import FAIL, PASS, preflight
     from ss4rec.threads import apply_threads
 
     threads = apply_threads(args.threads)
@@ -58,11 +59,12 @@ def main(args) -> int:
         notifier.failure(f"preflight: {exc}")
         raise
     report = preflight(args.model, args.dataset, args.config, config_dict, args.device,
-                       environment=environment)
-    try:
-        check_nproc(args.nproc)
+                       environment=environment, processes=max(args.nproc, 1))
+    try:  # the process layout: backend (gloo/nccl), world size, GPUs per process, torchrun env
+        layout = check_nproc(args.nproc, args.device)
+        report.add("environment", "processes (DDP)", PASS, layout)
     except UserError as exc:
-        report.add("environment", "GPUs for --nproc", FAIL, str(exc))
+        report.add("environment", "processes (DDP)", FAIL, str(exc))
     print()
     print(report.table(), flush=True)
     if args.output:

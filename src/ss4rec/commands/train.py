@@ -4,6 +4,7 @@
     $ ss4rec train --model SASRec --dataset ml-1m --data-path data/ --set epochs=50
     $ ss4rec train --debug --notify https://hooks.slack.com/services/...   # smoke run, pinged
     $ ss4rec train --config ss4rec --dataset ml-1m --data-path data/ --nproc 4   # 4 GPUs (DDP)
+    $ torchrun --nnodes 2 --nproc-per-node 4 ... -m ss4rec train ...             # 2 machines
 
 Writes ``OUTPUT/results.json`` (model, dataset, best_valid, test, epochs_run,
 train_seconds, config, versions), ``OUTPUT/train.log`` and ``OUTPUT/checkpoints/``.
@@ -12,12 +13,11 @@ train_seconds, config, versions), ``OUTPUT/train.log`` and ``OUTPUT/checkpoints/
 in :data:`DEBUG_SETTINGS` go over the config files (``--set`` still wins) and
 ``torch.autograd`` anomaly detection is on.
 
-``--nproc N`` trains on N GPUs with RecBole's own distributed mode: the run's config gets
-RecBole's DDP keys (``nproc``, ``world_size``, ``ip``, ``port``, ``offset``,
-``local_rank``) and ``torch.multiprocessing.spawn`` starts one process per GPU, as
-``recbole.quick_start.run`` does; RecBole's ``Config`` then joins the NCCL process group,
-its dataloaders shard the batches and its Trainer wraps the model in
-``DistributedDataParallel``. Rank 0 writes the run folder; rank k logs to ``OUTPUT/rank-k/``.
+``--nproc N`` trains with N processes on this machine (DDP): one per GPU (NCCL), or with
+``--device cpu`` N CPU processes (gloo, one torch thread each unless ``--threads``).
+``torch.multiprocessing.spawn`` starts them, as ``recbole.quick_start.run`` does, each with
+the environment ``torchrun`` would set; under ``torchrun`` (several machines) leave
+``--nproc`` out. See :mod:`ss4rec.distributed`. Rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+# With --nproc, when one process fails the others get this long to stop by themselves
+# before they are terminated (see _run_distributed).
+RANK_GRACE_S = 20.0
 
 # What --debug changes (model-specific keys only where the model knows them): users with
 # at most 40 ratings (ML-100K: 305 users; small evaluation too), histories of 20, one
@@ -109,58 +113,70 @@ def add_subparser(subparsers) -> None:
                         help="Slack/Discord webhook for start / finish / failure messages "
                              "(default: $SS4REC_NOTIFY_URL; a failing webhook never fails the run)")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
-                        help="GPUs to train on, one process each, through RecBole's DDP (default: 1)")
-    parser.add_argument("--ip", default="localhost", help="--nproc rendezvous address (default: localhost)")
-    parser.add_argument("--port", type=int, default=5678, help="--nproc rendezvous port (default: 5678)")
+                        help="processes on this machine, one per GPU (NCCL), or with --device cpu "
+                             "one per CPU process (gloo), trained with DDP (default: 1). Several "
+                             "machines: start each with torchrun (README)")
+    parser.add_argument("--ip", default="127.0.0.1",
+                        help="--nproc rendezvous address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="--nproc rendezvous port (default: a free port)")
     parser.set_defaults(func=main)
 
 
-def distributed_settings(nproc: int, rank: int, ip: str = "localhost", port: int = 5678) -> dict:
-    """RecBole's DDP config keys for process ``rank`` of an ``nproc``-GPU run on one machine.
+def check_nproc(nproc: int, device: str | None = None) -> str:
+    """A clear UserError unless ``nproc`` processes can train on ``device`` here (see
+    :func:`ss4rec.distributed.check_world`); else a one-line description of the layout."""
+    from ss4rec.distributed import check_world
 
-    >>> distributed_settings(2, 1)["local_rank"], distributed_settings(2, 1)["gpu_id"]
-    (1, '0,1')
-    """
-    return {"nproc": nproc, "world_size": nproc, "ip": ip, "port": str(port), "offset": 0,
-            "local_rank": rank, "gpu_id": ",".join(str(i) for i in range(nproc))}
+    return check_world(nproc, device)
 
 
-def check_nproc(nproc: int) -> None:
-    """A clear UserError unless ``nproc`` CUDA GPUs are visible (RecBole's DDP uses NCCL)."""
+def rank_threads(requested: int | None, device: str | None, world: int) -> int | None:
+    """torch threads for each DDP process on CPU: --threads, else $OMP_NUM_THREADS, else 1
+    (N processes of the default thread count would oversubscribe the cores). None: the usual
+    choice (one process, or GPUs)."""
+    import os
+
+    if world <= 1 or device != "cpu" or requested is not None or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return 1
+
+
+def _train_rank(local_rank: int, run_kwargs: dict, nproc: int, addr: str, port: int,
+                threads: int, anomaly: bool) -> None:
+    """One process of ``--nproc N`` (started by torch.multiprocessing.spawn, as RecBole's
+    quick_start does): the launcher environment torchrun would give it, then the run."""
+    import os
+
     import torch
 
-    from ss4rec.errors import UserError
-
-    if nproc < 1:
-        raise UserError(f"--nproc {nproc}: use a whole number >= 1")
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if nproc > 1 and visible < nproc:
-        raise UserError(
-            f"--nproc {nproc} needs {nproc} CUDA GPUs (RecBole's DDP runs on NCCL), but torch "
-            f"sees {visible}: use --nproc {max(visible, 1)}, or a machine with {nproc} GPUs"
-        )
-
-
-def _train_rank(rank: int, run_kwargs: dict, nproc: int, ip: str, port: int, run_dir: str) -> None:
-    """One DDP process (started by torch.multiprocessing.spawn, as RecBole's quick_start does)."""
     import ss4rec
+    from ss4rec.distributed import rank_environment
 
-    out = Path(run_dir) if rank == 0 else Path(run_dir) / f"rank-{rank}"
-    if rank:  # every rank loads the best checkpoint that rank 0 writes: share the folder
-        out.mkdir(parents=True, exist_ok=True)
-        link = out / "checkpoints"
-        if not link.exists():
-            link.symlink_to(Path(run_dir).resolve() / "checkpoints", target_is_directory=True)
-    config_dict = dict(run_kwargs.pop("config_dict") or {})
-    config_dict.update(distributed_settings(nproc, rank, ip, port))
-    ss4rec.run(config_dict=config_dict, output_dir=out, **run_kwargs)
+    os.environ.update(rank_environment(nproc, local_rank, addr, port))
+    torch.set_num_threads(threads)  # a spawned process starts with torch's defaults
+    torch.autograd.set_detect_anomaly(anomaly)
+    ss4rec.run(**run_kwargs)
 
 
-def _run_distributed(run_kwargs: dict, nproc: int, ip: str, port: int, run_dir: Path) -> dict:
+def _run_distributed(run_kwargs: dict, nproc: int, addr: str, port: int | None, run_dir: Path) -> dict:
+    import torch
     import torch.multiprocessing as mp
 
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    mp.spawn(_train_rank, args=(run_kwargs, nproc, ip, port, str(run_dir)), nprocs=nproc, join=True)
+    from ss4rec.distributed import free_port, rank_failure
+
+    port = port or free_port()
+    context = mp.start_processes(_train_rank, args=(run_kwargs, nproc, addr, port, torch.get_num_threads(),
+                                                    torch.is_anomaly_enabled()),
+                                 nprocs=nproc, join=False, start_method="spawn")
+    try:
+        # When one process fails, the others get RANK_GRACE_S to stop by themselves (a guard
+        # stops every rank at the same step, and rank 0 then saves its evidence; a lost peer
+        # fails the next collective) before spawn terminates them and reports the first failure.
+        while not context.join(grace_period=RANK_GRACE_S):
+            pass
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        raise rank_failure(exc, run_dir, context.error_files) from None
     return json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
 
 
@@ -172,15 +188,24 @@ def main(args) -> int:
     from ss4rec.pipeline import default_output_dir
     from ss4rec.threads import apply_threads
 
-    check_nproc(args.nproc)
-    print(apply_threads(args.threads), file=sys.stderr, flush=True)
+    from ss4rec import distributed
+
+    layout = check_nproc(args.nproc, args.device)
+    world = max(args.nproc, distributed.world_size())
+    writer = distributed.rank() == 0  # under torchrun, only rank 0 talks to the user
+    threads = rank_threads(args.threads, args.device, world)
+    message = apply_threads(args.threads if threads is None else threads)
+    if writer:
+        print(message + ("" if threads is None else " per process"), file=sys.stderr, flush=True)
+        if world > 1:
+            print(f"distributed: {layout}", file=sys.stderr, flush=True)
     run_dir = args.output
     if run_dir is None:
         model_label = getattr(args.model, "__name__", args.model)
         run_dir = (Path(args.resume).resolve().parent.parent if args.resume
                    else default_output_dir(model_label, args.dataset))
     run_dir = Path(run_dir).resolve()
-    notifier = Notifier(args.notify)  # None: $SS4REC_NOTIFY_URL, else silent
+    notifier = Notifier(args.notify if writer else "")  # None: $SS4REC_NOTIFY_URL, else silent
     notifier.start(model=str(args.model), dataset=args.dataset, device=args.device or "auto",
                    run_dir=run_dir)
     run_kwargs = {"model": args.model, "dataset": args.dataset, "config_files": args.config,
@@ -190,12 +215,22 @@ def main(args) -> int:
         torch.autograd.set_detect_anomaly(True)
     try:
         if args.nproc > 1:
-            result = _run_distributed(run_kwargs, args.nproc, args.ip, args.port, run_dir)
+            result = _run_distributed({**run_kwargs, "output_dir": run_dir}, args.nproc, args.ip,
+                                      args.port, run_dir)
+        elif world > 1:  # one process of a torchrun job
+            try:
+                result = ss4rec.run(output_dir=run_dir, **run_kwargs)
+            except RuntimeError as exc:  # gloo/NCCL: another rank died or hangs
+                if not distributed.is_peer_failure(exc):
+                    raise
+                raise distributed.lost_peer(exc) from None
         else:
             result = ss4rec.run(output_dir=run_dir, **run_kwargs)
     except BaseException as exc:
         notifier.failure(exc)
         raise
+    if not writer:
+        return 0
     notifier.finish(result["test"])
     test = {k: round(v, 4) for k, v in result["test"].items()}
     print(json.dumps({"run_dir": result["run_dir"], "test": test}, indent=2))

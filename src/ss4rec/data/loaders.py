@@ -26,6 +26,7 @@ from recbole.sampler import KGSampler
 from recbole.utils import ModelType
 
 from ss4rec.data.modes import train_mode
+from ss4rec.distributed import unsharded
 from ss4rec.data.sequences import NEG_TARGETS, TARGET_ITEMS, TARGET_MASK, FlatSequentialDataset
 
 logger = logging.getLogger(__name__)
@@ -111,8 +112,12 @@ def prepare_data(config, dataset):
     else:
         train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler,
                                                      shuffle=config["shuffle"])
-    valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
-    test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
+    # Under DDP the training batches are sharded (RecBole's DistributedSampler, also for
+    # WindowTrainDataLoader, a TrainDataLoader), but evaluation is not: rank 0 scores every
+    # user, exactly as a single process does (see ss4rec.distributed).
+    with unsharded(config):
+        valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
+        test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
     if sequence:
         logger.info(
             f"train_mode sequence: {train_data.targets:,} training targets in "
@@ -138,6 +143,11 @@ class WindowTrainDataLoader(TrainDataLoader):
     def _init_batch_size_and_step(self):
         windows = max(1, len(self._dataset))
         per_batch = max(1, round(self.config["train_batch_size"] * windows / max(1, self.targets)))
+        if not self.config["single_spec"]:
+            # Under DDP RecBole then gives each rank step // world_size windows: round up to a
+            # multiple, so the ranks' batches together are the whole batch, never less.
+            world = self.config["world_size"]
+            per_batch = -(-per_batch // world) * world
         self.step = per_batch
         self.set_batch_size(per_batch)
 

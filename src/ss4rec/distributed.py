@@ -1,0 +1,361 @@
+"""Distributed training (torch DDP) on CPU or GPU, started by ``--nproc N`` or by ``torchrun``.
+
+RecBole 1.2.1's ``Config._init_device`` always joins an NCCL process group through
+``tcp://ip:port`` on ``cuda:local_rank``: no CPU, no ``torchrun``, no second machine.
+:class:`DistributedConfig` replaces only that step. Every process reads the standard
+launcher environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``), which ``torchrun`` sets and ``ss4rec train --nproc N`` sets for the
+processes it spawns, and joins the group through ``env://``: ``nccl`` on CUDA (one GPU per
+local rank), ``gloo`` on CPU. The rest stays RecBole's: its dataloaders shard training
+batches with a ``DistributedSampler`` and its trainer all-reduces gradients.
+
+What ss4rec adds on top (see :mod:`ss4rec.trainer` and :mod:`ss4rec.pipeline`):
+
+- one writer: global rank 0 alone writes the run folder (log, checkpoints,
+  ``results.json``); other ranks log warnings to stderr and keep RecBole's scratch files in
+  a temporary folder;
+- exact evaluation: rank 0 evaluates every user and sends the result to the others
+  (RecBole's sharded evaluation repeats users to even out the shards, rounds each rank's
+  metrics and weights the ranks by their number of batches, so it differs slightly from a
+  single process);
+- guards decide on the loss averaged over all ranks, so every rank stops at the same step;
+- a lost rank ends the others: ``gloo`` fails at once when a peer's connection closes, and
+  every collective has a timeout (``ddp_timeout`` seconds) for a peer that hangs; the
+  failure is reported in one line naming the rank (:func:`rank_failure`, :func:`lost_peer`).
+
+Test hook: with ``$SS4REC_DDP_DUMP_DIR`` set, each rank writes its pid as training starts
+and its weights after training there (:func:`note_pid`, :func:`dump_parameters`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+
+from recbole.config import Config
+
+from ss4rec.errors import UserError
+
+# ddp_timeout (seconds; a known key with its range in ss4rec.validation): how long a rank
+# waits for the others at a collective (a gradient all-reduce, rank 0's evaluation result)
+# before it gives up with an error.
+DEFAULT_TIMEOUT_S = 1800  # torch's own default; rank 0 evaluates alone while the others wait
+
+LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def world_size() -> int:
+    """Processes in this job according to the launcher's environment (1 when not launched)."""
+    return _env_int("WORLD_SIZE", 1)
+
+
+def rank() -> int:
+    """This process's global rank (0 when not launched)."""
+    return _env_int("RANK", 0)
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise UserError(f"environment variable {name}={value!r} is not a whole number >= 0: "
+                        "fix the launcher command (torchrun sets it)")
+    return int(value)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for --nproc on one machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rank_environment(nproc: int, local_rank: int, addr: str, port: int) -> dict:
+    """What torchrun would set for process ``local_rank`` of ``nproc`` on this one machine.
+
+    >>> env = rank_environment(2, 1, "127.0.0.1", 29500)
+    >>> env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["MASTER_PORT"]
+    ('1', '2', '1', '29500')
+    """
+    return {"RANK": str(local_rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": addr, "MASTER_PORT": str(port)}
+
+
+def check_world(nproc: int = 1, device: str | None = None) -> str:
+    """Check the process layout before anything is built; return a one-line description.
+
+    ``nproc`` is ``--nproc`` (processes to spawn on this machine); under ``torchrun`` the
+    launcher's environment says the rest. A UserError names what is wrong and how to fix it.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if nproc < 1:
+        raise UserError(f"--nproc {nproc}: use a whole number >= 1")
+    launched = world_size()
+    if launched > 1 and nproc > 1:
+        raise UserError(f"--nproc {nproc} under torchrun (WORLD_SIZE={launched}): torchrun already "
+                        "started the processes; drop --nproc and use torchrun's --nproc-per-node")
+    world = max(nproc, launched)
+    if world == 1:
+        return "single process"
+    if launched > 1:
+        missing = [k for k in LAUNCH_ENV if not os.environ.get(k)]
+        if missing:
+            raise UserError(f"WORLD_SIZE={launched} but {', '.join(missing)} unset: start ss4rec with "
+                            "torchrun (or set all of RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)")
+        if rank() >= launched:
+            raise UserError(f"RANK={rank()} is not below WORLD_SIZE={launched}: fix the launcher's "
+                            "--nnodes / --node-rank / --nproc-per-node")
+    if not dist.is_available():
+        raise UserError("this torch build has no torch.distributed: install a standard torch wheel "
+                        "or train with --nproc 1")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cpu":
+        if not dist.is_gloo_available():
+            raise UserError("CPU training over several processes needs torch's gloo backend, which "
+                            "this torch build lacks: install a standard torch wheel")
+        how = f"--nproc {nproc} on this machine" if nproc > 1 else "torchrun"
+        return f"gloo on CPU, world size {world} ({how})"
+    # CUDA asked for, or auto with --nproc: one GPU per process on this machine.
+    local = nproc if nproc > 1 else _env_int("LOCAL_WORLD_SIZE", 1)
+    if gpus < local:
+        raise UserError(
+            f"--nproc {local} needs {local} CUDA GPUs (one per process, NCCL), but torch sees "
+            f"{gpus}: use --nproc {max(gpus, 1)}, a machine with {local} GPUs, or --device cpu "
+            f"for {local} CPU processes (gloo)")
+    if not dist.is_nccl_available():
+        raise UserError("GPU training over several processes needs NCCL, which this torch build "
+                        "lacks: install a CUDA build of torch")
+    how = f"--nproc {nproc} on this machine" if nproc > 1 else "torchrun"
+    return f"nccl on {local} GPU(s) here, world size {world} ({how})"
+
+
+def _timeout_seconds(value) -> float:
+    from ss4rec.errors import ConfigError
+
+    if value is None:
+        return DEFAULT_TIMEOUT_S
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"ddp_timeout={value!r}: use a number of seconds > 0 (default {DEFAULT_TIMEOUT_S})")
+    return float(value)
+
+
+class DistributedConfig(Config):
+    """RecBole's ``Config`` with a device step that also runs on CPU and under torchrun.
+
+    In a single process (no launcher environment) it is RecBole's ``Config`` unchanged.
+    """
+
+    def _init_device(self):
+        if not is_distributed():
+            return super()._init_device()
+        import torch
+        import torch.distributed as dist
+
+        cfg = self.final_config_dict
+        local_rank = _env_int("LOCAL_RANK", 0)
+        use_cuda = cfg.get("use_gpu", True) is not False and torch.cuda.is_available()
+        if use_cuda:
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            timeout = datetime.timedelta(seconds=_timeout_seconds(cfg.get("ddp_timeout")))
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
+                                    rank=rank(), world_size=world_size(), timeout=timeout)
+        cfg["gpu_id"] = str(local_rank) if use_cuda else ""
+        cfg["device"] = device
+        cfg["single_spec"] = False
+        # RecBole reads local_rank as "the rank": the one that saves checkpoints (rank 0) and
+        # the seed offset. It gets the global rank, so across several machines exactly one
+        # process writes; the GPU index stays LOCAL_RANK (in device).
+        cfg["local_rank"] = rank()
+        cfg["world_size"] = world_size()
+        cfg["nproc"] = world_size()
+        cfg["offset"] = 0
+        if rank() != 0:
+            cfg["show_progress"] = False
+            cfg["verbose"] = False
+
+
+def is_writer(config=None) -> bool:
+    """True for the one process that writes the run folder (always, outside DDP)."""
+    if config is not None and not config["single_spec"]:
+        return config["local_rank"] == 0
+    return rank() == 0
+
+
+@contextlib.contextmanager
+def unsharded(config):
+    """Build dataloaders that see every row, even under DDP (RecBole shards when single_spec is off)."""
+    saved = config["single_spec"]
+    config["single_spec"] = True
+    try:
+        yield
+    finally:
+        config["single_spec"] = saved
+
+
+def wrap_model(model, device):
+    """``model`` in DistributedDataParallel: its parameters start as rank 0's, and its
+    gradients are averaged over all ranks during backward (RecBole's trainer drives it)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        import torch
+
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # as RecBole does
+        return DistributedDataParallel(model, device_ids=[device.index])
+    return DistributedDataParallel(model)  # CPU: no device_ids
+
+
+def broadcast_from_rank0(obj):
+    """``obj`` as rank 0 has it, on every rank (a picklable Python object)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_objects(obj) -> list:
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_over_ranks(values, device) -> tuple:
+    """The mean over all ranks of each float in ``values`` (one small all-reduce)."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tuple((tensor / dist.get_world_size()).tolist())
+
+
+class RankFailed(UserError):
+    """A DDP process failed or died; the others were stopped. The message names the rank and why."""
+
+
+def _resume_hint(run_dir) -> str:
+    from pathlib import Path
+
+    last = sorted(Path(run_dir).glob("checkpoints/*-last.pth")) if run_dir else []
+    return (f"; after fixing the cause, continue with --resume {last[0]}" if last
+            else "; no epoch had finished, so nothing to resume")
+
+
+def _user_error(trace: str) -> str | None:
+    """The message of a UserError (or subclass) that ends the traceback text ``trace``, else None."""
+    last = trace.strip().splitlines()[-1] if trace.strip() else ""
+    kind, _, message = last.partition(": ")
+    return message if kind.startswith(("ss4rec.errors.", "ss4rec.distributed.")) else None
+
+
+def _rank0_user_error(error_files) -> str | None:
+    """Rank 0's UserError message, if it raised one (spawn keeps each process's traceback)."""
+    import pickle
+
+    try:
+        with open(error_files[0], "rb") as f:
+            return _user_error(pickle.load(f))  # written by our own rank 0 (torch's _wrap)
+    except (OSError, EOFError, pickle.UnpicklingError, TypeError, IndexError):
+        return None
+
+
+def rank_failure(exc, run_dir=None, error_files=None) -> RankFailed:
+    """One line for ``torch.multiprocessing.spawn``'s report of the first process that failed.
+
+    A UserError raised in a process (a guard stop, a bad setting) keeps its own message
+    (rank 0's when it raised one too: it names the files it saved); anything else is shown
+    with the process's traceback above the line.
+    """
+    import sys
+
+    import torch.multiprocessing as mp
+
+    rank_ = exc.error_index
+    if isinstance(exc, mp.ProcessExitedException):
+        why = f"signal {exc.signal_name}" if exc.signal_name else f"exit code {exc.exit_code}"
+        return RankFailed(f"rank {rank_} (pid {exc.error_pid}) died ({why}); the other ranks were "
+                          f"stopped{_resume_hint(run_dir)}")
+    trace = exc.msg.strip()
+    last = trace.splitlines()[-1] if trace else str(exc)
+    message = _user_error(trace)
+    if message is not None:
+        first = _rank0_user_error(error_files) if rank_ != 0 and error_files else None
+        return RankFailed(f"rank 0: {first}" if first else f"rank {rank_}: {message}")
+    print(trace, file=sys.stderr)
+    return RankFailed(f"rank {rank_} failed with {last} (traceback above); the other ranks were "
+                      f"stopped{_resume_hint(run_dir)}")
+
+
+# What a collective says when a peer is gone: torch's DistError family, or gloo's and NCCL's
+# RuntimeErrors (gloo: "Connection reset by peer" / "closed by peer" within a second or two).
+_PEER_SIGNS = ("Connection reset by peer", "Connection closed by peer", "gloo/transport", "NCCL",
+               "timed out", "Timed out")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(sign in str(exc) for sign in _PEER_SIGNS)
+
+
+def lost_peer(exc) -> RankFailed:
+    """One line for a collective that failed here because another process died or hung."""
+    import re
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]  # gloo's source path, advice
+    return RankFailed(f"rank {rank()} lost contact with the other ranks ({first[:300]}): another "
+                      "process died or stopped answering; its own output (or the launcher's "
+                      "report) names the cause")
+
+
+DUMP_ENV = "SS4REC_DDP_DUMP_DIR"
+
+
+def note_pid(config) -> None:
+    """Test hook: with ``$SS4REC_DDP_DUMP_DIR`` set, each DDP rank writes ``rank-K.pid`` there
+    as training starts (a test kills one rank mid-epoch by this pid)."""
+    folder = os.environ.get(DUMP_ENV)
+    if folder and not config["single_spec"]:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"rank-{config['local_rank']}.pid"), "w", encoding="utf-8") as f:
+            f.write(str(os.getpid()))
+
+
+def dump_parameters(model, config) -> None:
+    """Test hook: with ``$SS4REC_DDP_DUMP_DIR`` set, each DDP rank saves its trained weights
+    there as ``rank-K.pth`` (after fit, before the test), so a test can compare the ranks."""
+    folder = os.environ.get(DUMP_ENV)
+    if not folder or config["single_spec"]:
+        return
+    import torch
+
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(folder, f"rank-{config['local_rank']}.pth"))
+
+
+def shutdown() -> None:
+    """Leave the process group (end of a run), so the process exits cleanly."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
