@@ -211,3 +211,11 @@ def test_models_without_windows_train_in_prefix_mode_when_sequence_is_shared():
     specs = parse_models("SASRec,BERT4Rec,NeuMF")
     modes = {s.label: settings_for(s, shared, specs)["train_mode"] for s in specs}
     assert modes == {"SASRec": "sequence", "BERT4Rec": "prefix", "NeuMF": "prefix"}
+
+
+def test_a_bad_shared_setting_is_refused_before_any_model_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = cli_main(["compare", "--models", "SASRec,GRU4Rec", "--config", "tiny", "--set", "train_batch_size=0",
+                     "--output", str(out)])
+    assert code == 2 and not out.exists()
+    assert "train_batch_size=0 (from the shared settings): use an integer >= 1" in capsys.readouterr().err

@@ -142,6 +142,12 @@ def shared_settings(config_files=(), config_dict=None, epochs=None) -> dict:
         if int(epochs) < 1:
             raise UserError(f"--epochs must be at least 1, not {epochs}")
         merged["epochs"] = int(epochs)
+    # Refuse a bad shared value now, not once per model (ss4rec.validation; every run
+    # checks again, with its model's own defaults).
+    from ss4rec.config import known_defaults
+    from ss4rec.validation import check_values
+
+    check_values(merged, "the shared settings", known_defaults(""))
     return merged
 
 
@@ -346,9 +352,9 @@ def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None,
     """
     specs = parse_models(models)
     seed_list = parse_seeds(seeds)
+    shared = shared_settings(config_files, config_dict, epochs)  # refused settings: no folder
     out_dir = Path(output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    shared = shared_settings(config_files, config_dict, epochs)
     runs = [(spec, seed) for seed in (seed_list or [None]) for spec in specs]
     rows = []
     for i, (spec, seed) in enumerate(runs, 1):
