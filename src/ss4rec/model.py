@@ -37,6 +37,7 @@ from recbole.model.loss import BPRLoss
 from torch import nn
 
 from ss4rec.errors import ConfigError
+from ss4rec.scoring import TiedItemScoring
 from ss4rec import ssm
 
 MODEL_TYPES = ("SS4Rec", "S5-only", "S6-only", "ignore-time")
@@ -111,7 +112,7 @@ class SSBlock(nn.Module):
         return x
 
 
-class SS4Rec(SequentialRecommender):
+class SS4Rec(TiedItemScoring, SequentialRecommender):
     r"""SS4Rec as a RecBole sequential recommender (see the module docstring)."""
 
     def __init__(self, config, dataset):
@@ -211,23 +212,3 @@ class SS4Rec(SequentialRecommender):
             interaction[self.TIME_SEQ],
             interaction[self.TIME_FIELD],  # the time of the target / evaluated interaction
         )
-
-    def calculate_loss(self, interaction):
-        seq_output = self._seq_output(interaction)  # [B H]
-        pos_items = interaction[self.POS_ITEM_ID]
-        if self.loss_type == "BPR":
-            neg_items = interaction[self.NEG_ITEM_ID]
-            pos_score = (seq_output * self.item_embedding(pos_items)).sum(-1)  # [B]
-            neg_score = (seq_output * self.item_embedding(neg_items)).sum(-1)  # [B]
-            return self.loss_fct(pos_score, neg_score)
-        logits = seq_output @ self.item_embedding.weight.t()  # [B n_items]
-        return self.loss_fct(logits, pos_items)
-
-    def predict(self, interaction):
-        seq_output = self._seq_output(interaction)  # [B H]
-        test_item_emb = self.item_embedding(interaction[self.ITEM_ID])  # [B H]
-        return (seq_output * test_item_emb).sum(-1)  # [B]
-
-    def full_sort_predict(self, interaction):
-        seq_output = self._seq_output(interaction)  # [B H]
-        return seq_output @ self.item_embedding.weight.t()  # [B n_items]

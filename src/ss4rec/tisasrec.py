@@ -35,6 +35,7 @@ from recbole.model.loss import BPRLoss
 from torch import nn
 
 from ss4rec.errors import ConfigError
+from ss4rec.scoring import TiedItemScoring
 
 
 def interval_matrix(time_seq: torch.Tensor, seq_len: torch.Tensor, time_span: int) -> torch.Tensor:
@@ -117,7 +118,7 @@ class TiSASBlock(nn.Module):
         return (x + self.feed_forward(x)) * real  # [B L H]
 
 
-class TiSASRec(SequentialRecommender):
+class TiSASRec(TiedItemScoring, SequentialRecommender):
     r"""TiSASRec as a RecBole sequential recommender (see the module docstring)."""
 
     def __init__(self, config, dataset):
@@ -191,22 +192,3 @@ class TiSASRec(SequentialRecommender):
 
     def _seq_output(self, interaction):
         return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_SEQ])
-
-    def calculate_loss(self, interaction):
-        seq_output = self._seq_output(interaction)  # [B H]
-        pos_items = interaction[self.POS_ITEM_ID]
-        if self.loss_type == "BPR":
-            neg_items = interaction[self.NEG_ITEM_ID]
-            pos_score = (seq_output * self.item_embedding(pos_items)).sum(-1)  # [B]
-            neg_score = (seq_output * self.item_embedding(neg_items)).sum(-1)  # [B]
-            return self.loss_fct(pos_score, neg_score)
-        logits = seq_output @ self.item_embedding.weight.t()  # [B n_items]
-        return self.loss_fct(logits, pos_items)
-
-    def predict(self, interaction):
-        seq_output = self._seq_output(interaction)  # [B H]
-        return (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)  # [B]
-
-    def full_sort_predict(self, interaction):
-        seq_output = self._seq_output(interaction)  # [B H]
-        return seq_output @ self.item_embedding.weight.t()  # [B n_items]
