@@ -406,19 +406,26 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
         return 0
     report.add("data", "header types", PASS, " ".join(header))
 
-    # One streamed pass (pandas' C parser): ids as categories (small at 32M rows), times as text
-    # so that a bad value can be quoted.
+    # One pass with pandas' C parser: ids straight into categories and times into float64,
+    # so 32M rows take about 0.5 GB. Only a file with bad times is read again, as text, to
+    # quote the first bad value.
     has_time = time_field in names
-    columns = [header.index(f"{uid}:token"), header.index(f"{iid}:token")]
+    columns = {header.index(f"{uid}:token"): uid, header.index(f"{iid}:token"): iid}
     if has_time:
-        columns.append(header.index(f"{time_field}:float"))
-    frame = pd.read_csv(path, sep="\t", usecols=columns, dtype=str, keep_default_na=False,
-                        quoting=3, engine="c")
-    frame.columns = [header[c].split(":", 1)[0] for c in sorted(columns)]  # file order
+        columns[header.index(f"{time_field}:float")] = time_field
+    read = dict(sep="\t", usecols=sorted(columns), keep_default_na=False, quoting=3, engine="c")
+    dtypes = {header[c]: ("float64" if name == time_field else "category") for c, name in columns.items()}
+    try:
+        frame = pd.read_csv(path, dtype=dtypes, **read)
+        times_parsed = True
+    except ValueError:  # a time that is not a number
+        frame = pd.read_csv(path, dtype={k: (str if v == "float64" else v) for k, v in dtypes.items()}, **read)
+        times_parsed = False
+    frame.columns = [columns[c] for c in sorted(columns)]  # file order
     if frame.empty:
         report.add("data", "rows", FAIL, f"{path} has a header but no rows: add interactions, one per line")
         return 0
-    users = frame[uid].astype("category").cat.codes.to_numpy()
+    users = frame[uid].cat.codes.to_numpy()
     per_user = np.bincount(users)
     if per_user.max() < 2:
         report.add("data", "rows", FAIL,
@@ -435,14 +442,16 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
         status = FAIL if config["model"] in EXACT_TIME_MODELS else WARN
         report.add("data", "timestamps", status, f"{path.name} has no {time_field!r} column")
         return 0 if status == FAIL else len(frame)
-    raw = frame[time_field]
-    values = pd.to_numeric(raw, errors="coerce")
-    bad = ~values.notna() | ~values.map(math.isfinite) | (values < 0)
+    values = frame[time_field] if times_parsed else pd.to_numeric(frame[time_field], errors="coerce")
+    bad = ~np.isfinite(values.to_numpy(dtype="float64")) | (values.to_numpy(dtype="float64") < 0)
     if bad.any():
-        first = int(bad.to_numpy().argmax())
+        first = int(bad.argmax())
+        column = [c for c, name in columns.items() if name == time_field]
+        raw = pd.read_csv(path, sep="\t", usecols=column, dtype=str, keep_default_na=False, quoting=3,
+                          engine="c", skiprows=range(1, first + 1), nrows=1).iloc[0, 0]
         report.add("data", "timestamps", FAIL,
                    f"{int(bad.sum()):,} of {len(values):,} {time_field} values are not finite "
-                   f"non-negative numbers; first at line {first + 2}: {raw.iloc[first]!r}. "
+                   f"non-negative numbers; first at line {first + 2}: {raw!r}. "
                    "Fix or drop those rows (epoch seconds expected)")
         return 0
     report.add("data", "timestamps", PASS,
@@ -453,7 +462,7 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
                    f"{in_ms:,} {time_field} values exceed {MILLISECONDS_ABOVE:.0e}: they look like milliseconds, "
                    "not epoch seconds. SS4Rec reads gaps in time_unit: --set time_unit=1000 makes them "
                    "seconds again (or divide the column by 1000)")
-    items = frame[iid].astype("category").cat.codes.to_numpy()
+    items = frame[iid].cat.codes.to_numpy()
     keys = pd.DataFrame({"u": users, "i": items, "t": values.to_numpy()})
     duplicates = int(keys.duplicated().sum())
     if duplicates:
