@@ -182,7 +182,7 @@ def test_finished_runs_are_reused_and_no_train_only_tabulates(seeded, capsys):
                      "--device", "cpu", "--output", str(out), "--no-train"])
     assert code == 0
     assert (out / "SASRec" / "seed-2020" / "results.json").stat().st_mtime == mtime
-    assert not (out / "GRU4Rec").exists() or not any((out / "GRU4Rec").glob("*/results.json"))
+    assert not (out / "GRU4Rec").exists()  # tabulating writes no run folder
     entries = {e["model"]: e for e in json.loads((out / "summary.json").read_text())["models"]}
     assert entries["SASRec"]["delta_ndcg@10"] == {e["model"]: e for e in summary["models"]}["SASRec"]["delta_ndcg@10"]
     assert "| GRU4Rec |  | 0/0 | not run yet |" in (out / "comparison.md").read_text()

@@ -75,7 +75,7 @@ def _feed(digest, value) -> None:
     if isinstance(value, torch.Tensor):
         flat = value.detach().cpu().contiguous().reshape(-1)
         digest.update(f"T{flat.dtype}{tuple(value.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
+        digest.update(flat.view(torch.uint8).numpy())  # the buffer itself: no copy
     elif isinstance(value, dict):
         digest.update(b"{")
         for key, item in value.items():

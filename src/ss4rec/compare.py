@@ -248,7 +248,6 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
     if seed is not None:
         model_dir = model_dir / f"seed-{seed}"
         settings = {**settings, "seed": seed}
-    model_dir.mkdir(parents=True, exist_ok=True)
     settings_file = model_dir / "settings.yaml"
     text = yaml.safe_dump(settings, sort_keys=False)
     results_file, usage_file = model_dir / "results.json", model_dir / "usage.json"
@@ -265,6 +264,7 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
             log(f"[compare] {spec.label}{'' if seed is None else f' seed {seed}'}: finished before "
                 f"with these settings, reused ({model_dir})", flush=True)
     else:
+        model_dir.mkdir(parents=True, exist_ok=True)  # only a run that trains writes a folder
         settings_file.write_text(text, encoding="utf-8")
         for stale in (results_file, usage_file):
             if stale.exists():
@@ -280,11 +280,14 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
         if returncode != 0 or not results_file.exists():
             row["error"] = _failure_cause(model_dir / "train.out", returncode)
             return row
+    from ss4rec.data.modes import train_mode
+    from ss4rec.study import best_epoch
+
     results = json.loads(results_file.read_text(encoding="utf-8"))
     row.update(results["test"])
     row.update(status="ok", seconds_per_epoch=results["seconds_per_epoch"],
-               epochs_run=results["epochs_run"], best_epoch=_best_epoch(results),
-               train_mode=results.get("config", {}).get("train_mode") or "prefix",
+               epochs_run=results["epochs_run"], best_epoch=best_epoch(results),
+               train_mode=train_mode(results.get("config", {})),
                train_seconds=results["train_seconds"], parameters=results["parameters"])
     if "peak_gpu_memory_mb" in results:
         row.update(peak_memory_mb=results["peak_gpu_memory_mb"], memory_kind="cuda")
@@ -315,10 +318,6 @@ def _evaluate_run(results: dict, settings: dict, model_dir: Path, device) -> str
     return "" if returncode == 0 else _failure_cause(model_dir / "evaluate.out", returncode)
 
 
-def _best_epoch(results):
-    from ss4rec.study import _best_epoch as best
-
-    return best(results)
 
 
 def _folder_name(label: str) -> str:
@@ -369,10 +368,8 @@ def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None,
             if row.get("evaluate_error"):
                 detail += f"; evaluate failed: {row['evaluate_error']}"
             log(f"[compare] run {i}/{len(runs)}: {name}: {row['status']} ({detail})", flush=True)
-        if train:
+        if train or i == len(runs):  # training: after every run, so a long study shows progress
             write_tables(rows, out_dir, shared, dataset, reference)
-    if not train:
-        write_tables(rows, out_dir, shared, dataset, reference)
     return rows
 
 

@@ -81,8 +81,7 @@ def known_defaults(model: str) -> dict:
     defaults = {}
     for path in (_recbole_dir() / "properties" / "overall.yaml", model_config_file(model)):
         if path is not None:
-            with open(path, encoding="utf-8") as f:
-                defaults.update(yaml.safe_load(f) or {})
+            defaults.update(load_config_file(path))
     return {**defaults, **GUARD_DEFAULTS, **DATA_DEFAULTS}
 
 

@@ -153,11 +153,12 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
         "ranks_file": str(ranks_file),
     }
     if time_probe:
-        from ss4rec.probe import gap_bucket_table, shift_summary
+        from ss4rec.probe import gap_bucket_table, ndcg_at, shift_summary
 
         report["time_probe"] = {
             "model": config["model"],
-            "gap_buckets": gap_bucket_table([r["rank"] for r in rows], [r["target_gap_seconds"] for r in rows]),
+            "gap_buckets": gap_bucket_table(ndcg_at([r["rank"] for r in rows], 10),
+                                            [r["target_gap_seconds"] for r in rows]),
             "time_shift": shift_summary(trainer.shift_correlations),
         }
         report["time_probe_file"] = str(out / "time_probe.json")

@@ -23,9 +23,8 @@ import math
 from dataclasses import dataclass
 
 from ss4rec.errors import ConfigError, TrainingGuardError
-from ss4rec.validation import GUARD_DEFAULTS, GUARDS_FILE, RULES
+from ss4rec.validation import GUARD_DEFAULTS, GUARDS_FILE, RULES, SCHEDULERS
 
-SCHEDULERS = ("none", "linear", "cosine")
 BASELINE_WINDOW = 10  # optimiser steps averaged before comparing the loss with the baseline
 
 logger = logging.getLogger(__name__)

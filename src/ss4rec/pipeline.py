@@ -327,8 +327,6 @@ def _carry_best_checkpoint(resume: Path, best_file: str, logger) -> None:
     The best-so-far weights live beside the resumed checkpoint; without them a resumed run
     that finds no better epoch would have no best checkpoint to test.
     """
-    import shutil
-
     from ss4rec.checkpoint import load_checkpoint
 
     source = resume.parent / Path(best_file).name

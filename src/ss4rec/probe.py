@@ -61,9 +61,10 @@ def ndcg_at(ranks, k: int):
     return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
 
 
-def gap_bucket_table(ranks, gaps) -> list[dict]:
-    """NDCG@10 and user count per gap bucket (every bucket listed, empty ones with None)."""
-    ndcg = ndcg_at(ranks, 10)
+def gap_bucket_table(ndcg, gaps) -> list[dict]:
+    """Mean of per-user ``ndcg`` (NDCG@10) and user count per gap bucket (every bucket
+    listed, empty ones with None)."""
+    ndcg = np.asarray(ndcg, dtype=np.float64)
     names = np.array([gap_bucket(g) for g in gaps])
     rows = []
     for name, _ in GAP_BUCKETS:

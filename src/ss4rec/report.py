@@ -64,6 +64,8 @@ def run_folders(path) -> list[Path]:
 
 def load_runs(paths) -> list[dict]:
     """One row per run: label, model, train_mode, epochs, test metrics, seconds per epoch, history."""
+    from ss4rec.data.modes import train_mode
+
     rows = []
     for folder in (run for path in paths for run in run_folders(path)):
         result = json.loads((folder / "results.json").read_text(encoding="utf-8"))
@@ -73,7 +75,7 @@ def load_runs(paths) -> list[dict]:
             "run": f"{folder.parent.name}/{folder.name}" if folder.name.startswith("seed-") else folder.name,
             "model": result["model"],
             "model_type": config.get("model_type") if result["model"] == "SS4Rec" else None,
-            "train_mode": config.get("train_mode") or "prefix",
+            "train_mode": train_mode(config),
             "epochs_run": result.get("epochs_run"),
             **{k: result.get("test", {}).get(k) for k in TABLE_METRICS},
             "seconds_per_epoch": result.get("seconds_per_epoch"),

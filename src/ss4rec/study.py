@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ss4rec.probe import GAP_BUCKETS, gap_bucket, ndcg_at
+from ss4rec.probe import gap_bucket_table, ndcg_at
 
 CURVE_KS = (1, 2, 5, 10, 20, 50)
 BOOTSTRAP_RESAMPLES = 5000
 CONFIDENCE = 0.95
 
 
-def _user_ranks(run_dir) -> "pd.DataFrame | None":
+def _user_ranks(run_dir):
+    """A run's ``evaluate/user_ranks.csv`` indexed by user id (a DataFrame), or None."""
     import pandas as pd
 
     path = Path(run_dir) / "evaluate" / "user_ranks.csv"
@@ -62,8 +63,8 @@ def _mean_std(values) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def _best_epoch(results: dict) -> int | None:
-    """1-based epoch of the best validation score (RecBole keeps the first best)."""
+def best_epoch(results: dict) -> int | None:
+    """1-based epoch of the best validation score of a ``results.json`` (RecBole keeps the first best)."""
     history = results.get("history") or []
     metric = str(results.get("config", {}).get("valid_metric", "NDCG@10")).lower()
     scores = [h.get("valid", {}).get(metric) for h in history]
@@ -71,13 +72,10 @@ def _best_epoch(results: dict) -> int | None:
     return int(np.argmax(scores)) + 1 if scores else None
 
 
-def best_epoch(run_dir) -> int | None:
-    path = Path(run_dir) / "results.json"
-    return _best_epoch(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
-
-
 def summarise(rows, topk, reference: str | None = "SS4Rec") -> dict:
     """Per model: seeds, metric mean ± std, CIs, curves, gap buckets, time shift (JSON-able)."""
+    import pandas as pd
+
     metrics = [f"{m}@{k}" for m in ("hit", "ndcg", "mrr") for k in topk]
     models = list(dict.fromkeys(r["model"] for r in rows))
     per_user = {}  # model -> pd.DataFrame of seed-averaged per-user values
@@ -102,22 +100,14 @@ def summarise(rows, topk, reference: str | None = "SS4Rec") -> dict:
             users = sorted(set.intersection(*(set(r.index) for r in ranks)))
             table = {f"ndcg@{k}": np.mean([ndcg_at(r.loc[users, "rank"], k) for r in ranks], axis=0)
                      for k in CURVE_KS}
-            import pandas as pd
-
             frame = pd.DataFrame(table, index=users)
-            if "target_gap_seconds" in ranks[0].columns:
-                frame["gap_bucket"] = [gap_bucket(g) for g in ranks[0].loc[users, "target_gap_seconds"]]
             per_user[model] = frame
             entry["users"] = len(users)
             entry["ndcg@10_user_mean"] = float(frame["ndcg@10"].mean())
             entry["ndcg@10_ci"] = bootstrap_ci(frame["ndcg@10"])
             entry["ndcg_at_k"] = {str(k): float(frame[f"ndcg@{k}"].mean()) for k in CURVE_KS}
-            if "gap_bucket" in frame:
-                entry["gap_buckets"] = [
-                    {"bucket": name, "users": int((frame["gap_bucket"] == name).sum()),
-                     "ndcg@10": float(frame.loc[frame["gap_bucket"] == name, "ndcg@10"].mean())
-                     if (frame["gap_bucket"] == name).any() else None}
-                    for name, _ in GAP_BUCKETS]
+            if "target_gap_seconds" in ranks[0].columns:  # the gap is the data's: any seed's
+                entry["gap_buckets"] = gap_bucket_table(frame["ndcg@10"], ranks[0].loc[users, "target_gap_seconds"])
         shifts = [s for s in (_time_shift(r["run_dir"]) for r in ok) if s]
         if shifts:
             entry["time_shift"] = {name: float(np.mean([s[name]["spearman_mean"] for s in shifts]))

@@ -390,8 +390,9 @@ class SS4RecTrainer(Trainer):
                 f"checkpoint {resume_file} is for model {checkpoint.get('model')!r}, this run trains "
                 f"{self.config['model']!r}: resume with the same --model"
             )
-        differences = fingerprint_differences(checkpoint.get("dataset"), self.dataset_fingerprint or {})
-        if differences and self.dataset_fingerprint:
+        differences = (fingerprint_differences(checkpoint.get("dataset"), self.dataset_fingerprint)
+                       if self.dataset_fingerprint else [])  # None: a trainer built outside ss4rec.run
+        if differences:
             raise UserError(f"checkpoint {resume_file} was trained on other data than this run loads "
                             f"({'; '.join(differences)}): resume with the run's own --dataset / --data-path, "
                             "or start a new run")

@@ -32,15 +32,18 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PROPERTIES_DIR = PACKAGE_DIR / "properties"
 
 
-def _defaults(name: str) -> dict:
-    with open(PROPERTIES_DIR / name, encoding="utf-8") as f:
+def _defaults(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f) or {}
 
 
 GUARDS_FILE = PROPERTIES_DIR / "guards.yaml"
-GUARD_DEFAULTS: dict = _defaults("guards.yaml")
+GUARD_DEFAULTS: dict = _defaults(GUARDS_FILE)
 DATA_FILE = PROPERTIES_DIR / "data.yaml"
-DATA_DEFAULTS: dict = _defaults("data.yaml")
+DATA_DEFAULTS: dict = _defaults(DATA_FILE)
+TRAIN_MODES = ("prefix", "sequence")  # ss4rec.data.modes
+SCHEDULERS = ("none", "linear", "cosine")  # ss4rec.guards.LRSchedule
+
 # Keys our own code reads (trainer guards and schedule, training mode, DDP's collective
 # timeout: ss4rec.distributed).
 SS4REC_KEYS: set[str] = set(GUARD_DEFAULTS) | set(DATA_DEFAULTS) | {"ddp_timeout"}
@@ -126,12 +129,12 @@ RULES: dict[str, Rule] = {
     "dt_min": _POSITIVE, "dt_max": _POSITIVE, "layer_norm_eps": _POSITIVE, "initializer_range": _float(0),
     # the trainer's schedule, guards and progress (guards.yaml)
     "grad_accum_steps": _int(1), "lr_warmup_steps": _int(0), "lr_schedule_steps": _int(1, optional=True),
-    "lr_scheduler": Rule("choice", choices=("none", "linear", "cosine")),
+    "lr_scheduler": Rule("choice", choices=SCHEDULERS),
     "lr_min_ratio": _float(0, 1), "guard_baseline_tolerance": _float(0, 1, low_open=True, high_open=True),
     "guard_baseline_warn_steps": _int(0), "guard_baseline_fail_steps": _int(0),
     "guard_frozen_metrics_evals": _int(2), "progress_interval": _float(0),
     **{k: Rule("bool") for k, v in GUARD_DEFAULTS.items() if isinstance(v, bool)},
-    "train_mode": Rule("choice", choices=("prefix", "sequence")),
+    "train_mode": Rule("choice", choices=TRAIN_MODES),
     "ddp_timeout": _float(0, low_open=True, optional=True),
 }
 

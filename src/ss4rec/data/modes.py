@@ -17,9 +17,8 @@ reads the setting (its default is in ``properties/data.yaml``, known through ss4
 from __future__ import annotations
 
 from ss4rec.errors import ConfigError
-from ss4rec.validation import DATA_DEFAULTS, DATA_FILE
+from ss4rec.validation import DATA_DEFAULTS, DATA_FILE, TRAIN_MODES
 
-TRAIN_MODES = ("prefix", "sequence")
 
 
 def train_mode(config) -> str:
