@@ -249,7 +249,7 @@ echo "run folder: $RUN_DIR"
 # ---- steps ------------------------------------------------------------------------------------
 
 if [[ -n "$RAW" ]]; then
-    "$PYTHON" -m ss4rec.envinfo  # the environment block comes first, before any download
+    "$PYTHON" -m ss4rec.pipeline.envinfo  # the environment block comes first, before any download
     CONVERT_CMD=("$PYTHON" -m ss4rec convert "$RAW" "$DATA_DIR" --name "$DATASET")
     [[ -z "$RAW_SHA256" ]] || CONVERT_CMD+=(--sha256 "$RAW_SHA256")
     [[ -z "$RAW_MD5" ]] || CONVERT_CMD+=(--md5 "$RAW_MD5")

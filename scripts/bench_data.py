@@ -113,7 +113,7 @@ def _recbole_dataset(config):
 def _prepare(args, mode: str):
     import ss4rec  # noqa: F401  (registers SS4Rec with RecBole)
     from ss4rec.data.loaders import create_dataset, prepare_data
-    from ss4rec.pipeline import build_config
+    from ss4rec.pipeline.settings import build_config
 
     recbole = mode == "recbole"  # RecBole's own prefix examples
     config, model_class = build_config(args.model, args.dataset, [],
@@ -141,7 +141,7 @@ def measure_train(args, mode: str) -> dict:
     import torch
 
     from ss4rec.data.sequences import TARGET_MASK
-    from ss4rec.losses import window_loss
+    from ss4rec.models.losses import window_loss
 
     torch.manual_seed(0)
     config, model_class, _, (train, _, _) = _prepare(args, mode)

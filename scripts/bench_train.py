@@ -97,7 +97,7 @@ def train_worker(model: str, length: int, args) -> dict:
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
-    from ss4rec.pipeline import build_config
+    from ss4rec.pipeline.settings import build_config
 
     torch.set_num_threads(args.threads)
     settings = {**COMMON, **PER_MODEL[model], "MAX_ITEM_LIST_LENGTH": length}
@@ -163,7 +163,7 @@ def block_worker(args) -> list[dict]:
     """Forward+backward seconds of one SS4Rec block against sequence length."""
     import torch
 
-    from ss4rec.model import SSBlock
+    from ss4rec.models.ss4rec import SSBlock
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

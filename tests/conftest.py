@@ -52,7 +52,7 @@ def tiny_config_and_dataset():
     """RecBole Config and the built (augmented) training SS4RecDataset for tiny ML-100K."""
     from recbole.data import create_dataset, data_preparation
 
-    from ss4rec.pipeline import build_config
+    from ss4rec.pipeline.settings import build_config
 
     config, _ = build_config("SS4Rec", "ml-100k", ["tiny"], dict(TINY_SS4REC), device="cpu")
     train_data, _, _ = data_preparation(config, create_dataset(config))

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import ss4rec
-from ss4rec.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ss4rec.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ss4rec.errors import UserError
 
 SMALL_YAML = 'user_inter_num_interval: "[0,25]"\ntrain_batch_size: 256\n'  # ~3 s epochs

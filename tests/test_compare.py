@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ss4rec.cli import main as cli_main
-from ss4rec.compare import (ModelSpec, metric_columns, parse_models, run_model, settings_for,
+from ss4rec.evaluation.compare import (ModelSpec, metric_columns, parse_models, run_model, settings_for,
                             shared_settings)
 from ss4rec.errors import UserError
 
@@ -189,7 +189,7 @@ def test_finished_runs_are_reused_and_no_train_only_tabulates(seeded, capsys):
 
 
 def test_parse_seeds_and_model_settings():
-    from ss4rec.compare import parse_seeds
+    from ss4rec.evaluation.compare import parse_seeds
 
     assert parse_seeds(None) is None
     assert parse_seeds("3") == [2020, 2021, 2022] and parse_seeds(2) == [2020, 2021]

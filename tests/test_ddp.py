@@ -2,7 +2,7 @@
 
 Every run is real: ``ss4rec train`` in subprocesses, two processes of real RecBole training
 on the tiny ML-100K config, talking over gloo on 127.0.0.1. ``SS4REC_DDP_DUMP_DIR`` turns on
-the test hook of :mod:`ss4rec.distributed`: each rank writes its pid as training starts and
+the test hook of :mod:`ss4rec.training.distributed`: each rank writes its pid as training starts and
 its trained weights after fit, so a test can compare the ranks and kill one of them.
 """
 
@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import ss4rec
-from ss4rec.checkpoint import load_checkpoint
-from ss4rec.distributed import DUMP_ENV, check_world, free_port, rank_environment
+from ss4rec.training.checkpoint import load_checkpoint
+from ss4rec.training.distributed import DUMP_ENV, check_world, free_port, rank_environment
 from ss4rec.errors import UserError
 
 from conftest import TINY_SS4REC
@@ -64,7 +64,7 @@ def sharded_batches(settings: dict, world: int = 2) -> int:
     is the single-process batch / world, rounded up); without sharding it would be about
     ``world`` times more."""
     from ss4rec.data.loaders import create_dataset, prepare_data
-    from ss4rec.pipeline import build_config
+    from ss4rec.pipeline.settings import build_config
 
     config, _ = build_config("SS4Rec", "ml-100k", ["tiny"], {**TINY_SS4REC, **settings}, "cpu")
     train_data, _, _ = prepare_data(config, create_dataset(config))
@@ -139,10 +139,10 @@ def test_nproc2_on_cpu_writes_one_run_folder_and_ranks_end_identical(nproc_run):
 
 
 def test_single_process_evaluation_of_the_ddp_best_checkpoint_gives_results_json(nproc_run):
-    from ss4rec.trainer import SS4RecTrainer
+    from ss4rec.training.trainer import SS4RecTrainer
 
     run_dir = nproc_run[0] / "run"
-    restored = ss4rec.pipeline.restore(run_dir / "checkpoints" / "SS4Rec-best.pth")
+    restored = ss4rec.pipeline.runner.restore(run_dir / "checkpoints" / "SS4Rec-best.pth")
     trainer = SS4RecTrainer(restored.config, restored.model)
     test = trainer.evaluate(restored.test_data, load_best_model=False)
     assert {k: float(v) for k, v in test.items()} == results(run_dir)["test"]

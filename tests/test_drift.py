@@ -28,7 +28,7 @@ MEASURES = set(DEFAULT_THRESHOLDS)
 
 
 def _bundled_ml100k() -> Path:
-    from ss4rec.config import _recbole_dir
+    from ss4rec.config.files import _recbole_dir
 
     return _recbole_dir() / "dataset_example" / "ml-100k" / "ml-100k.inter"
 

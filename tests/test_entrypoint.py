@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from localserver import local_http_server
 
-from ss4rec.config import _recbole_dir
+from ss4rec.config.files import _recbole_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "runpod_entrypoint.sh"

@@ -9,7 +9,7 @@ import pytest
 import ss4rec
 from ss4rec.cli import main as cli_main
 from ss4rec.errors import UserError
-from ss4rec.evaluate import evaluate_checkpoint
+from ss4rec.evaluation.evaluate import evaluate_checkpoint
 
 # The tiny config (305 users of bundled ML-100K), made smaller still: seconds on 2 cores.
 SMALL = {"MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16, "train_batch_size": 1024}

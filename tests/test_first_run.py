@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ss4rec.threads import choose_threads, usable_cpus
+from ss4rec.training.threads import choose_threads, usable_cpus
 from ss4rec.errors import UserError
 
 TINY = ["--config", "tiny", "--set", "d_state=8", "--set", "d_P=8", "--set", "expand=1", "--device", "cpu"]
@@ -129,7 +129,7 @@ def test_recbole_finds_ss4rec_when_imported_after_ss4rec():
             "print(get_model('SS4Rec').__module__, d.SS4RecDataset.__name__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["ss4rec.model", "SS4RecDataset"]
+    assert proc.stdout.split() == ["ss4rec.models.ss4rec", "SS4RecDataset"]
 
 
 def test_resuming_a_finished_run_leaves_its_results_alone(tiny_cli_run, tmp_path):

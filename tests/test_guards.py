@@ -16,10 +16,10 @@ import torch
 from recbole.model.sequential_recommender import GRU4Rec as RecBoleGRU4Rec
 
 import ss4rec
-from ss4rec.checkpoint import load_checkpoint
-from ss4rec.config import check_keys
+from ss4rec.training.checkpoint import load_checkpoint
+from ss4rec.config.files import check_keys
 from ss4rec.errors import ConfigError, TrainingGuardError
-from ss4rec.guards import GUARD_DEFAULTS, LRSchedule, guard_settings, optimizer_steps
+from ss4rec.training.guards import GUARD_DEFAULTS, LRSchedule, guard_settings, optimizer_steps
 
 SMALL = {"user_inter_num_interval": "[0,25]", "train_batch_size": 256, "epochs": 2}
 BATCHES_PER_EPOCH = 11  # ~2,700 training sequences / 256

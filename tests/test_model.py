@@ -11,7 +11,7 @@ import torch
 from recbole.data.interaction import Interaction
 
 import ss4rec
-from ss4rec.model import SS4Rec, time_intervals
+from ss4rec.models.ss4rec import SS4Rec, time_intervals
 
 from conftest import TINY_SS4REC, assert_metrics_finite_above_random
 
@@ -75,7 +75,7 @@ def test_intervals_exact_to_the_second_near_1_6e9(tmp_path):
     """Timestamps ~1.6e9 s: float32 would quantise them to 128 s; the model must see exact gaps."""
     from recbole.data import create_dataset, data_preparation
 
-    from ss4rec.pipeline import build_config
+    from ss4rec.pipeline.settings import build_config
 
     name = "exact-times"
     folder = tmp_path / name

@@ -35,7 +35,7 @@ def test_notebook_executes_and_saves_figures(tmp_path, monkeypatch):
     assert nb.cells[-1].outputs[0]["text"].strip() == sys.executable  # the venv's python
     assert (results / "comparison.csv").is_file()
     for figure in ("hr_ndcg_vs_k.png", "ndcg10_by_history.png", "valid_ndcg10_by_epoch.png",
-                   # the comparison's plots (ss4rec.compare_plots), drawn by the notebook too
+                   # the comparison's plots (ss4rec.evaluation.compare_plots), drawn by the notebook too
                    "ndcg10_ci.png", "ndcg_at_k.png", "gap_buckets.png", "time_shift.png"):
         png = (results / figure).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -1,4 +1,4 @@
-"""ss4rec.notify.Notifier posting to a real webhook server on 127.0.0.1 run by the test.
+"""ss4rec.training.notify.Notifier posting to a real webhook server on 127.0.0.1 run by the test.
 
 The server answers like Slack (200 "ok") or Discord (204, no body), or with an error
 status; it records every JSON body, handles a bounded number of requests and stops by
@@ -16,7 +16,7 @@ import time
 import pytest
 from localserver import local_http_server
 
-from ss4rec.notify import ENV_VAR, Notifier, redact_url
+from ss4rec.training.notify import ENV_VAR, Notifier, redact_url
 
 METRICS = {"hit@10": 0.28171, "ndcg@10": 0.15634, "mrr@10": 0.11821, "precision@10": 0.028}
 
@@ -126,7 +126,7 @@ def test_unreachable_webhook_never_raises_and_warns_once(caplog):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     notifier = Notifier(f"http://127.0.0.1:{port}/api/webhooks/123/s3cret-token")
-    with caplog.at_level(logging.WARNING, logger="ss4rec.notify"):
+    with caplog.at_level(logging.WARNING, logger="ss4rec.training.notify"):
         assert notifier.start("SS4Rec", "ml-1m", "cpu", "runs/x") is False
         assert notifier.finish(METRICS, 10) is False
         assert notifier.failure(ValueError("boom")) is False
@@ -140,7 +140,7 @@ def test_unreachable_webhook_never_raises_and_warns_once(caplog):
 def test_error_status_is_a_logged_failure_not_an_exception(webhook, caplog):
     webhook.status = 404  # what Slack answers for a revoked hook
     notifier = Notifier(webhook.url)
-    with caplog.at_level(logging.WARNING, logger="ss4rec.notify"):
+    with caplog.at_level(logging.WARNING, logger="ss4rec.training.notify"):
         assert notifier.start("SS4Rec", "ml-1m", "cpu", "runs/x") is False
         assert notifier.finish(METRICS, 10) is False
     assert len(webhook.posts) == 2
@@ -161,7 +161,7 @@ def test_hanging_webhook_is_given_up_after_the_timeout():
 
 
 def test_non_http_url_disables_with_one_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="ss4rec.notify"):
+    with caplog.at_level(logging.WARNING, logger="ss4rec.training.notify"):
         notifier = Notifier("hooks.slack.com/services/T000/B000/s3cret")
         assert notifier.start("SS4Rec", "ml-1m", "cpu", "runs/x") is False
     assert not notifier.enabled

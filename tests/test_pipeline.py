@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ss4rec
-from ss4rec.config import CONFIG_DIR, PROPERTIES_DIR
+from ss4rec.config import CONFIGS_DIR, PROPERTIES_DIR
 from ss4rec.errors import ConfigError, DataError
 
 from conftest import TINY_SS4REC, assert_metrics_finite_above_random
@@ -46,8 +46,8 @@ def test_best_checkpoint_is_a_plain_dict_that_loads_with_weights_only(ss4rec_ce_
     assert state["config"]["model"] == "SS4Rec"
     # The test metrics came from reloading that best checkpoint (RecBole's own reload
     # would fail on torch >= 2.6): the reloaded model scores the same on valid.
-    run = ss4rec.pipeline.restore(ss4rec_ce_run["checkpoint"])
-    from ss4rec.trainer import SS4RecTrainer
+    run = ss4rec.pipeline.runner.restore(ss4rec_ce_run["checkpoint"])
+    from ss4rec.training.trainer import SS4RecTrainer
 
     trainer = SS4RecTrainer(run.config, run.model)
     test = trainer.evaluate(run.test_data, load_best_model=False)
@@ -68,7 +68,7 @@ def test_recbole_run_recbole_finds_ss4rec_after_import(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [sys.argv[0]])  # RecBole's Config parses --key=value from argv
     result = run_recbole(
         model="SS4Rec", dataset="ml-100k",
-        config_file_list=[str(PROPERTIES_DIR / "SS4Rec.yaml"), str(CONFIG_DIR / "tiny.yaml")],
+        config_file_list=[str(PROPERTIES_DIR / "SS4Rec.yaml"), str(CONFIGS_DIR / "tiny.yaml")],
         config_dict={**TINY_SS4REC, "use_gpu": False},
     )
     test = result["test_result"]

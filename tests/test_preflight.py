@@ -1,4 +1,4 @@
-"""ss4rec.preflight on real data: a full table on good input, FAIL lines for broken runs.
+"""ss4rec.pipeline.preflight on real data: a full table on good input, FAIL lines for broken runs.
 
 Real RecBole datasets and models throughout; the "NaN at the first batch" model is a
 real RecBole SASRec whose loss is made NaN, defined here.
@@ -16,8 +16,8 @@ from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 from conftest import TINY_SS4REC
 from ss4rec.cli import main as cli_main
-from ss4rec.config import _recbole_dir
-from ss4rec.preflight import FAIL, PASS, SECTIONS, SKIP, preflight
+from ss4rec.config.files import _recbole_dir
+from ss4rec.pipeline.preflight import FAIL, PASS, SECTIONS, SKIP, preflight
 
 BUNDLED_INTER = _recbole_dir() / "dataset_example" / "ml-100k" / "ml-100k.inter"
 
@@ -146,7 +146,7 @@ def test_cli_prints_the_table_writes_json_and_exits_1_on_fail(tmp_path, capsys):
 
 
 def test_host_memory_is_estimated_before_loading_and_fails_beyond_the_machine():
-    from ss4rec.preflight import PreflightReport, _check_host_memory, available_memory
+    from ss4rec.pipeline.preflight import PreflightReport, _check_host_memory, available_memory
 
     report = preflight("SS4Rec", "ml-100k", ["tiny"], {**TINY_SS4REC, "train_mode": "sequence"},
                        device="cpu", environment=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ss4rec.config import resolve_config_file
+from ss4rec.config.files import resolve_config_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

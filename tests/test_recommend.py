@@ -1,4 +1,4 @@
-"""``ss4rec.recommend`` and ``ss4rec recommend`` on real one-epoch runs (tiny ML-100K subset).
+"""``ss4rec.evaluation.recommend`` and ``ss4rec recommend`` on real one-epoch runs (tiny ML-100K subset).
 
 Expected values come from the raw atomic files of RecBole's bundled ML-100K, read here
 with pandas, and from the models' own ``full_sort_predict`` on inputs built here.
@@ -17,10 +17,10 @@ import torch
 
 import ss4rec
 from ss4rec import cli
-from ss4rec.config import _recbole_dir
+from ss4rec.config.files import _recbole_dir
 from ss4rec.errors import UserError
-from ss4rec.pipeline import restore
-from ss4rec.recommend import parse_time, recommend
+from ss4rec.pipeline.runner import restore
+from ss4rec.evaluation.recommend import parse_time, recommend
 
 BUNDLED = _recbole_dir() / "dataset_example" / "ml-100k"
 # Users of the "tiny" subset (at most 40 ratings each); checked against the raw file below.

@@ -19,8 +19,8 @@ from ss4rec.data.loaders import create_dataset, prepare_data
 from ss4rec.data.sequences import (COUNT_FROM, FLAT_POS, TARGET_ITEMS, TARGET_MASK,
                                    FlatSequentialDataset, window_rows)
 from ss4rec.errors import ConfigError
-from ss4rec.losses import window_loss
-from ss4rec.pipeline import build_config
+from ss4rec.models.losses import window_loss
+from ss4rec.pipeline.settings import build_config
 
 
 def _recbole_reference(base):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ss4rec
-from ss4rec.tisasrec import TiSASRec, interval_matrix
+from ss4rec.models.tisasrec import TiSASRec, interval_matrix
 
 from conftest import assert_metrics_finite_above_random
 
@@ -16,7 +16,7 @@ L = 12
 @pytest.fixture(scope="module")
 def config_and_dataset():
     from ss4rec.data.loaders import create_dataset, prepare_data
-    from ss4rec.pipeline import build_config
+    from ss4rec.pipeline.settings import build_config
 
     config, _ = build_config("TiSASRec", "ml-100k", ["tiny"], {"MAX_ITEM_LIST_LENGTH": L}, device="cpu")
     train, _, _ = prepare_data(config, create_dataset(config))

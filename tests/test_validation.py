@@ -11,7 +11,7 @@ import pytest
 
 from ss4rec.cli import main as cli_main
 from ss4rec.errors import ConfigError
-from ss4rec.validation import RULES, check_values
+from ss4rec.config.validation import RULES, check_values
 
 HEADER = "user_id:token\titem_id:token\ttimestamp:float"
 SMALL = ["--config", "tiny", "--set", "d_state=8", "--set", "d_P=8", "--set", "expand=1", "--device", "cpu"]
@@ -154,6 +154,6 @@ def test_config_and_guards_no_longer_import_each_other():
         names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         return names | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
 
-    assert "ss4rec.guards" not in imports(src / "config.py")
-    assert "ss4rec.config" not in imports(src / "guards.py")
-    assert "ss4rec.config" not in imports(src / "validation.py")
+    assert "ss4rec.training.guards" not in imports(src / "config.py")
+    assert "ss4rec.config.files" not in imports(src / "guards.py")
+    assert "ss4rec.config.files" not in imports(src / "validation.py")

@@ -17,7 +17,7 @@ from wandb.proto import wandb_internal_pb2
 
 import ss4rec
 from ss4rec.errors import UserError
-from ss4rec.wandb_logging import WandbRunLogger
+from ss4rec.training.wandb_logging import WandbRunLogger
 
 SMALL = {"user_inter_num_interval": "[0,25]", "train_batch_size": 256, "epochs": 2}
 BLOCK = 32768  # the log's block size; a record header is 7 bytes (crc, length, type)
@@ -115,7 +115,7 @@ def test_unreachable_server_falls_back_to_offline_with_one_warning(monkeypatch, 
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
     started = time.monotonic()
-    with caplog.at_level("WARNING", logger="ss4rec.wandb_logging"):
+    with caplog.at_level("WARNING", logger="ss4rec.training.wandb_logging"):
         result = ss4rec.run(model="GRU4Rec", dataset="ml-100k", config_files=["tiny"],
                             config_dict={**SMALL, "epochs": 1, "log_wandb": True},
                             output_dir=tmp_path / "run", device="cpu")

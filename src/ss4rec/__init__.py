@@ -23,11 +23,11 @@ __all__ = ["SS4Rec", "run", "__version__"]
 def __getattr__(name):
     # torch and RecBole load on first use, so `import ss4rec` (and `ss4rec --help`) is fast.
     if name == "SS4Rec":
-        from ss4rec.model import SS4Rec
+        from ss4rec.models.ss4rec import SS4Rec
 
         return SS4Rec
     if name == "run":
-        from ss4rec.pipeline import run
+        from ss4rec.pipeline.runner import run
 
         return run
     raise AttributeError(f"module 'ss4rec' has no attribute {name!r}")

@@ -10,7 +10,7 @@ What breaks, and what this module does about it:
   NaNs stay in loaded data.  That cannot be aliased away: :func:`check_pandas` raises
   with the fix (the package pins ``pandas<3``).
 * torch >= 2.6 loads checkpoints with ``weights_only=True``; RecBole pickles its Config
-  into checkpoints.  Our Trainer (``ss4rec.trainer``) saves plain dicts instead.
+  into checkpoints.  Our Trainer (``ss4rec.training.trainer``) saves plain dicts instead.
 * RecBole's ``sine.py`` turns autograd anomaly detection on globally when imported;
   :func:`register_with_recbole` turns it back off.
 * RecBole's ``get_model`` / ``create_dataset`` / ``get_trainer`` only look inside the
@@ -92,7 +92,7 @@ def _dataset_class():
 
 
 def _trainer_class():
-    from ss4rec.trainer import SS4RecTrainer
+    from ss4rec.training.trainer import SS4RecTrainer
 
     return SS4RecTrainer
 
@@ -115,13 +115,13 @@ _AFTER_IMPORT = {
 
 
 class _AliasLoader(importlib.abc.Loader):
-    """``recbole.model.sequential_recommender.ss4rec``: an in-memory view of ``ss4rec.model``."""
+    """``recbole.model.sequential_recommender.ss4rec``: an in-memory view of ``ss4rec.models.ss4rec``."""
 
     def create_module(self, spec):
         return None
 
     def exec_module(self, module):
-        from ss4rec import model
+        from ss4rec.models import ss4rec as model
 
         module.__dict__.update({k: v for k, v in vars(model).items() if not k.startswith("__")})
 
@@ -130,7 +130,7 @@ class _RecBoleHooks(importlib.abc.MetaPathFinder):
     """Registers SS4Rec with RecBole as RecBole's modules are imported, never before.
 
     * ``recbole.utils.get_model("SS4Rec")`` imports ``recbole.model.sequential_recommender.ss4rec``:
-      an alias of ``ss4rec.model`` (:class:`_AliasLoader`);
+      an alias of ``ss4rec.models.ss4rec`` (:class:`_AliasLoader`);
     * ``recbole.data.create_dataset`` and ``recbole.utils.get_trainer`` look up
       ``recbole.data.dataset.SS4RecDataset`` and ``recbole.trainer.SS4RecTrainer``: lazy
       attributes of those modules, so nothing of ours is imported while RecBole loads;

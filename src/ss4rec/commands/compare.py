@@ -52,7 +52,7 @@ def main(args) -> int:
     from pathlib import Path
 
     from ss4rec.commands.train import config_dict_from_args
-    from ss4rec.compare import compare
+    from ss4rec.evaluation.compare import compare
 
     timeout_s = args.timeout_minutes * 60 if args.timeout_minutes else None
     rows = compare(args.models, dataset=args.dataset, config_files=args.config,

@@ -34,7 +34,7 @@ def add_subparser(subparsers) -> None:
 
 
 def main(args) -> int:
-    from ss4rec.evaluate import evaluate_checkpoint
+    from ss4rec.evaluation.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, topk=args.topk, output_dir=args.output, device=args.device,
                                  data_path=args.data_path, time_probe=args.time_probe)

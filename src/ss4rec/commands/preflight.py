@@ -5,7 +5,7 @@
 
 Takes the same config options as ``ss4rec train`` and builds the run the same way; prints
 the environment block, then a table of PASS / WARN / FAIL / SKIP checks (see
-:mod:`ss4rec.preflight`), then the verdict. The last line of a failed preflight is
+:mod:`ss4rec.pipeline.preflight`), then the verdict. The last line of a failed preflight is
 ``error: <the first FAIL and its fix>``.
 
 ``--notify URL`` (or ``$SS4REC_NOTIFY_URL``): a failed preflight is reported to the
@@ -38,12 +38,12 @@ def add_subparser(subparsers) -> None:
 
 def main(args) -> int:
     from ss4rec.commands.train import check_nproc, config_dict_from_args
-    from ss4rec.envinfo import environment_info, format_environment
     from ss4rec.errors import UserError
-    from ss4rec.notify import Notifier
-    from ss4rec.runfolder import write_json_atomic
-    from ss4rec.preflight import FAIL, PASS, preflight
-    from ss4rec.threads import apply_threads
+    from ss4rec.pipeline.envinfo import environment_info, format_environment
+    from ss4rec.pipeline.preflight import FAIL, PASS, preflight
+    from ss4rec.training.notify import Notifier
+    from ss4rec.training.runfolder import write_json_atomic
+    from ss4rec.training.threads import apply_threads
 
     threads = apply_threads(args.threads)
     environment = environment_info()

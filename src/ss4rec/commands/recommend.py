@@ -89,8 +89,8 @@ def render(frame, fmt: str) -> str:
 
 
 def main(args) -> int:
-    from ss4rec.pipeline import restore
-    from ss4rec.recommend import recommend
+    from ss4rec.evaluation.recommend import recommend
+    from ss4rec.pipeline.runner import restore
 
     users = list(args.user)
     if args.users_file:

@@ -19,7 +19,7 @@ def add_subparser(subparsers) -> None:
 
 
 def main(args) -> int:
-    from ss4rec.report import load_runs, markdown_table, plot_comparison
+    from ss4rec.evaluation.report import load_runs, markdown_table, plot_comparison
 
     rows = load_runs(args.runs)
     print(markdown_table(rows))

@@ -17,7 +17,7 @@ in :data:`DEBUG_SETTINGS` go over the config files (``--set`` still wins) and
 ``--device cpu`` N CPU processes (gloo, one torch thread each unless ``--threads``).
 ``torch.multiprocessing.spawn`` starts them, as ``recbole.quick_start.run`` does, each with
 the environment ``torchrun`` would set; under ``torchrun`` (several machines) leave
-``--nproc`` out. See :mod:`ss4rec.distributed`. Rank 0 alone writes the run folder.
+``--nproc`` out. See :mod:`ss4rec.training.distributed`. Rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def add_config_arguments(parser) -> None:
 
 def debug_settings(model) -> dict:
     """:data:`DEBUG_SETTINGS` minus the keys ``model`` does not have (e.g. ``d_state`` for SASRec)."""
-    from ss4rec.config import known_keys
-    from ss4rec.pipeline import resolve_model
+    from ss4rec.config.files import known_keys
+    from ss4rec.pipeline.settings import resolve_model
 
     name, _ = resolve_model(model)
     allowed = known_keys(name)
@@ -91,7 +91,7 @@ def debug_settings(model) -> dict:
 
 def config_dict_from_args(args) -> dict:
     """``--debug``'s preset, then ``--set`` pairs and ``--data-path``, as a config dict for :func:`ss4rec.run`."""
-    from ss4rec.config import parse_sets
+    from ss4rec.config.files import parse_sets
 
     config_dict = debug_settings(args.model) if getattr(args, "debug", False) else {}
     config_dict.update(parse_sets(args.set))
@@ -125,8 +125,8 @@ def add_subparser(subparsers) -> None:
 
 def check_nproc(nproc: int, device: str | None = None) -> str:
     """A clear UserError unless ``nproc`` processes can train on ``device`` here (see
-    :func:`ss4rec.distributed.check_world`); else a one-line description of the layout."""
-    from ss4rec.distributed import check_world
+    :func:`ss4rec.training.distributed.check_world`); else a one-line description of the layout."""
+    from ss4rec.training.distributed import check_world
 
     return check_world(nproc, device)
 
@@ -151,7 +151,7 @@ def _train_rank(local_rank: int, run_kwargs: dict, nproc: int, addr: str, port: 
     import torch
 
     import ss4rec
-    from ss4rec.distributed import rank_environment
+    from ss4rec.training.distributed import rank_environment
 
     os.environ.update(rank_environment(nproc, local_rank, addr, port))
     torch.set_num_threads(threads)  # a spawned process starts with torch's defaults
@@ -163,7 +163,7 @@ def _run_distributed(run_kwargs: dict, nproc: int, addr: str, port: int | None, 
     import torch
     import torch.multiprocessing as mp
 
-    from ss4rec.distributed import free_port, rank_failure
+    from ss4rec.training.distributed import free_port, rank_failure
 
     port = port or free_port()
     context = mp.start_processes(_train_rank, args=(run_kwargs, nproc, addr, port, torch.get_num_threads(),
@@ -184,11 +184,10 @@ def main(args) -> int:
     import torch
 
     import ss4rec
-    from ss4rec.notify import Notifier
-    from ss4rec.pipeline import default_output_dir
-    from ss4rec.threads import apply_threads
-
-    from ss4rec import distributed
+    from ss4rec.pipeline.runner import default_output_dir
+    from ss4rec.training import distributed
+    from ss4rec.training.notify import Notifier
+    from ss4rec.training.threads import apply_threads
 
     layout = check_nproc(args.nproc, args.device)
     world = max(args.nproc, distributed.world_size())

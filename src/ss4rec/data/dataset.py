@@ -22,6 +22,7 @@ sequential dataset of our runs it stores histories by reference
 from __future__ import annotations
 
 import torch
+
 from ss4rec.data.sequences import FlatSequentialDataset
 from ss4rec.errors import ConfigError
 

@@ -13,6 +13,7 @@ saved dataloaders) and, in ``train_mode: sequence``, trains on windows through
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -25,11 +26,23 @@ from recbole.data.utils import create_samplers, get_dataloader
 from recbole.sampler import KGSampler
 from recbole.utils import ModelType
 
+from ss4rec.data.dataset import SS4RecDataset
 from ss4rec.data.modes import train_mode
-from ss4rec.distributed import unsharded
 from ss4rec.data.sequences import NEG_TARGETS, TARGET_ITEMS, TARGET_MASK, FlatSequentialDataset
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def unsharded(config):
+    """Build dataloaders that see every row, even under DDP (RecBole shards when single_spec is off)."""
+    saved = config["single_spec"]
+    config["single_spec"] = True
+    try:
+        yield
+    finally:
+        config["single_spec"] = saved
+
 
 _TYPE_TO_CLASS = {
     ModelType.GENERAL: "Dataset", ModelType.CONTEXT: "Dataset", ModelType.TRADITIONAL: "Dataset",
@@ -48,8 +61,6 @@ def dataset_class(config):
     if own is not None:
         return own
     if config["model"] in EXACT_TIME_MODELS:
-        from ss4rec.data.dataset import SS4RecDataset
-
         return SS4RecDataset
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         return FlatSequentialDataset
@@ -75,7 +86,6 @@ def create_dataset(config):
 
 def exact_time_dataset(config):
     """The dataset of ``config`` loaded and filtered with exact, unnormalised float64 times."""
-    from ss4rec.data.dataset import SS4RecDataset
 
     return _load(SS4RecDataset, config)
 
@@ -114,7 +124,7 @@ def prepare_data(config, dataset):
                                                      shuffle=config["shuffle"])
     # Under DDP the training batches are sharded (RecBole's DistributedSampler, also for
     # WindowTrainDataLoader, a TrainDataLoader), but evaluation is not: rank 0 scores every
-    # user, exactly as a single process does (see ss4rec.distributed).
+    # user, exactly as a single process does (see ss4rec.training.distributed).
     with unsharded(config):
         valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
         test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)

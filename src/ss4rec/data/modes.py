@@ -11,14 +11,13 @@
   fits in one window.
 
 Validation and test are RecBole's leave-one-out, full ranking, in both modes. This module
-reads the setting (its default is in ``properties/data.yaml``, known through ss4rec.validation).
+reads the setting (its default is in ``properties/data.yaml``, known through ss4rec.config.validation).
 """
 
 from __future__ import annotations
 
+from ss4rec.config.validation import DATA_DEFAULTS, DATA_FILE, TRAIN_MODES
 from ss4rec.errors import ConfigError
-from ss4rec.validation import DATA_DEFAULTS, DATA_FILE, TRAIN_MODES
-
 
 
 def train_mode(config) -> str:

@@ -10,6 +10,9 @@ writes ``drift-out/drift.json`` (the report), ``drift-out/drift.md`` (tables) an
 ``data_drift.png`` / ``model_drift.png``. The measures, thresholds and the treatment of
 unknown users and items are documented in :mod:`ss4rec.drift.data_drift` and
 :mod:`ss4rec.drift.model_drift`.
+
+Layer rule: may import evaluation (none today), the pipeline (to restore a model), training
+and data; never commands.
 """
 
 from __future__ import annotations
@@ -17,18 +20,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ss4rec.drift.data_drift import DEFAULT_THRESHOLDS, compute_data_drift
+from ss4rec.drift.model_drift import compute_model_drift
 from ss4rec.drift.reader import InterColumns
+from ss4rec.drift.report import write_markdown, write_plots
 from ss4rec.drift.windows import WindowSpec
-from ss4rec.runfolder import write_json_atomic
+from ss4rec.training.runfolder import write_json_atomic
 
 __all__ = ["drift_report", "compute_data_drift", "compute_model_drift", "DEFAULT_THRESHOLDS", "WindowSpec"]
-
-
-def compute_model_drift(*args, **kwargs):
-    """See :func:`ss4rec.drift.model_drift.compute_model_drift` (imported lazily: torch, RecBole)."""
-    from ss4rec.drift.model_drift import compute_model_drift as compute
-
-    return compute(*args, **kwargs)
 
 
 def drift_report(past, future, output_dir, checkpoint=None, window: str = "month", topk=(10,),
@@ -41,7 +39,6 @@ def drift_report(past, future, output_dir, checkpoint=None, window: str = "month
     (None without a checkpoint), "plots", "files"}``. ``min_window_rows`` / ``min_window_users``
     (None: the defaults, 500 and 100) mark smaller data windows as insufficient.
     """
-    from ss4rec.drift.report import write_markdown, write_plots
 
     spec = WindowSpec.parse(window)
     if spec.kind == "days":  # one anchor for both parts: the future's first timestamp

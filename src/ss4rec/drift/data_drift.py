@@ -75,6 +75,7 @@ import pandas as pd
 from ss4rec.drift.reader import CHUNK_ROWS, InterColumns, TokenVocab
 from ss4rec.drift.stats import js_divergence, ks_from_histograms, sampling_js
 from ss4rec.drift.windows import WindowSpec
+from ss4rec.errors import DataError, UserError
 
 DEFAULT_THRESHOLDS = {
     "popularity_js": 0.1,
@@ -393,8 +394,6 @@ def compute_data_drift(past_path, future_path, window: str | WindowSpec = "month
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     unknown = set(thresholds) - set(DEFAULT_THRESHOLDS)
     if unknown:
-        from ss4rec.errors import UserError
-
         raise UserError(f"unknown drift threshold(s) {sorted(unknown)}; known: {sorted(DEFAULT_THRESHOLDS)}")
     past_file, future_file = InterColumns(past_path), InterColumns(future_path)
     spec = window if isinstance(window, WindowSpec) else WindowSpec.parse(window)
@@ -406,8 +405,6 @@ def compute_data_drift(past_path, future_path, window: str | WindowSpec = "month
     for chunk in past_file.chunks(vocab, chunk_rows=chunk_rows):
         past.add(chunk)
     if past.rows == 0:
-        from ss4rec.errors import DataError
-
         raise DataError(f"{past_file.path}: no interactions after the header")
     sorted_sides = []
     if not past.gaps_in_order:
@@ -418,8 +415,6 @@ def compute_data_drift(past_path, future_path, window: str | WindowSpec = "month
     for chunk in future_file.chunks(vocab, chunk_rows=chunk_rows):
         future.add(chunk)
     if future.rows == 0:
-        from ss4rec.errors import DataError
-
         raise DataError(f"{future_file.path}: no interactions after the header")
     if not future.gaps_in_order:
         _exact_gaps(future_file, future, vocab, chunk_rows)

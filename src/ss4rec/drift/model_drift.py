@@ -36,15 +36,21 @@ not the same task: read the per-window trend along with the verdicts.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from recbole.data.interaction import Interaction
+from recbole.model.abstract_recommender import SequentialRecommender
 
 from ss4rec.drift.reader import CHUNK_ROWS, InterColumns, TokenVocab
 from ss4rec.drift.windows import WindowSpec
 from ss4rec.errors import UserError
+from ss4rec.pipeline.runner import restore
+from ss4rec.training.trainer import SS4RecTrainer
 
 MAX_RELATIVE_DROP = 0.2
 MIN_PREDICTIONS = 100
@@ -108,10 +114,7 @@ def reference_scores(run, checkpoint: Path, topk: list[int]) -> dict:
         test = json.loads(results.read_text(encoding="utf-8")).get("test", {})
         if all(key in test for key in wanted):
             return {"source": str(results), "metrics": {key: float(test[key]) for key in wanted}}
-    import os
-    import tempfile
 
-    from ss4rec.trainer import SS4RecTrainer
 
     run.config["topk"] = list(topk)
     run.config["metrics"] = ["Hit", "NDCG"]
@@ -139,13 +142,11 @@ def compute_model_drift(checkpoint, past_path, future_path, window: str | Window
         topk: cut-offs K.
         max_predictions: score a uniform random sample of at most this many predictions
             (``None``: all) — for very large futures.
-        config_dict: settings passed to :func:`ss4rec.pipeline.restore` (e.g. ``data_path``).
+        config_dict: settings passed to :func:`ss4rec.pipeline.runner.restore` (e.g. ``data_path``).
 
     Returns ``{"model", "checkpoint", "topk", "reference", "overall", "windows": [...], ...}``.
     """
-    from recbole.model.abstract_recommender import SequentialRecommender
 
-    from ss4rec.pipeline import restore
 
     checkpoint = Path(checkpoint)
     topk = sorted({int(k) for k in topk})
@@ -278,7 +279,6 @@ class _Batcher:
     def flush(self) -> None:
         if not self.rows:
             return
-        from recbole.data.interaction import Interaction
 
         run, rows = self.run, self.rows
         self.rows = []

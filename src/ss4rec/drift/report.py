@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.dates as mdates
+import numpy as np
+import pandas as pd
+
+# Bare Figures, not pyplot: no backend switch and no global state (notebooks keep theirs).
+from matplotlib.figure import Figure
+
 _MEASURE_TITLES = {
     "popularity_js": "item popularity JS divergence",
     "new_item_share": "share on items new since the past",
@@ -132,10 +139,6 @@ def write_markdown(report: dict, path) -> None:
 
 def _window_times(windows: list[dict]):
     """Each window's (start, end, middle) as matplotlib date numbers (UTC)."""
-    import matplotlib.dates as mdates
-    import numpy as np
-    import pandas as pd
-
     start = mdates.date2num(pd.to_datetime([w["start_utc"] for w in windows]).tz_convert(None).to_pydatetime())
     end = mdates.date2num(pd.to_datetime([w["end_utc"] for w in windows]).tz_convert(None).to_pydatetime())
     return np.asarray(start), np.asarray(end), (np.asarray(start) + np.asarray(end)) / 2
@@ -143,8 +146,6 @@ def _window_times(windows: list[dict]):
 
 def _date_axis(ax) -> None:
     """A date axis readable with any number of windows: a few ticks, concise labels."""
-    import matplotlib.dates as mdates
-
     locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
@@ -164,17 +165,13 @@ def data_drift_figure(report: dict):
     drift limit (threshold; popularity: noise + threshold; KS: max(threshold, critical
     value)), drifting windows in red (gid ``drift``), insufficient ones greyed out (gid
     ``insufficient``), on a date axis. Returned, not saved, so tests can read its artists."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
 
     data = report["data_drift"]
     windows = data["windows"]
     start, end, middle = _window_times(windows)
     insufficient = np.array([w["insufficient"] for w in windows], dtype=bool)
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7), sharex=True)
+    fig = Figure(figsize=(14, 7))
+    axes = fig.subplots(2, 3, sharex=True)
     for ax, name in zip(axes.flat, _MEASURE_TITLES):
         measures = [w["measures"][name] for w in windows]
         values = np.array([np.nan if m["value"] is None else m["value"] for m in measures])
@@ -212,18 +209,14 @@ def data_drift_figure(report: dict):
 def model_drift_figure(report: dict):
     """HR@K / NDCG@K per window with the reference, on the data part's date axis;
     insufficient windows greyed out as in :func:`data_drift_figure`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
 
     model = report["model_drift"]
     k = model["verdict_k"]
     by_key = {w["key"]: w for w in report["data_drift"]["windows"]}  # same future file, same window keys
     start, end, middle = _window_times([by_key[w["key"]] for w in model["windows"]])
     insufficient = np.array([w["verdict"] == "insufficient data" for w in model["windows"]], dtype=bool)
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.subplots()
     for metric, color in ((f"hit@{k}", "tab:blue"), (f"ndcg@{k}", "tab:orange")):
         values = np.array([np.nan if w["metrics"][metric] is None else w["metrics"][metric] for w in model["windows"]])
         ax.plot(middle, np.where(insufficient, np.nan, values), marker="o", markersize=3, color=color,
@@ -243,8 +236,6 @@ def model_drift_figure(report: dict):
 def write_plots(report: dict, output_dir) -> list[str]:
     """``data_drift.png`` (:func:`data_drift_figure`) and, with a model, ``model_drift.png``
     (:func:`model_drift_figure`)."""
-    import matplotlib.pyplot as plt
-
     output_dir = Path(output_dir)
     figures = [("data_drift.png", data_drift_figure)]
     if report.get("model_drift"):
@@ -253,6 +244,5 @@ def write_plots(report: dict, output_dir) -> list[str]:
     for name, make in figures:
         fig = make(report)
         fig.savefig(output_dir / name, dpi=100)
-        plt.close(fig)
         written.append(str(output_dir / name))
     return written

@@ -8,17 +8,12 @@
     torch.Size([2, 10, 64])
     >>> Mamba(64, d_state=32, d_conv=4, expand=2, backend="torch")(x).shape
     torch.Size([2, 10, 64])
+
+Layer rule: plain PyTorch layers; may import :mod:`ss4rec.errors` only (never data,
+models, training or anything above).
 """
 
-import importlib
+from ss4rec.ssm.mamba import Mamba, mamba_kernels_available
+from ss4rec.ssm.s5 import S5
 
-# Imported on first use, so `ss4rec.ssm.s5` works without loading Mamba and vice versa.
-_EXPORTS = {"S5": "ss4rec.ssm.s5", "Mamba": "ss4rec.ssm.mamba",
-            "mamba_kernels_available": "ss4rec.ssm.mamba"}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["S5", "Mamba", "mamba_kernels_available"]

@@ -1,4 +1,4 @@
-"""The comparison's plots (PNG, matplotlib), drawn from :func:`ss4rec.study.summarise`'s output.
+"""The comparison's plots (PNG, matplotlib), drawn from :func:`ss4rec.evaluation.study.summarise`'s output.
 
     >>> plot_summary(summary, "runs/cmp")  # doctest: +SKIP
     {'ndcg10_ci': 'runs/cmp/ndcg10_ci.png', ...}
@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from matplotlib.figure import Figure
+
 PLOTS = ("ndcg10_ci", "ndcg_at_k", "gap_buckets", "time_shift")
 
 
 def _figure(width=7.0, height=4.0):
     # A bare Figure, not pyplot: no backend switch and no global state, so this also runs
     # inside a notebook without changing how its own plots display.
-    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height))
     return fig, fig.subplots()
@@ -34,7 +36,6 @@ def _save(fig, path: Path) -> str:
 
 def _grouped_bars(ax, groups, series: dict, ylabel):
     """Bars of ``series`` (label -> values per group), side by side within each group."""
-    import numpy as np
 
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))

@@ -36,9 +36,9 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
 
-from ss4rec.errors import ConfigError
-from ss4rec.scoring import TiedItemScoring
 from ss4rec import ssm
+from ss4rec.errors import ConfigError
+from ss4rec.models.scoring import TiedItemScoring
 
 MODEL_TYPES = ("SS4Rec", "S5-only", "S6-only", "ignore-time")
 LOSS_TYPES = ("CE", "BPR")
@@ -194,7 +194,7 @@ class SS4Rec(TiedItemScoring, SequentialRecommender):
         return self.gather_indexes(output, item_seq_len - 1)  # [B H]
 
     def position_output(self, interaction):
-        """Hidden state at every position, ``[B L H]`` (whole-sequence training, ss4rec.losses).
+        """Hidden state at every position, ``[B L H]`` (whole-sequence training, ss4rec.models.losses).
 
         The interaction's time field is the time of the target after the last position.
         """

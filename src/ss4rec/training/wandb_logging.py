@@ -1,7 +1,7 @@
 """Weights & Biases logging for a training run: one ``wandb.init``, one ``wandb.finish``.
 
 RecBole's Trainer builds its own ``WandbLogger`` (which calls ``wandb.init`` with the whole
-``Config`` object and never ``wandb.finish``). :class:`ss4rec.trainer.SS4RecTrainer` keeps
+``Config`` object and never ``wandb.finish``). :class:`ss4rec.training.trainer.SS4RecTrainer` keeps
 RecBole's from starting and uses this one, with the same ``log_metrics`` /
 ``log_eval_metrics`` methods RecBole's loop calls, plus per-step and test logging.
 
@@ -28,8 +28,8 @@ import os
 import socket
 from urllib.parse import urlparse
 
-from ss4rec.checkpoint import config_to_plain
 from ss4rec.errors import UserError
+from ss4rec.training.checkpoint import config_to_plain
 
 DEFAULT_PROJECT = "ss4rec"
 DEFAULT_BASE_URL = "https://api.wandb.ai"

@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import time
 
-logger = logging.getLogger("ss4rec.progress")
+from tqdm import tqdm
+
+logger = logging.getLogger("ss4rec.training.progress")
 
 
 def format_seconds(seconds: float) -> str:
@@ -39,8 +41,6 @@ class EpochProgress:
         self._losses: list[float] = []
         self._bar = None
         if bar:
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total, desc=what, ncols=100, leave=False)
 
     def update(self, loss: float | None = None, lr: float | None = None) -> None:

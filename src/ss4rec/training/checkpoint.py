@@ -21,9 +21,11 @@ import enum
 import hashlib
 import os
 import pickle
+import random
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ss4rec.errors import UserError
@@ -200,9 +202,7 @@ def rng_state() -> dict:
 
         >>> state = rng_state(); set_rng_state(state)  # doctest: +SKIP
     """
-    import random
 
-    import numpy as np
 
     version, mt_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -219,9 +219,7 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` captured (CUDA only where this machine has CUDA)."""
-    import random
 
-    import numpy as np
 
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))

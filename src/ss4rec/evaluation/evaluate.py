@@ -1,11 +1,11 @@
 """Re-evaluate a saved model on its test split: metrics and the rank of every user's target.
 
-    >>> from ss4rec.evaluate import evaluate_checkpoint
+    >>> from ss4rec.evaluation.evaluate import evaluate_checkpoint
     >>> report = evaluate_checkpoint("runs/demo/checkpoints/SS4Rec-best.pth",
     ...                              topk=[1, 5, 10, 20, 50], output_dir="runs/demo/evaluate")  # doctest: +SKIP
     >>> report["metrics"]["ndcg@10"]  # doctest: +SKIP
 
-The run is rebuilt by :func:`ss4rec.pipeline.restore` (same settings, seed and split), and
+The run is rebuilt by :func:`ss4rec.pipeline.runner.restore` (same settings, seed and split), and
 scored by RecBole's own full-ranking evaluation, so with the run's ``topk`` the metrics
 equal the ``test`` block of its ``results.json``. While scoring, the rank of each user's
 test item among all items is recorded (items the user already interacted with are
@@ -14,7 +14,7 @@ excluded, as in RecBole; ties count in the target's favour).
 Written to ``output_dir``: ``metrics.json`` and ``user_ranks.csv`` with columns
 ``user_id, item_id`` (original ids), ``rank`` (1 = top), ``history_length`` (the user's
 interactions before the test item). With ``time_probe=True`` also ``time_probe.json`` and a
-``target_gap_seconds`` column (:mod:`ss4rec.probe`: NDCG@10 by gap, time-shift sensitivity).
+``target_gap_seconds`` column (:mod:`ss4rec.evaluation.probe`: NDCG@10 by gap, time-shift sensitivity).
 """
 
 from __future__ import annotations
@@ -22,10 +22,25 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
+from recbole.data.interaction import Interaction
 
+from ss4rec.data.dataset import SS4RecDataset
+from ss4rec.data.loaders import exact_time_dataset
 from ss4rec.errors import UserError
-from ss4rec.trainer import SS4RecTrainer
+from ss4rec.evaluation.probe import (
+    PROBE_USERS,
+    TIME_SHIFTS,
+    gap_bucket_table,
+    ndcg_at,
+    rank_correlations,
+    shift_summary,
+    test_gaps,
+)
+from ss4rec.pipeline.runner import restore
+from ss4rec.training.runfolder import write_json_atomic
+from ss4rec.training.trainer import SS4RecTrainer
 
 
 class RankRecordingTrainer(SS4RecTrainer):
@@ -54,10 +69,6 @@ class RankRecordingTrainer(SS4RecTrainer):
         return interaction, scores, positive_u, positive_i
 
     def _probe_time_shifts(self, batched_data, scores):
-        from recbole.data.interaction import Interaction
-
-        from ss4rec.probe import PROBE_USERS, rank_correlations
-
         done = len(next(iter(self.shift_correlations.values())))
         if done >= PROBE_USERS:
             return
@@ -84,13 +95,11 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
         device: ``cpu`` or ``cuda``.
         data_path: the folder holding ``NAME/NAME.inter`` if the data moved since training.
         time_probe: also NDCG@10 by gap bucket and the time-shift rank correlations
-            (:mod:`ss4rec.probe`), in ``time_probe.json`` and the report's ``time_probe``.
+            (:mod:`ss4rec.evaluation.probe`), in ``time_probe.json`` and the report's ``time_probe``.
 
     Returns:
         ``{"metrics": {...}, "topk": [...], "n_users": int, "metrics_file", "ranks_file", ...}``.
     """
-    from ss4rec.pipeline import restore
-    from ss4rec.runfolder import write_json_atomic
 
     checkpoint = Path(checkpoint).resolve()
     config_dict = {}
@@ -113,10 +122,6 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
     out.mkdir(parents=True, exist_ok=True)
     shifts, time_scale, gaps = {}, 1.0, None
     if time_probe:
-        from ss4rec.data.dataset import SS4RecDataset
-        from ss4rec.data.loaders import exact_time_dataset
-        from ss4rec.probe import TIME_SHIFTS, test_gaps
-
         if config["TIME_FIELD"] not in restored.dataset.field2type:
             raise UserError(f"--time-probe needs the time field {config['TIME_FIELD']!r}, which this run "
                             "did not load (load_col.inter)")
@@ -153,8 +158,6 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
         "ranks_file": str(ranks_file),
     }
     if time_probe:
-        from ss4rec.probe import gap_bucket_table, ndcg_at, shift_summary
-
         report["time_probe"] = {
             "model": config["model"],
             "gap_buckets": gap_bucket_table(ndcg_at([r["rank"] for r in rows], 10),
@@ -179,7 +182,6 @@ def _stored_time_units_per_second(dataset, exact, config) -> float:
 
 def _rank_rows(dataset, config, ranks) -> list[dict]:
     """Recorded (user index, item index, rank) -> rows with original ids and history length."""
-    import numpy as np
 
     uid_field, iid_field = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
     user_idx, item_idx, rank = ranks[:, 0], ranks[:, 1], ranks[:, 2]

@@ -1,7 +1,7 @@
 """Settings validation: the keys ss4rec owns, and the type and range of every numeric key.
 
 Every run checks its settings here before anything is built or written
-(:func:`ss4rec.pipeline.build_config`, so ``train``, ``preflight``, ``compare``, ``evaluate``,
+(:func:`ss4rec.pipeline.settings.build_config`, so ``train``, ``preflight``, ``compare``, ``evaluate``,
 ``recommend`` and the pod entrypoint give the same one-line answer):
 
     >>> check_values({"train_batch_size": 0}, source="--set")
@@ -26,10 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from ss4rec.config import PROPERTIES_DIR
 from ss4rec.errors import ConfigError
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-PROPERTIES_DIR = PACKAGE_DIR / "properties"
 
 
 def _defaults(path: Path) -> dict:
@@ -42,10 +40,10 @@ GUARD_DEFAULTS: dict = _defaults(GUARDS_FILE)
 DATA_FILE = PROPERTIES_DIR / "data.yaml"
 DATA_DEFAULTS: dict = _defaults(DATA_FILE)
 TRAIN_MODES = ("prefix", "sequence")  # ss4rec.data.modes
-SCHEDULERS = ("none", "linear", "cosine")  # ss4rec.guards.LRSchedule
+SCHEDULERS = ("none", "linear", "cosine")  # ss4rec.training.guards.LRSchedule
 
 # Keys our own code reads (trainer guards and schedule, training mode, DDP's collective
-# timeout: ss4rec.distributed).
+# timeout: ss4rec.training.distributed).
 SS4REC_KEYS: set[str] = set(GUARD_DEFAULTS) | set(DATA_DEFAULTS) | {"ddp_timeout"}
 
 

@@ -21,11 +21,11 @@ import importlib.util
 from pathlib import Path
 
 import yaml
+from recbole.utils import argument_list
 
+from ss4rec.config import CONFIGS_DIR, PROPERTIES_DIR
+from ss4rec.config.validation import DATA_DEFAULTS, GUARD_DEFAULTS, SS4REC_KEYS
 from ss4rec.errors import ConfigError
-from ss4rec.validation import PACKAGE_DIR, PROPERTIES_DIR, SS4REC_KEYS  # noqa: F401  (re-exported)
-
-CONFIG_DIR = PACKAGE_DIR / "configs"
 
 # Keys RecBole reads that no RecBole YAML file lists (distributed runs, internals).
 _RECBOLE_EXTRA_KEYS = {
@@ -58,7 +58,6 @@ def model_config_file(model: str) -> Path | None:
 
 def known_keys(model: str) -> set[str]:
     """Every key that RecBole, the model ``model`` and ss4rec understand."""
-    from recbole.utils import argument_list
 
     props = _recbole_dir() / "properties"
     keys = set(_RECBOLE_EXTRA_KEYS) | SS4REC_KEYS
@@ -76,7 +75,6 @@ def known_keys(model: str) -> set[str]:
 
 def known_defaults(model: str) -> dict:
     """Default values of RecBole's general keys, the model's own and ss4rec's (for type checks)."""
-    from ss4rec.validation import DATA_DEFAULTS, GUARD_DEFAULTS
 
     defaults = {}
     for path in (_recbole_dir() / "properties" / "overall.yaml", model_config_file(model)):
@@ -101,10 +99,10 @@ def resolve_config_file(name_or_path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path.resolve()
-    packaged = CONFIG_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    packaged = CONFIGS_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
     if packaged.is_file():
         return packaged
-    available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    available = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
     raise ConfigError(f"config file {name_or_path} not found (packaged configs: {available})")
 
 

@@ -16,6 +16,10 @@ import math
 import os
 from pathlib import Path
 
+import torch
+
+from ss4rec.errors import UserError
+
 
 def usable_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup v2/v1 CPU quota."""
@@ -43,7 +47,6 @@ def _cgroup_quota() -> int | None:
 
 def choose_threads(requested: int | None = None) -> tuple[int, str]:
     """(threads, why): ``requested`` (--threads), else OMP_NUM_THREADS, else :func:`usable_cpus`."""
-    from ss4rec.errors import UserError
 
     if requested is not None:
         if requested < 1:
@@ -73,7 +76,6 @@ def _busy_cpus() -> float:
 
 def apply_threads(requested: int | None = None) -> str:
     """Set torch's intra-op thread count (see :func:`choose_threads`); returns a log line."""
-    import torch
 
     threads, why = choose_threads(requested)
     torch.set_num_threads(threads)

@@ -1,6 +1,6 @@
 """Post run start / finish / failure messages to a Slack or Discord incoming webhook.
 
-    >>> from ss4rec.notify import Notifier
+    >>> from ss4rec.training.notify import Notifier
     >>> notifier = Notifier("https://hooks.slack.com/services/T000/B000/XXXX")  # doctest: +SKIP
     >>> notifier.start(model="SS4Rec", dataset="ml-1m", device="cuda", run_dir="runs/ml1m")
     ... # doctest: +SKIP

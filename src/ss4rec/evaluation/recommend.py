@@ -1,7 +1,7 @@
 """Top-K recommendations for users of a trained run, with original ids, titles and genres.
 
-    >>> from ss4rec.pipeline import restore
-    >>> from ss4rec.recommend import recommend
+    >>> from ss4rec.pipeline.runner import restore
+    >>> from ss4rec.evaluation.recommend import recommend
     >>> run = restore("runs/demo/checkpoints/SS4Rec-best.pth")  # doctest: +SKIP
     >>> recommend(run, ["4", "33"], k=2, exclude_seen=True)  # doctest: +SKIP
       user_id  rank item_id     score                  title                          genres
@@ -11,7 +11,7 @@
     3      33     2     301  1.643363               In & Out                          Comedy
 
 ``recommend`` also takes the checkpoint path itself (it then calls
-:func:`ss4rec.pipeline.restore`); pass a :class:`~ss4rec.pipeline.RestoredRun` when asking
+:func:`ss4rec.pipeline.runner.restore`); pass a :class:`~ss4rec.pipeline.runner.RestoredRun` when asking
 many times, so the dataset is loaded once.
 
 What the model sees, per user:
@@ -42,8 +42,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from recbole.data.interaction import Interaction
+from recbole.model.abstract_recommender import SequentialRecommender
 
+from ss4rec.data.dataset import SS4RecDataset
+from ss4rec.data.sequences import user_runs
 from ss4rec.errors import UserError
+from ss4rec.pipeline.runner import RestoredRun, restore
 
 # Column names (before ':type') that hold a title / genres in an atomic `.item` file:
 # RecBole's bundled ML-100K says `movie_title` and `class`; `ss4rec convert` writes `genre`.
@@ -111,7 +116,6 @@ def _histories(dataset, internal_uids: np.ndarray) -> dict[int, _History]:
     Sequential datasets of our runs keep every interaction once, sorted stably by (user,
     time) as RecBole sorts them (``flat_feat``, :mod:`ss4rec.data.sequences`), ties included.
     """
-    from ss4rec.data.sequences import user_runs
 
     feat = dataset.flat_feat
     uid_field, item_field, time_field = dataset.uid_field, dataset.iid_field, dataset.time_field
@@ -131,7 +135,6 @@ def _time_is_scaled(run) -> bool:
     :class:`ss4rec.data.dataset.SS4RecDataset` never scales it; RecBole's own dataset does
     under the bundled ``ml-100k.yaml`` (``normalize_all: True``).
     """
-    from ss4rec.data.dataset import SS4RecDataset
 
     if isinstance(run.dataset, SS4RecDataset):
         return False
@@ -192,8 +195,6 @@ def _report_skipped(skipped: dict[str, str], on_unknown: str) -> None:
 
 
 def _check_sequential(run) -> None:
-    from recbole.model.abstract_recommender import SequentialRecommender
-
     if not isinstance(run.model, SequentialRecommender):
         raise UserError(
             f"recommend answers from interaction histories, so it needs a sequential model "
@@ -203,7 +204,6 @@ def _check_sequential(run) -> None:
 
 def _model_input(run, internal_uids: list[int], histories: list[_History], request_times: list[float]):
     """A RecBole ``Interaction`` for ``full_sort_predict``: last MAX_ITEM_LIST_LENGTH items."""
-    from recbole.data.interaction import Interaction
 
     dataset, model = run.dataset, run.model
     max_len = run.config["MAX_ITEM_LIST_LENGTH"]
@@ -232,7 +232,7 @@ def recommend(run, users, k: int = 10, exclude_seen: bool = False, at=None, *,
     """Top-``k`` items for each user, best first.
 
     Args:
-        run: a :class:`~ss4rec.pipeline.RestoredRun` or a checkpoint path written by
+        run: a :class:`~ss4rec.pipeline.runner.RestoredRun` or a checkpoint path written by
             :func:`ss4rec.run` (restored on ``device``).
         users: one original user id or a list of them (``"1"`` or ``1``; ids are matched as text).
         k: items per user (fewer if fewer items are left to recommend).
@@ -257,7 +257,6 @@ def recommend(run, users, k: int = 10, exclude_seen: bool = False, at=None, *,
     Raises:
         UserError: bad arguments, ``at`` before a user's last interaction, or no user answerable.
     """
-    from ss4rec.pipeline import RestoredRun, restore
 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise UserError(f"k must be a positive whole number of items, not {k!r}")

@@ -9,7 +9,7 @@ processes it spawns, and joins the group through ``env://``: ``nccl`` on CUDA (o
 local rank), ``gloo`` on CPU. The rest stays RecBole's: its dataloaders shard training
 batches with a ``DistributedSampler`` and its trainer all-reduces gradients.
 
-What ss4rec adds on top (see :mod:`ss4rec.trainer` and :mod:`ss4rec.pipeline`):
+What ss4rec adds on top (see :mod:`ss4rec.training.trainer` and :mod:`ss4rec.pipeline.runner`):
 
 - one writer: global rank 0 alone writes the run folder (log, checkpoints,
   ``results.json``); other ranks log warnings to stderr and keep RecBole's scratch files in
@@ -29,16 +29,23 @@ and its weights after training there (:func:`note_pid`, :func:`dump_parameters`)
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
+import pickle
+import re
 import socket
+import sys
+from pathlib import Path
 
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from recbole.config import Config
+from torch.nn.parallel import DistributedDataParallel
 
-from ss4rec.errors import UserError
+from ss4rec.errors import ConfigError, UserError
 
-# ddp_timeout (seconds; a known key with its range in ss4rec.validation): how long a rank
+# ddp_timeout (seconds; a known key with its range in ss4rec.config.validation): how long a rank
 # waits for the others at a collective (a gradient all-reduce, rank 0's evaluation result)
 # before it gives up with an error.
 DEFAULT_TIMEOUT_S = 1800  # torch's own default; rank 0 evaluates alone while the others wait
@@ -94,8 +101,6 @@ def check_world(nproc: int = 1, device: str | None = None) -> str:
     ``nproc`` is ``--nproc`` (processes to spawn on this machine); under ``torchrun`` the
     launcher's environment says the rest. A UserError names what is wrong and how to fix it.
     """
-    import torch
-    import torch.distributed as dist
 
     if nproc < 1:
         raise UserError(f"--nproc {nproc}: use a whole number >= 1")
@@ -139,8 +144,6 @@ def check_world(nproc: int = 1, device: str | None = None) -> str:
 
 
 def _timeout_seconds(value) -> float:
-    from ss4rec.errors import ConfigError
-
     if value is None:
         return DEFAULT_TIMEOUT_S
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -157,8 +160,6 @@ class DistributedConfig(Config):
     def _init_device(self):
         if not is_distributed():
             return super()._init_device()
-        import torch
-        import torch.distributed as dist
 
         cfg = self.final_config_dict
         local_rank = _env_int("LOCAL_RANK", 0)
@@ -194,25 +195,11 @@ def is_writer(config=None) -> bool:
     return rank() == 0
 
 
-@contextlib.contextmanager
-def unsharded(config):
-    """Build dataloaders that see every row, even under DDP (RecBole shards when single_spec is off)."""
-    saved = config["single_spec"]
-    config["single_spec"] = True
-    try:
-        yield
-    finally:
-        config["single_spec"] = saved
-
-
 def wrap_model(model, device):
     """``model`` in DistributedDataParallel: its parameters start as rank 0's, and its
     gradients are averaged over all ranks during backward (RecBole's trainer drives it)."""
-    from torch.nn.parallel import DistributedDataParallel
 
     if device.type == "cuda":
-        import torch
-
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # as RecBole does
         return DistributedDataParallel(model, device_ids=[device.index])
     return DistributedDataParallel(model)  # CPU: no device_ids
@@ -220,7 +207,6 @@ def wrap_model(model, device):
 
 def broadcast_from_rank0(obj):
     """``obj`` as rank 0 has it, on every rank (a picklable Python object)."""
-    import torch.distributed as dist
 
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -228,8 +214,6 @@ def broadcast_from_rank0(obj):
 
 
 def all_gather_objects(obj) -> list:
-    import torch.distributed as dist
-
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
@@ -237,8 +221,6 @@ def all_gather_objects(obj) -> list:
 
 def mean_over_ranks(values, device) -> tuple:
     """The mean over all ranks of each float in ``values`` (one small all-reduce)."""
-    import torch
-    import torch.distributed as dist
 
     tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -250,8 +232,6 @@ class RankFailed(UserError):
 
 
 def _resume_hint(run_dir) -> str:
-    from pathlib import Path
-
     last = sorted(Path(run_dir).glob("checkpoints/*-last.pth")) if run_dir else []
     return (f"; after fixing the cause, continue with --resume {last[0]}" if last
             else "; no epoch had finished, so nothing to resume")
@@ -261,12 +241,11 @@ def _user_error(trace: str) -> str | None:
     """The message of a UserError (or subclass) that ends the traceback text ``trace``, else None."""
     last = trace.strip().splitlines()[-1] if trace.strip() else ""
     kind, _, message = last.partition(": ")
-    return message if kind.startswith(("ss4rec.errors.", "ss4rec.distributed.")) else None
+    return message if kind.startswith(("ss4rec.errors.", "ss4rec.training.distributed.")) else None
 
 
 def _rank0_user_error(error_files) -> str | None:
     """Rank 0's UserError message, if it raised one (spawn keeps each process's traceback)."""
-    import pickle
 
     try:
         with open(error_files[0], "rb") as f:
@@ -282,9 +261,7 @@ def rank_failure(exc, run_dir=None, error_files=None) -> RankFailed:
     (rank 0's when it raised one too: it names the files it saved); anything else is shown
     with the process's traceback above the line.
     """
-    import sys
 
-    import torch.multiprocessing as mp
 
     rank_ = exc.error_index
     if isinstance(exc, mp.ProcessExitedException):
@@ -309,8 +286,6 @@ _PEER_SIGNS = ("Connection reset by peer", "Connection closed by peer", "gloo/tr
 
 
 def is_peer_failure(exc: BaseException) -> bool:
-    import torch.distributed as dist
-
     if isinstance(exc, getattr(dist, "DistError", ())):
         return True
     return isinstance(exc, RuntimeError) and any(sign in str(exc) for sign in _PEER_SIGNS)
@@ -318,7 +293,6 @@ def is_peer_failure(exc: BaseException) -> bool:
 
 def lost_peer(exc) -> RankFailed:
     """One line for a collective that failed here because another process died or hung."""
-    import re
 
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]  # gloo's source path, advice
@@ -346,7 +320,6 @@ def dump_parameters(model, config) -> None:
     folder = os.environ.get(DUMP_ENV)
     if not folder or config["single_spec"]:
         return
-    import torch
 
     os.makedirs(folder, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -355,7 +328,6 @@ def dump_parameters(model, config) -> None:
 
 def shutdown() -> None:
     """Leave the process group (end of a run), so the process exits cleanly."""
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

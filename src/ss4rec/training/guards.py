@@ -1,11 +1,11 @@
-"""Training guards and the learning-rate schedule used by :class:`ss4rec.trainer.SS4RecTrainer`.
+"""Training guards and the learning-rate schedule used by :class:`ss4rec.training.trainer.SS4RecTrainer`.
 
 A run that is silently broken (NaN loss, LR stuck at 0, a loss that never leaves the
 random baseline, metrics that never change) costs hours before anyone notices. Each guard
 here turns one such failure into an immediate :class:`~ss4rec.errors.TrainingGuardError`
 that says what happened, where, and how to fix it. Every guard is on by default and
 configurable through the keys in ``properties/guards.yaml`` (the one place holding their
-defaults; their types and ranges are checked in :mod:`ss4rec.validation`).
+defaults; their types and ranges are checked in :mod:`ss4rec.config.validation`).
 
     >>> settings = guard_settings({"grad_accum_steps": 4})   # unset keys: guards.yaml
     >>> settings["grad_accum_steps"], settings["guard_nonfinite"]
@@ -22,8 +22,8 @@ import logging
 import math
 from dataclasses import dataclass
 
+from ss4rec.config.validation import GUARD_DEFAULTS, GUARDS_FILE, RULES, SCHEDULERS
 from ss4rec.errors import ConfigError, TrainingGuardError
-from ss4rec.validation import GUARD_DEFAULTS, GUARDS_FILE, RULES, SCHEDULERS
 
 BASELINE_WINDOW = 10  # optimiser steps averaged before comparing the loss with the baseline
 
@@ -44,7 +44,7 @@ def guard_settings(config) -> dict:
 
 
 def _check_settings(s: dict) -> None:
-    # Types and ranges live in ss4rec.validation; lr_scheduler is case-insensitive.
+    # Types and ranges live in ss4rec.config.validation; lr_scheduler is case-insensitive.
     for key in GUARD_DEFAULTS:
         need = RULES[key].problem(s[key]) if key in RULES else None
         if need is not None:

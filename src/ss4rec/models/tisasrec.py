@@ -35,7 +35,7 @@ from recbole.model.loss import BPRLoss
 from torch import nn
 
 from ss4rec.errors import ConfigError
-from ss4rec.scoring import TiedItemScoring
+from ss4rec.models.scoring import TiedItemScoring
 
 
 def interval_matrix(time_seq: torch.Tensor, seq_len: torch.Tensor, time_span: int) -> torch.Tensor:
@@ -185,7 +185,7 @@ class TiSASRec(TiedItemScoring, SequentialRecommender):
         return self.gather_indexes(output, item_seq_len - 1)  # [B H]
 
     def position_output(self, interaction):
-        """Hidden state at every position, ``[B L H]`` (whole-sequence training, ss4rec.losses)."""
+        """Hidden state at every position, ``[B L H]`` (whole-sequence training, ss4rec.models.losses)."""
         return self.sequence_output(
             interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.TIME_SEQ]
         )

@@ -2,7 +2,7 @@
 
 :class:`SS4RecTrainer` keeps RecBole's ``fit`` / ``evaluate`` loop and changes only:
 
-- **checkpoints**: plain dicts (:mod:`ss4rec.checkpoint`), written atomically, loaded with
+- **checkpoints**: plain dicts (:mod:`ss4rec.training.checkpoint`), written atomically, loaded with
   ``weights_only=True`` (RecBole pickles its ``Config``, which torch >= 2.6 refuses).
   ``MODEL-best.pth`` at each new best, ``MODEL-last.pth`` after every epoch; both hold
   model, optimiser, LR schedule, epoch, optimiser step, best score and result, early-stopping
@@ -11,12 +11,12 @@
   killed run as if it had never stopped.
 - **one training step** (``_train_epoch``, RecBole's loop plus hooks): gradient accumulation
   (``grad_accum_steps``), the LR schedule, the pre-clip gradient norm every optimiser step,
-  ``clip_grad_norm``, and the guards of :mod:`ss4rec.guards` (non-finite loss or gradient,
+  ``clip_grad_norm``, and the guards of :mod:`ss4rec.training.guards` (non-finite loss or gradient,
   LR 0 while steps remain, loss stuck at the random baseline, frozen validation metrics).
   A guard stops training with :class:`~ss4rec.errors.TrainingGuardError`, after saving the
   last good weights (``MODEL-lastgood.pth``) and a debug bundle (``MODEL-guard-debug.json``:
   config, the failing batch's ids, loss / LR / grad-norm history) in the checkpoint folder.
-- **W&B**: :class:`ss4rec.wandb_logging.WandbRunLogger` replaces RecBole's logger, so a run
+- **W&B**: :class:`ss4rec.training.wandb_logging.WandbRunLogger` replaces RecBole's logger, so a run
   makes exactly one ``wandb.init``; :meth:`close` calls ``wandb.finish``.
 
     >>> trainer = SS4RecTrainer(config, model)  # doctest: +SKIP
@@ -36,14 +36,21 @@ import torch
 from recbole.trainer import Trainer
 from torch.nn.utils.clip_grad import clip_grad_norm_
 
-from ss4rec import distributed
-from ss4rec.checkpoint import (config_to_plain, fingerprint_differences, load_checkpoint, rng_state, save_checkpoint,
-                               set_rng_state, to_plain)
 from ss4rec.errors import TrainingGuardError, UserError
-from ss4rec.guards import LRSchedule, TrainingGuards, baseline_loss, guard_settings, optimizer_steps
-from ss4rec.runfolder import working_dir, write_json_atomic
-from ss4rec.progress import EpochProgress
-from ss4rec.wandb_logging import WandbRunLogger
+from ss4rec.training import distributed
+from ss4rec.training.checkpoint import (
+    config_to_plain,
+    fingerprint_differences,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    to_plain,
+)
+from ss4rec.training.guards import LRSchedule, TrainingGuards, baseline_loss, guard_settings, optimizer_steps
+from ss4rec.training.progress import EpochProgress
+from ss4rec.training.runfolder import working_dir, write_json_atomic
+from ss4rec.training.wandb_logging import WandbRunLogger
 
 STEP_LOG_LENGTH = 1000  # optimiser steps of loss / LR / grad-norm history kept for debug bundles
 
@@ -139,7 +146,7 @@ class SS4RecTrainer(Trainer):
         self.fit_started: float | None = None  # time.time() when this leg's fit began (_prepare_fit)
         self.last_checkpoint_file = os.path.join(self.checkpoint_dir, f"{config['model']}-last.pth")
         # The loss of one training batch: the model's calculate_loss, or (train_mode:
-        # sequence) ss4rec.losses.window_loss, set by the pipeline.
+        # sequence) ss4rec.models.losses.window_loss, set by the pipeline.
         self.batch_loss = None
         self._scaler = None
         self._pending_resume = None

@@ -3,7 +3,7 @@
 A pod with a CUDA torch but a mamba-ssm built for another CUDA, or a numpy that RecBole
 cannot use, fails minutes into a run. This block says so first:
 
-    >>> from ss4rec.envinfo import environment_info, format_environment
+    >>> from ss4rec.pipeline.envinfo import environment_info, format_environment
     >>> info = environment_info()
     >>> sorted(info)[:3]
     ['causal_conv1d', 'cuda', 'gpus']
@@ -17,7 +17,7 @@ cannot use, fails minutes into a run. This block says so first:
 
 "Kernels run" is tested, not assumed: a tiny ``ss4rec.ssm.Mamba(backend="cuda")`` forward
 on the GPU is compared with the pure-PyTorch backend on the same weights and input
-(:func:`check_mamba_kernels`). Command line: ``python -m ss4rec.envinfo``.
+(:func:`check_mamba_kernels`). Command line: ``python -m ss4rec.pipeline.envinfo``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import sys
+
+import torch
 
 __all__ = ["environment_info", "format_environment", "check_mamba_kernels", "package_version"]
 
@@ -75,7 +77,6 @@ def check_mamba_kernels() -> tuple[bool, str]:
 
 def environment_info(check_kernels: bool = True) -> dict:
     """Versions, CUDA and GPUs, and the kernel check, as plain data (see ``format_environment``)."""
-    import torch
 
     gpus = []
     if torch.cuda.is_available():

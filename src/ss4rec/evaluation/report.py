@@ -1,11 +1,10 @@
-"""Results you can look at: per-run training curves and a table + plot across runs.
+"""Results you can look at: a table and a plot across finished runs.
 
-    >>> plot_curves(result["history"], "runs/demo/curves.png", title="SS4Rec")  # doctest: +SKIP
     >>> rows = load_runs(["runs/a", "runs/cmp"])  # doctest: +SKIP
     >>> print(markdown_table(rows))  # doctest: +SKIP
 
-Every ``ss4rec train`` run writes ``curves.png`` beside ``results.json``: the training loss
-(mean per target) and the validation metrics at each epoch. ``ss4rec report RUN [RUN ...]``
+Every ``ss4rec train`` run writes ``curves.png`` (:mod:`ss4rec.training.curves`) beside
+``results.json``. ``ss4rec report RUN [RUN ...]``
 takes train run folders or ``ss4rec compare`` folders, prints one row per run and writes a
 plot of their validation curves and test NDCG@10.
 """
@@ -15,39 +14,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Bare Figures, not pyplot: files only, no backend switch, no global state.
+from matplotlib.figure import Figure
+
+from ss4rec.data.modes import train_mode
 from ss4rec.errors import UserError
 
 TABLE_METRICS = ("hit@10", "ndcg@10", "mrr@10")
-
-
-def _figure(**kwargs):
-    # A bare Figure, not pyplot: files only, no backend switch, no global state (a notebook
-    # that calls ss4rec.run keeps its inline plots).
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
-
-
-def plot_curves(history: list[dict], path, title: str = "") -> Path:
-    """Train loss and validation metrics per epoch -> a PNG at ``path``."""
-    fig = _figure(figsize=(10, 3.6))
-    loss_ax, valid_ax = fig.subplots(1, 2)
-    epochs = [h["epoch"] for h in history]
-    loss_ax.plot(epochs, [h.get("train_loss") for h in history], marker="o")
-    loss_ax.set(xlabel="epoch", ylabel="train loss (mean per target)", title="training")
-    valid = [h for h in history if h.get("valid")]
-    for metric in sorted({k for h in valid for k in h["valid"] if k.endswith("@10")}):
-        valid_ax.plot([h["epoch"] for h in valid], [h["valid"][metric] for h in valid], marker="o", label=metric)
-    valid_ax.set(xlabel="epoch", title="validation")
-    if valid:
-        valid_ax.legend()
-    for ax in (loss_ax, valid_ax):
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def run_folders(path) -> list[Path]:
@@ -64,7 +37,6 @@ def run_folders(path) -> list[Path]:
 
 def load_runs(paths) -> list[dict]:
     """One row per run: label, model, train_mode, epochs, test metrics, seconds per epoch, history."""
-    from ss4rec.data.modes import train_mode
 
     rows = []
     for folder in (run for path in paths for run in run_folders(path)):
@@ -98,7 +70,7 @@ def markdown_table(rows) -> str:
 
 def plot_comparison(rows, path) -> Path:
     """Validation NDCG@10 per epoch of every run, and their test NDCG@10 -> a PNG."""
-    fig = _figure(figsize=(11, 3.8))
+    fig = Figure(figsize=(11, 3.8))
     curve_ax, bar_ax = fig.subplots(1, 2)
     for row in rows:
         valid = [h for h in row["history"] if h.get("valid", {}).get("ndcg@10") is not None]

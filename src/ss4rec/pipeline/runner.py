@@ -9,7 +9,7 @@
 Steps: check config keys; resolve the dataset (bundled ML-100K, or ``data_path/NAME``;
 never a download); build RecBole's ``Config`` (blind to ``sys.argv``); the dataset and its
 dataloaders (:mod:`ss4rec.data.loaders`: O(N) sequential data, no pickle caches, prefix or
-sequence ``train_mode``); the model; :class:`ss4rec.trainer.SS4RecTrainer`; fit; evaluate the
+sequence ``train_mode``); the model; :class:`ss4rec.training.trainer.SS4RecTrainer`; fit; evaluate the
 best checkpoint on the test split; write ``results.json``. Everything RecBole writes
 (logs, tensorboard, checkpoints) lands in ``output_dir``, not the current directory.
 """
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import json
 import logging
-import os
 import re
 import resource
 import shutil
@@ -30,88 +30,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ss4rec.checkpoint import to_plain
-from ss4rec.config import check_keys, load_config_file, model_config_file
-from ss4rec.errors import ConfigError, DataError, UserError
-from ss4rec.runfolder import working_dir, write_json_atomic  # noqa: F401  (also ss4rec.pipeline's API)
+import numpy
+import pandas
+import recbole
+import torch
+from recbole.utils import init_seed
 
-BUNDLED_DATASET = "ml-100k"
-OWN_MODEL_NAMES = ("SS4Rec", "TiSASRec")  # see own_models()
-
-def _run_defaults() -> dict:
-    """Settings every run gets unless the user overrides them (lowest priority).
-
-    Progress bars only on a terminal; elsewhere the trainer logs progress lines.
-    """
-    return {"show_progress": sys.stderr.isatty()}
-
-
-def resolve_model(name):
-    """A model name -> (canonical name, class). SS4Rec and TiSASRec are ours; others are
-    RecBole's (SASRec and GRU4Rec as :mod:`ss4rec.baselines`' subclasses, which can also
-    train in ``train_mode: sequence``).
-
-    A model class is used as it is, named by its ``__name__`` (RecBole loads the defaults
-    YAML of that name: a subclass named like its RecBole base inherits the base's defaults).
-    """
-    from recbole.utils import get_model
-
-    if not isinstance(name, str):
-        return name.__name__, name
-    from ss4rec.baselines import MODELS
-
-    ours = own_models()
-    for canonical in [*ours, *recbole_model_names()]:
-        if canonical.lower() == name.lower():
-            return canonical, ours.get(canonical) or MODELS.get(canonical) or get_model(canonical)
-    close = [m for m in [*ours, *recbole_model_names()] if m.lower().startswith(name.lower()[:3])]
-    hint = f" (similar: {', '.join(close[:5])})" if close else ""
-    raise ConfigError(f"unknown model {name!r}{hint}; use SS4Rec, TiSASRec or a RecBole model name such as SASRec")
-
-
-def own_models() -> dict:
-    """The models this package defines: name -> class (their defaults are in properties/)."""
-    from ss4rec.model import SS4Rec
-    from ss4rec.tisasrec import TiSASRec
-
-    return {"SS4Rec": SS4Rec, "TiSASRec": TiSASRec}
-
-
-def recbole_model_names() -> list[str]:
-    """Names of RecBole's models (from its per-model YAML files)."""
-    from ss4rec.config import _recbole_dir
-
-    return sorted(p.stem for p in (_recbole_dir() / "properties" / "model").glob("*.yaml"))
-
-
-def dataset_location(dataset: str, data_path) -> Path:
-    """Folder holding ``dataset``'s atomic files; a clear DataError if there is none."""
-    if data_path is None and dataset == BUNDLED_DATASET:
-        from ss4rec.config import _recbole_dir
-
-        return _recbole_dir() / "dataset_example" / BUNDLED_DATASET
-    root = Path(data_path if data_path is not None else "dataset").resolve()
-    folder = root / dataset
-    if not any(folder.glob(f"{dataset}*.inter")):
-        raise DataError(
-            f"dataset {dataset!r} not found: expected {folder / (dataset + '.inter')}. "
-            f"Convert the GroupLens files with `ss4rec convert PATH/TO/{dataset}.zip {root}` "
-            f"(or pass --data-path to the folder holding {dataset}/{dataset}.inter); "
-            f"'{BUNDLED_DATASET}' is bundled and needs no files"
-        )
-    return folder
-
-
-@contextlib.contextmanager
-def _isolated_argv():
-    # RecBole's Config turns every --key=value in sys.argv into a config key (our CLI
-    # flags, pytest's flags). Build it with an argv that holds only the program name.
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        yield
-    finally:
-        sys.argv = saved
+from ss4rec.data.loaders import create_dataset, prepare_data
+from ss4rec.data.modes import train_mode
+from ss4rec.data.sequences import estimate_host_memory
+from ss4rec.errors import UserError
+from ss4rec.models.losses import window_loss
+from ss4rec.pipeline.preflight import check_before_building
+from ss4rec.pipeline.settings import BUNDLED_DATASET, build_config
+from ss4rec.training import distributed
+from ss4rec.training.checkpoint import (
+    config_to_plain,
+    dataset_fingerprint,
+    fingerprint_differences,
+    load_checkpoint,
+)
+from ss4rec.training.curves import plot_curves
+from ss4rec.training.runfolder import RunLock, working_dir, write_json_atomic
+from ss4rec.training.trainer import SS4RecTrainer
 
 
 class _PlainFormatter(logging.Formatter):
@@ -153,106 +94,6 @@ def _run_logging(log_file: Path | None, prefix: str = ""):
         root.setLevel(saved_level)
 
 
-def _negative_sampling(merged: dict, model_defaults: dict, user: dict) -> dict:
-    """``train_neg_sample_args`` to match ``loss_type`` unless the user set it.
-
-    RecBole refuses CE with negative sampling on (its default) and trains BPR without
-    negatives into a crash: derive the setting from the loss instead of asking for it.
-    """
-    if "train_neg_sample_args" in user:
-        return {}
-    loss_type = merged.get("loss_type", model_defaults.get("loss_type"))
-    if loss_type == "CE":
-        return {"train_neg_sample_args": None}
-    if loss_type == "BPR":
-        return {"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
-    return {}
-
-
-def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(),
-                 config_dict=None, device: str | None = None, output_dir=None):
-    """Merge and check settings, then build RecBole's ``Config``. Returns (config, model_class).
-
-    Priority (low to high): run defaults, the model's YAML, ``config_files`` in order,
-    ``config_dict``.
-    """
-    import torch
-
-    from ss4rec.distributed import DistributedConfig as Config  # RecBole's, plus CPU/torchrun DDP
-
-    from ss4rec.config import known_defaults
-    from ss4rec.validation import check_values
-
-    model_name, model_class = resolve_model(model)
-    defaults_file = model_config_file(model_name)
-    model_defaults = load_config_file(defaults_file) if defaults_file else {}
-    defaults = known_defaults(model_name)
-    user = {}
-    for f in config_files or ():
-        data = load_config_file(f)
-        check_keys(data, model_name, source=str(f))
-        check_values(data, str(f), defaults)
-        user.update(data)
-    if config_dict:
-        check_keys(config_dict, model_name, source="config_dict")
-        check_values(config_dict, "config_dict", defaults)
-        user.update(config_dict)
-    # RecBole only reads its own models' YAML; ours go in as external settings.
-    merged = {**_run_defaults(), **(model_defaults if model_name in OWN_MODEL_NAMES else {}), **user}
-    merged.update(_negative_sampling(merged, model_defaults, user))
-
-    data_path = merged.pop("data_path", None)
-    folder = dataset_location(dataset, data_path)
-    if "load_col" not in merged and dataset != BUNDLED_DATASET:
-        # RecBole's default for datasets without a bundled YAML loads only user and item
-        # ids: no timestamp, so no time order and no SS4Rec. Load every column instead.
-        merged["load_col"] = None
-    merged["data_path"] = str(folder.parent)
-    if output_dir is not None:
-        merged["checkpoint_dir"] = str(Path(output_dir).resolve() / "checkpoints")
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            "--device cuda was asked for, but torch sees no CUDA GPU "
-            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use --device cpu "
-            "or install a CUDA build of torch on a GPU machine"
-        )
-    if device not in (None, "cpu", "cuda"):
-        raise UserError(f"device must be cpu or cuda, not {device!r}")
-    if device == "cpu":
-        merged["use_gpu"] = False
-    check_train_mode(model_name, model_class, merged)
-
-    saved_cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
-    with _isolated_argv():
-        config = Config(model=model_class, dataset=dataset, config_dict=merged)
-    # RecBole's _init_device overwrites CUDA_VISIBLE_DEVICES with gpu_id: undo that.
-    if saved_cvd is None:
-        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = saved_cvd
-    if device == "cpu" or not merged.get("use_gpu", True):
-        config["device"] = torch.device("cpu")
-    # RecBole forces ml-100k to its bundled copy whatever data_path says; honour ours.
-    config["data_path"] = str(folder)
-    # What rebuilds this exact run later (evaluate, recommend, drift): saved in checkpoints.
-    config["run_settings"] = {"model": model_name, "dataset": dataset, "device": device,
-                              "config_dict": to_plain(merged)}
-    return config, model_class
-
-
-def check_train_mode(model_name: str, model_class, settings: dict) -> None:
-    """A ConfigError unless ``model_class`` can train in the chosen ``train_mode``."""
-    from ss4rec.data.modes import train_mode
-    from ss4rec.losses import supports_windows
-
-    if train_mode(settings) == "sequence" and not supports_windows(model_class):
-        raise ConfigError(
-            f"{model_name} cannot train in train_mode: sequence (it does not score every "
-            "position; SS4Rec, TiSASRec, SASRec and GRU4Rec can): set train_mode: prefix"
-        )
-
-
 def restore(checkpoint, device: str | None = "cpu", config_dict=None):
     """Rebuild a finished run from its checkpoint: same settings, same data split, trained weights.
 
@@ -268,10 +109,7 @@ def restore(checkpoint, device: str | None = "cpu", config_dict=None):
         A :class:`RestoredRun` with config, dataset, train/valid/test loaders, model and
         the raw checkpoint dict.
     """
-    from recbole.utils import init_seed
 
-    from ss4rec.checkpoint import dataset_fingerprint, fingerprint_differences, load_checkpoint
-    from ss4rec.data.loaders import create_dataset, prepare_data
 
     state = load_checkpoint(checkpoint)
     settings = state.get("config", {}).get("run_settings")
@@ -308,15 +146,8 @@ class RestoredRun:
 
 
 def versions() -> dict:
-    import numpy
-    import pandas
-    import recbole
-    import torch
-
-    import ss4rec
-
     return {
-        "ss4rec": ss4rec.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
+        "ss4rec": importlib.metadata.version("ss4rec"), "python": sys.version.split()[0], "torch": torch.__version__,
         "recbole": recbole.__version__, "numpy": numpy.__version__, "pandas": pandas.__version__,
     }
 
@@ -327,7 +158,6 @@ def _carry_best_checkpoint(resume: Path, best_file: str, logger) -> None:
     The best-so-far weights live beside the resumed checkpoint; without them a resumed run
     that finds no better epoch would have no best checkpoint to test.
     """
-    from ss4rec.checkpoint import load_checkpoint
 
     source = resume.parent / Path(best_file).name
     target = Path(best_file)
@@ -345,7 +175,6 @@ def _finished_run(resume: Path, config, quiet: bool = False) -> dict | None:
     Finished: its last epoch was the last of ``epochs``, or early stopping had ended it. Such
     a run is left as it is (its ``results.json`` stays), and the caller is told so.
     """
-    from ss4rec.checkpoint import load_checkpoint
 
     state = load_checkpoint(resume)
     done = int(state.get("epoch", -1)) + 1
@@ -365,7 +194,6 @@ def _finished_run(resume: Path, config, quiet: bool = False) -> dict | None:
 
 def _log_estimate(logger, data, train_data) -> None:
     """Before the first epoch: preflight's host-memory estimate, and when the ETA comes."""
-    from ss4rec.data.sequences import estimate_host_memory
 
     flat = getattr(data, "flat_feat", None)
     rows = len(flat) if flat is not None else data.inter_num
@@ -401,7 +229,6 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         train_seconds, seconds_per_epoch, parameters, checkpoint, config, versions, history.
         ``curves.png`` beside it plots the history.
     """
-    from ss4rec import distributed
 
     if resume is not None:
         # The caller's working directory, not the run folder's (the run changes into it).
@@ -426,17 +253,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
 
 def _run(model, dataset, config_files, config_dict, out: Path, device, saved, resume, work: Path) -> dict:
     """:func:`run` in ``work``: the run folder ``out`` itself, or a DDP rank's scratch folder."""
-    import torch
-    from recbole.utils import init_seed
 
-    from ss4rec import distributed
-    from ss4rec.checkpoint import config_to_plain, dataset_fingerprint
-    from ss4rec.data.loaders import create_dataset, prepare_data
-    from ss4rec.data.modes import train_mode
-    from ss4rec.losses import window_loss
-    from ss4rec.preflight import check_before_building
-    from ss4rec.runfolder import RunLock
-    from ss4rec.trainer import SS4RecTrainer
 
     model_label = getattr(model, "__name__", model)
     writer = work == out
@@ -526,8 +343,6 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
     if torch.cuda.is_available() and str(config["device"]).startswith("cuda"):
         result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if writer:  # one writer under DDP
-        from ss4rec.report import plot_curves
-
         write_json_atomic(out / "results.json", result)
         plot_curves(trainer.history, out / "curves.png", title=f"{config['model']} on {dataset}")
     distributed.shutdown()

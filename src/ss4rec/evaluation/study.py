@@ -1,9 +1,9 @@
 """A multi-seed comparison's statistics: mean ± std over seeds, bootstrap CIs over users.
 
-    >>> from ss4rec.study import summarise
+    >>> from ss4rec.evaluation.study import summarise
     >>> summary = summarise(rows, topk=[1, 5, 10, 20], reference="SS4Rec")  # doctest: +SKIP
 
-Input: the rows of :func:`ss4rec.compare.compare`, one per model × seed, each with its run
+Input: the rows of :func:`ss4rec.evaluation.compare.compare`, one per model × seed, each with its run
 folder, whose ``evaluate/user_ranks.csv`` holds every test user's rank of the held-out item
 (and ``evaluate/time_probe.json`` the time diagnostics).
 
@@ -23,8 +23,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from scipy.stats import bootstrap
 
-from ss4rec.probe import gap_bucket_table, ndcg_at
+from ss4rec.evaluation.probe import gap_bucket_table, ndcg_at
 
 CURVE_KS = (1, 2, 5, 10, 20, 50)
 BOOTSTRAP_RESAMPLES = 5000
@@ -33,7 +35,6 @@ CONFIDENCE = 0.95
 
 def _user_ranks(run_dir):
     """A run's ``evaluate/user_ranks.csv`` indexed by user id (a DataFrame), or None."""
-    import pandas as pd
 
     path = Path(run_dir) / "evaluate" / "user_ranks.csv"
     if not path.is_file():
@@ -48,7 +49,6 @@ def _time_shift(run_dir) -> dict | None:
 
 def bootstrap_ci(values) -> tuple[float, float]:
     """Percentile-bootstrap 95% CI of the mean of ``values`` (fixed random state)."""
-    from scipy.stats import bootstrap
 
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2 or np.all(values == values[0]):
@@ -74,7 +74,6 @@ def best_epoch(results: dict) -> int | None:
 
 def summarise(rows, topk, reference: str | None = "SS4Rec") -> dict:
     """Per model: seeds, metric mean ± std, CIs, curves, gap buckets, time shift (JSON-able)."""
-    import pandas as pd
 
     metrics = [f"{m}@{k}" for m in ("hit", "ndcg", "mrr") for k in topk]
     models = list(dict.fromkeys(r["model"] for r in rows))

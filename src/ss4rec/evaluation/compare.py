@@ -1,6 +1,6 @@
 """Train several models under identical data settings and tabulate their test metrics.
 
-    >>> from ss4rec.compare import compare
+    >>> from ss4rec.evaluation.compare import compare
     >>> rows = compare("SS4Rec,SASRec,GRU4Rec,S6-only", dataset="ml-100k",
     ...                config_files=["ml-100k-quick"], epochs=10,
     ...                output_dir="runs/cmp")  # doctest: +SKIP
@@ -20,20 +20,21 @@ with ``model_type`` set.
 Seeds (``seeds=3`` or ``[2020, 2021]``): every model trains once per seed (seed-major, so
 a complete table for the first seed comes first), in ``MODEL/seed-N``. After training, each
 run's best checkpoint is evaluated in a subprocess (``ss4rec evaluate --time-probe``):
-per-user ranks for the paired bootstrap CIs, and the time diagnostics (:mod:`ss4rec.probe`,
-:mod:`ss4rec.study`). Running the same comparison again into the same folder reuses every
+per-user ranks for the paired bootstrap CIs, and the time diagnostics (:mod:`ss4rec.evaluation.probe`,
+:mod:`ss4rec.evaluation.study`). Running the same comparison again into the same folder reuses every
 run that finished with identical settings, so an interrupted study continues.
 
 Output (``output_dir``, rewritten after every run, so a long study shows its progress):
 ``comparison.csv`` (one row per run), ``comparison.md`` (mean ± std over seeds with CI
 columns, the time diagnostics, then every run), ``summary.json``, the plots
-(:mod:`ss4rec.compare_plots`), and one folder per run holding its ``settings.yaml``,
+(:mod:`ss4rec.evaluation.compare_plots`), and one folder per run holding its ``settings.yaml``,
 ``train.out`` (the subprocess's output), ``results.json``, checkpoints and ``evaluate/``.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -44,7 +45,14 @@ from pathlib import Path
 
 import yaml
 
-from ss4rec.errors import UserError
+from ss4rec.config.files import known_defaults, known_keys, load_config_file, model_config_file
+from ss4rec.config.validation import check_values
+from ss4rec.data.modes import train_mode
+from ss4rec.errors import ConfigError, UserError
+from ss4rec.evaluation.compare_plots import plot_summary
+from ss4rec.evaluation.study import best_epoch, markdown_summary, summarise
+from ss4rec.models.losses import supports_windows
+from ss4rec.pipeline.settings import resolve_model
 
 # Settings every compared model shares unless the config files say otherwise: the
 # leave-one-out, time-ordered, full-ranking protocol and the cut-offs of the table.
@@ -57,7 +65,7 @@ COMPARE_DEFAULTS = {
     "show_progress": False,
 }
 
-# SS4Rec ablations, run as SS4Rec with ``model_type`` set (see ss4rec.model.MODEL_TYPES).
+# SS4Rec ablations, run as SS4Rec with ``model_type`` set (see ss4rec.models.ss4rec.MODEL_TYPES).
 ABLATIONS = ("S5-only", "S6-only", "ignore-time")
 
 METRIC_ORDER = ("hit", "ndcg", "mrr")
@@ -132,7 +140,6 @@ def parse_seeds(value) -> list[int] | None:
 
 def shared_settings(config_files=(), config_dict=None, epochs=None) -> dict:
     """The one merged config every model gets (before per-model filtering)."""
-    from ss4rec.config import load_config_file
 
     merged = dict(COMPARE_DEFAULTS)
     for f in config_files or ():
@@ -142,10 +149,8 @@ def shared_settings(config_files=(), config_dict=None, epochs=None) -> dict:
         if int(epochs) < 1:
             raise UserError(f"--epochs must be at least 1, not {epochs}")
         merged["epochs"] = int(epochs)
-    # Refuse a bad shared value now, not once per model (ss4rec.validation; every run
+    # Refuse a bad shared value now, not once per model (ss4rec.config.validation; every run
     # checks again, with its model's own defaults).
-    from ss4rec.config import known_defaults
-    from ss4rec.validation import check_values
 
     check_values(merged, "the shared settings", known_defaults(""))
     return merged
@@ -153,7 +158,6 @@ def shared_settings(config_files=(), config_dict=None, epochs=None) -> dict:
 
 def _own_keys(model: str) -> set[str]:
     """Keys of a model's own defaults file (empty for unknown names)."""
-    from ss4rec.config import load_config_file, model_config_file
 
     path = model_config_file(model)
     return set(load_config_file(path)) if path is not None else set()
@@ -165,7 +169,6 @@ def settings_for(spec: ModelSpec, shared: dict, specs) -> dict:
     A model that cannot train in ``train_mode: sequence`` (BERT4Rec, NeuMF, ...) trains in
     prefix mode when the shared settings ask for sequence mode; the table shows each run's mode.
     """
-    from ss4rec.config import known_keys
 
     general = known_keys("")  # RecBole's and ss4rec's keys, no model's
     own = _own_keys(spec.model)
@@ -180,9 +183,6 @@ def settings_for(spec: ModelSpec, shared: dict, specs) -> dict:
 
 def _trains_windows(model: str) -> bool:
     """Whether ``model`` can train in sequence mode (True for unknown names: their run says why)."""
-    from ss4rec.errors import ConfigError
-    from ss4rec.losses import supports_windows
-    from ss4rec.pipeline import resolve_model
 
     try:
         return supports_windows(resolve_model(model)[1])
@@ -242,7 +242,6 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
     already holds a finished run with these exact settings is reused, not retrained. With
     ``train=False`` nothing is trained: a run not finished before is ``missing``.
     """
-    import json
 
     model_dir = out_dir / _folder_name(spec.label)
     if seed is not None:
@@ -280,8 +279,6 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
         if returncode != 0 or not results_file.exists():
             row["error"] = _failure_cause(model_dir / "train.out", returncode)
             return row
-    from ss4rec.data.modes import train_mode
-    from ss4rec.study import best_epoch
 
     results = json.loads(results_file.read_text(encoding="utf-8"))
     row.update(results["test"])
@@ -376,12 +373,9 @@ def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None,
 def write_tables(rows, out_dir, shared: dict, dataset: str, reference: str = "SS4Rec") -> dict:
     """``comparison.csv`` (a row per run), ``summary.json``, the plots and ``comparison.md``.
 
-    Returns the summary (:func:`ss4rec.study.summarise`).
+    Returns the summary (:func:`ss4rec.evaluation.study.summarise`).
     """
-    import json
 
-    from ss4rec.compare_plots import plot_summary
-    from ss4rec.study import markdown_summary, summarise
 
     out_dir = Path(out_dir)
     topk = list(shared.get("topk", [10]))

@@ -12,7 +12,7 @@
   never reads the request time gives exactly 1.0 — a built-in sanity check. SS4Rec reads
   it (its last S5 step is the gap to the request); TiSASRec and SASRec do not.
 
-Used by :func:`ss4rec.evaluate.evaluate_checkpoint` (``time_probe=True``), which writes
+Used by :func:`ss4rec.evaluation.evaluate.evaluate_checkpoint` (``time_probe=True``), which writes
 ``time_probe.json`` and a ``target_gap_seconds`` column in ``user_ranks.csv``.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import spearmanr
 
 GAP_BUCKETS = (("< 1 min", 60.0), ("< 1 h", 3600.0), ("< 1 day", 86400.0),
                ("< 30 days", 30 * 86400.0), (">= 30 days", math.inf))
@@ -79,7 +80,6 @@ def rank_correlations(before, after) -> np.ndarray:
 
     Rows that are identical give exactly 1.0 (no rounding through the correlation formula).
     """
-    from scipy.stats import spearmanr
 
     out = np.empty(len(before))
     for i, (a, b) in enumerate(zip(before, after)):

@@ -4,7 +4,7 @@ A GPU hour lost to a typo, a corrupted file or a NaN at step one is worth a few 
 of checking first. :func:`preflight` builds the run exactly as :func:`ss4rec.run` would
 (same config merge, same dataset, same model) and tries it on one real batch:
 
-    >>> from ss4rec.preflight import preflight
+    >>> from ss4rec.pipeline.preflight import preflight
     >>> report = preflight("SS4Rec", "ml-100k", config_files=["tiny"], device="cpu")  # doctest: +SKIP
     >>> print(report.table())  # doctest: +SKIP
     section      check                  status  detail
@@ -39,11 +39,27 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.utils import init_seed
+
+from ss4rec.data.loaders import EXACT_TIME_MODELS, create_dataset, prepare_data
+from ss4rec.data.modes import train_mode
+from ss4rec.data.sequences import TARGET_MASK, count_windows, estimate_host_memory
+from ss4rec.errors import ConfigError, DataError, UserError
+from ss4rec.models.losses import window_loss
+from ss4rec.pipeline.envinfo import environment_info
+from ss4rec.pipeline.settings import build_config
+from ss4rec.ssm.mamba import GPU_INSTALL_HINT, mamba_kernels_available
+from ss4rec.training.guards import baseline_loss, guard_settings
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 SECTIONS = ("environment", "config", "data", "model", "optimiser", "estimate")
@@ -123,10 +139,9 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
     """Run every check (see the module docstring) and return the report; never trains.
 
     Args are those of :func:`ss4rec.run`. ``environment``: an already computed
-    :func:`ss4rec.envinfo.environment_info` (computed here when None). ``processes``: DDP
+    :func:`ss4rec.pipeline.envinfo.environment_info` (computed here when None). ``processes``: DDP
     processes on this machine (``--nproc``), each holding the whole dataset.
     """
-    from ss4rec.envinfo import environment_info
 
     label = getattr(model, "__name__", model)
     report = PreflightReport(model=str(label), dataset=dataset, device=device)
@@ -157,7 +172,6 @@ def check_before_building(config, model_label: str, dataset: str) -> list[str]:
     Returns the WARN lines (``section/name: detail``) for the run's log. Nothing is loaded or
     built; one streamed read of the id and time columns is the only pass over the data.
     """
-    from ss4rec.errors import UserError
 
     report = PreflightReport(model=model_label, dataset=dataset, device=str(config["device"]))
     # Under DDP every process on this machine loads the whole dataset (torchrun's count).
@@ -207,8 +221,6 @@ def _check_environment(report: PreflightReport, device: str | None) -> None:
         report.add("environment", "compatibility", FAIL,
                    f"pandas {env['pandas']} silently breaks RecBole's loading: pip install 'pandas<3'")
     else:
-        import numpy as np
-
         if int(env["numpy"].split(".")[0]) >= 2:
             if hasattr(np, "float_"):
                 notes.append(f"numpy {env['numpy']} with ss4rec's aliases for RecBole")
@@ -233,8 +245,6 @@ def _check_environment(report: PreflightReport, device: str | None) -> None:
 
 def _build(report, model, dataset, config_files, config_dict, device):
     """``build_config`` as ``ss4rec.run`` calls it; each kind of failure becomes a FAIL line."""
-    from ss4rec.errors import ConfigError, DataError, UserError
-    from ss4rec.pipeline import build_config
 
     try:
         return build_config(model, dataset, config_files, config_dict, device)
@@ -259,9 +269,6 @@ def _build(report, model, dataset, config_files, config_dict, device):
 
 
 def _check_config(report: PreflightReport, config) -> None:
-    from ss4rec.errors import ConfigError
-    from ss4rec.guards import guard_settings
-
     report.add("config", "keys and values", PASS, "every key is known (config files, --set)")
 
     loss_type = config["loss_type"]
@@ -277,7 +284,6 @@ def _check_config(report: PreflightReport, config) -> None:
     time_field = config["TIME_FIELD"]
     load_col = config["load_col"]
     loaded = load_col is None or time_field in (load_col.get("inter") or [])
-    from ss4rec.data.loaders import EXACT_TIME_MODELS
 
     is_ss4rec = config["model"] == "SS4Rec"
     reads_time = config["model"] in EXACT_TIME_MODELS
@@ -291,7 +297,7 @@ def _check_config(report: PreflightReport, config) -> None:
                    f"load_col: {{inter: [user_id, item_id, {time_field}]}}")
 
     # Types and ranges (an integer >= 2 here) were checked when the config was built
-    # (ss4rec.validation); what is left is advice.
+    # (ss4rec.config.validation); what is left is advice.
     max_len = config["MAX_ITEM_LIST_LENGTH"]
     if config["MODEL_TYPE"] is not None and str(config["MODEL_TYPE"]).endswith("SEQUENTIAL"):
         if max_len > 1000:
@@ -314,8 +320,6 @@ def _check_config(report: PreflightReport, config) -> None:
 
 
 def _check_mamba_backend(report: PreflightReport, config, backend: str) -> None:
-    from ss4rec.ssm.mamba import GPU_INSTALL_HINT, mamba_kernels_available
-
     on_cuda = str(config["device"]).startswith("cuda")
     kernels = report.environment.get("mamba_kernels", {})
     if backend == "cuda":
@@ -338,7 +342,7 @@ def _check_mamba_backend(report: PreflightReport, config, backend: str) -> None:
 # ---- optimiser -----------------------------------------------------------------------------
 
 def _check_optimiser(report: PreflightReport, config) -> None:
-    # learning_rate is a finite number >= 0 and epochs an integer >= 1 (ss4rec.validation,
+    # learning_rate is a finite number >= 0 and epochs an integer >= 1 (ss4rec.config.validation,
     # checked when the config was built); 0 is left to decide here.
     lr = config["learning_rate"]
     if lr == 0 and config["guard_lr_zero"] is False:  # asked for on purpose (guard switched off)
@@ -367,8 +371,6 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
 
     Returns the number of rows (0 when a check failed or the rows were not counted).
     """
-    import numpy as np
-    import pandas as pd
 
     path = Path(config["data_path"]) / f"{dataset}.inter"
     if not path.is_file():
@@ -435,8 +437,6 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
                                      f"{int((per_user >= 2).sum()):,} with >= 2 interactions")
 
     if not has_time:
-        from ss4rec.data.loaders import EXACT_TIME_MODELS
-
         status = FAIL if config["model"] in EXACT_TIME_MODELS else WARN
         report.add("data", "timestamps", status, f"{path.name} has no {time_field!r} column")
         return 0 if status == FAIL else len(frame)
@@ -492,7 +492,6 @@ def available_memory() -> float | None:
 def _check_host_memory(report: PreflightReport, rows: int, processes: int = 1) -> None:
     """Host RAM that loading and preparing ``rows`` interactions will take, before any is built
     (times ``processes``: each DDP process on this machine holds its own copy)."""
-    from ss4rec.data.sequences import estimate_host_memory
 
     need = estimate_host_memory(rows) * processes
     have = available_memory()
@@ -513,9 +512,7 @@ def _check_host_memory(report: PreflightReport, rows: int, processes: int = 1) -
 
 def _load_data(report: PreflightReport, config):
     """RecBole's dataset and split exactly as the run builds them; counts after filtering."""
-    from recbole.utils import init_seed
 
-    from ss4rec.data.loaders import create_dataset, prepare_data
 
     try:
         init_seed(config["seed"], config["reproducibility"])
@@ -537,8 +534,6 @@ def _load_data(report: PreflightReport, config):
                counts + (" (very few users: metrics will be noisy)" if users < 50 else ""))
     max_len = config["MAX_ITEM_LIST_LENGTH"]
     if config["MODEL_TYPE"] is not None and str(config["MODEL_TYPE"]).endswith("SEQUENTIAL"):
-        import torch
-
         longest = int(torch.bincount(data.inter_feat[data.uid_field]).max())  # interactions per user
         if isinstance(max_len, int) and max_len > 2 * longest:
             report.add("config", "MAX_ITEM_LIST_LENGTH", WARN,
@@ -550,8 +545,6 @@ def _load_data(report: PreflightReport, config):
 
 def _loss_of(net, batch):
     """The training loss of one batch, as the trainer computes it in this train_mode."""
-    from ss4rec.data.sequences import TARGET_MASK
-    from ss4rec.losses import window_loss
 
     loss = window_loss(net, batch) if TARGET_MASK in batch.interaction else net.calculate_loss(batch)
     return sum(loss) if isinstance(loss, tuple) else loss
@@ -559,9 +552,7 @@ def _loss_of(net, batch):
 
 def _positions_per_epoch(config, train_data) -> dict:
     """Positions the model computes in one training epoch, per train_mode (padding included)."""
-    import numpy as np
 
-    from ss4rec.data.sequences import count_windows
 
     max_len = config["MAX_ITEM_LIST_LENGTH"]
     dataset = train_data._dataset
@@ -576,10 +567,7 @@ def _positions_per_epoch(config, train_data) -> dict:
 
 def _check_model_and_estimate(report, config, model_class, data, train_data, valid_data,
                               timed_batches: int) -> None:
-    import torch
-    from recbole.utils import init_seed
 
-    from ss4rec.guards import baseline_loss
 
     device = config["device"]
     try:
@@ -633,11 +621,8 @@ def _check_model_and_estimate(report, config, model_class, data, train_data, val
 
 
 def _peak_memory_mb(device) -> tuple[float, str]:
-    import torch
-
     if str(device).startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2**20, "peak GPU memory"
-    import resource
 
     # ru_maxrss is in KiB on Linux, bytes on macOS
     scale = 1 if sys.platform == "darwin" else 1024
@@ -646,7 +631,6 @@ def _peak_memory_mb(device) -> tuple[float, str]:
 
 def _estimate(report, config, net, train_data, batches, timed_batches: int) -> None:
     """Time a few optimiser steps: seconds per epoch and memory (lower bound: no evaluation)."""
-    import torch
 
     lr = config["learning_rate"]
     if not isinstance(lr, (int, float)) or lr <= 0:
@@ -686,8 +670,6 @@ def _estimate(report, config, net, train_data, batches, timed_batches: int) -> N
                f"evaluation not included); at most {epochs} epochs ~ {epoch_s * epochs / 3600:.2f} h; "
                f"{memory_what} {memory_mb:,.0f} MB")
     if str(config["MODEL_TYPE"]).endswith("SEQUENTIAL"):
-        from ss4rec.data.modes import train_mode
-
         mode = train_mode(config)
         other = "prefix" if mode == "sequence" else "sequence"
         positions = _positions_per_epoch(config, train_data)

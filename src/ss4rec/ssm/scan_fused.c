@@ -1,0 +1,405 @@
+/* Fused CPU kernels for Mamba (ss4rec.ssm.scan_fused builds and calls them through ctypes).
+
+   Layout: u, delta, y, grad_* [B L D]; Bm, Cm [B L N]; A [D N]; all contiguous float32.
+   Each call handles batch rows [b0, b1); rows are independent except for grad_A, which the
+   caller gives each thread its own copy of and sums afterwards. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Selective scan. Tensors are float32 with contiguous channels: u, delta, y, grad_y, grad_u,
+   grad_delta, grad_z [Bsz L D] contiguous; z [Bsz L D], Bm, Cm [Bsz L N] with row strides
+   (sb, st) (views of Mamba's projections are read in place); grad_B, grad_C [Bsz L N]
+   contiguous; A, grad_A [D N]; Dsk, grad_D [D]. Output y = (scan + Dsk * u) * silu(z), or
+   without the gate when z is NULL (Mamba's skip and gate, fused so they cost no passes).
+
+   Lanes are W consecutive channels of one batch row, read straight from the tensors (one
+   AVX-512 register, or two AVX2 ones); B_t[n] and C_t[n] are scalars broadcast over the
+   lanes. Every inner loop runs over the W lanes with a compile-time trip count, so gcc
+   vectorises it fully. A last, partial block is zero-padded in registers (delta = u = 0:
+   decay 1, no drive) and its padding is never stored. The backward sums grad_B and grad_C
+   over channels as lane vectors in per-row buffers and reduces the lanes once per row. */
+#define W 16
+#define TT 32  /* backward time tile: its states and decays stay in L2 at any L */
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+/* Flush denormals to zero (and read them as zero) for the duration of a kernel call: long
+   decays and small gradients drift into the denormal range, where x86 arithmetic is ~100x
+   slower, while values below 1.2e-38 cannot matter at float32 precision. The caller's
+   MXCSR is restored on return. */
+static inline unsigned int denormals_off(void) {
+    unsigned int saved = _mm_getcsr();
+    _mm_setcsr(saved | 0x8040);  /* FTZ | DAZ */
+    return saved;
+}
+static inline void denormals_restore(unsigned int saved) { _mm_setcsr(saved); }
+#else
+static inline unsigned int denormals_off(void) { return 0; }
+static inline void denormals_restore(unsigned int saved) { (void)saved; }
+#endif
+
+/* exp(x), vectorisable: x = k ln2 + r with |r| <= ln2/2, exp(r) by its degree-7 Taylor
+   polynomial (truncation < 6e-9 relative, below float rounding), 2^k built in the exponent
+   bits. x is clamped to [-87, 88] so the result stays a normal float (exp(-87) ~ 1.6e-38
+   stands in for smaller decays). */
+static inline float fast_exp(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float k = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - k * 0.693145751953125f - k * 1.42860682030941723e-6f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } scale;
+    scale.i = ((int32_t)k + 127) << 23;
+    return p * scale.f;
+}
+
+static float *buffer(int64_t floats) {
+    return (float *)aligned_alloc(64, (size_t)(((floats * 4 + 63) / 64) * 64));
+}
+
+/* dst[W] = src[0 .. width-1], zero-padded. */
+static inline void load_lanes(float *restrict dst, const float *restrict src, int64_t width) {
+    if (width == W) {
+        for (int j = 0; j < W; j++) dst[j] = src[j];
+    } else {
+        for (int j = 0; j < W; j++) dst[j] = j < width ? src[j] : 0.0f;
+    }
+}
+
+static inline void store_lanes(float *restrict dst, const float *restrict src, int64_t width) {
+    if (width == W) {
+        for (int j = 0; j < W; j++) dst[j] = src[j];
+    } else {
+        for (int j = 0; j < width; j++) dst[j] = src[j];
+    }
+}
+
+/* a[n][j] = A[d0 + j, n] and skip[j] = Dsk[d0 + j] for one channel block, zero-padded. */
+static void load_block_params(float *a, float *skip, const float *A, const float *Dsk,
+                              int64_t d0, int64_t width, int64_t N) {
+    for (int64_t n = 0; n < N; n++)
+        for (int j = 0; j < W; j++) a[n * W + j] = j < width ? A[(d0 + j) * N + n] : 0.0f;
+    for (int j = 0; j < W; j++) skip[j] = j < width ? Dsk[d0 + j] : 0.0f;
+}
+
+/* Batch rows [b0, b1). */
+static void scan_forward_rows(const float *u, const float *delta, const float *A, const float *Bm,
+                  int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
+                  const float *Dsk, const float *z, int64_t sbZ, int64_t stZ, float *y,
+                  int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t N) {
+    float *h = buffer(N * W), *a = buffer(N * W);
+    float dt[W], ut[W], zt[W], du[W], out[W], skip[W];
+    for (int64_t b = b0; b < b1; b++) {
+        for (int64_t d0 = 0; d0 < D; d0 += W) {
+            int64_t width = D - d0 < W ? D - d0 : W;
+            load_block_params(a, skip, A, Dsk, d0, width, N);
+            memset(h, 0, (size_t)(N * W) * sizeof(float));
+            for (int64_t t = 0; t < L; t++) {
+                int64_t row = (b * L + t) * D + d0;
+                const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
+                load_lanes(dt, delta + row, width);
+                load_lanes(ut, u + row, width);
+                for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
+                for (int64_t n = 0; n < N; n++) {
+                    float bn = bt[n], cn = ct[n];
+                    float *restrict hn = h + n * W;
+                    const float *restrict an = a + n * W;
+                    for (int j = 0; j < W; j++) {
+                        hn[j] = fast_exp(dt[j] * an[j]) * hn[j] + du[j] * bn;
+                        out[j] += cn * hn[j];
+                    }
+                }
+                if (z) {
+                    load_lanes(zt, z + b * sbZ + t * stZ + d0, width);
+                    for (int j = 0; j < W; j++)  /* silu(z) = z / (1 + exp(-z)) */
+                        out[j] = (out[j] + skip[j] * ut[j]) * zt[j] / (1.0f + fast_exp(-zt[j]));
+                } else {
+                    for (int j = 0; j < W; j++) out[j] += skip[j] * ut[j];
+                }
+                store_lanes(y + row, out, width);
+            }
+        }
+    }
+    free(h);
+    free(a);
+}
+
+/* Batch rows [b0, b1) of grad_u, grad_delta, grad_z, grad_B, grad_C are overwritten;
+   grad_A and grad_D (this thread's own copies) are added to. Per (row, channel block) the
+   forward states are recomputed with their decays into (L + 1) x N x W buffers, then
+   walked backwards. */
+static void scan_backward_rows(const float *u, const float *delta, const float *A, const float *Bm,
+                   int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
+                   const float *Dsk, const float *z, int64_t sbZ, int64_t stZ,
+                   const float *grad_y, float *grad_u, float *grad_delta, float *grad_z,
+                   float *grad_A, float *grad_B, float *grad_C, float *grad_D,
+                   int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t N) {
+    int64_t block = N * W;
+    float *a = buffer(block), *gh = buffer(block), *gA = buffer(block);
+    int64_t chunks = (L + TT - 1) / TT;
+    float *hs = buffer((TT + 1) * block);  /* one time tile's states; slot i: h_{t0+i-1} */
+    float *decay = buffer(TT * block);
+    float *bnd = buffer(chunks * block);   /* state entering each time tile */
+    float *hw = buffer(block);
+    float *ys = buffer(L * W);            /* the scan's own y_t, for the gate's gradient */
+    float *gBl = buffer(L * block), *gCl = buffer(L * block);  /* per-lane dLoss/dB, dLoss/dC */
+    float dt[W], ut[W], zt[W], go[W], du[W], out[W], skip[W], gy[W], g_du[W], g_delta[W];
+    float gz[W], gu[W], gd[W], gD[W];
+    for (int64_t b = b0; b < b1; b++) {
+        memset(gBl, 0, (size_t)(L * block) * sizeof(float));
+        memset(gCl, 0, (size_t)(L * block) * sizeof(float));
+        for (int64_t d0 = 0; d0 < D; d0 += W) {
+            int64_t width = D - d0 < W ? D - d0 : W;
+            load_block_params(a, skip, A, Dsk, d0, width, N);
+            /* states entering each tile of TT steps, from one pass that stores nothing else */
+            memset(bnd, 0, (size_t)block * sizeof(float));
+            memset(hw, 0, (size_t)block * sizeof(float));
+            for (int64_t t = 0; t < (chunks - 1) * TT; t++) {
+                if (t > 0 && t % TT == 0) memcpy(bnd + (t / TT) * block, hw, (size_t)block * sizeof(float));
+                int64_t row = (b * L + t) * D + d0;
+                const float *bt = Bm + b * sbB + t * stB;
+                load_lanes(dt, delta + row, width);
+                load_lanes(ut, u + row, width);
+                for (int j = 0; j < W; j++) du[j] = dt[j] * ut[j];
+                for (int64_t n = 0; n < N; n++) {
+                    float bn = bt[n];
+                    float *restrict hn = hw + n * W;
+                    const float *restrict an = a + n * W;
+                    for (int j = 0; j < W; j++) hn[j] = fast_exp(dt[j] * an[j]) * hn[j] + du[j] * bn;
+                }
+            }
+            if (chunks > 1) memcpy(bnd + (chunks - 1) * block, hw, (size_t)block * sizeof(float));
+            memset(gh, 0, (size_t)block * sizeof(float));  /* dLoss/dh_t carried from t + 1 */
+            memset(gA, 0, (size_t)block * sizeof(float));
+            for (int j = 0; j < W; j++) gD[j] = 0.0f;
+            for (int64_t c = chunks - 1; c >= 0; c--) {  /* time tiles, last first */
+                int64_t t0 = c * TT, t1 = t0 + TT < L ? t0 + TT : L;
+                memcpy(hs, bnd + c * block, (size_t)block * sizeof(float));
+                for (int64_t t = t0; t < t1; t++) {  /* recompute this tile's states */
+                    int64_t row = (b * L + t) * D + d0;
+                    const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
+                    const float *restrict prev = hs + (t - t0) * block;
+                    float *restrict next = hs + (t - t0 + 1) * block, *restrict dec = decay + (t - t0) * block;
+                    load_lanes(dt, delta + row, width);
+                    load_lanes(ut, u + row, width);
+                    for (int j = 0; j < W; j++) { du[j] = dt[j] * ut[j]; out[j] = 0.0f; }
+                    for (int64_t n = 0; n < N; n++) {
+                        float bn = bt[n], cn = ct[n];
+                        const float *restrict an = a + n * W;
+                        for (int j = 0; j < W; j++) {
+                            float e = fast_exp(dt[j] * an[j]);
+                            float hn = e * prev[n * W + j] + du[j] * bn;
+                            dec[n * W + j] = e;
+                            next[n * W + j] = hn;
+                            out[j] += cn * hn;
+                        }
+                    }
+                    for (int j = 0; j < W; j++) ys[t * W + j] = out[j];
+                }
+                for (int64_t t = t1 - 1; t >= t0; t--) {
+                    int64_t row = (b * L + t) * D + d0;
+                    const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
+                    load_lanes(dt, delta + row, width);
+                    load_lanes(ut, u + row, width);
+                    load_lanes(go, grad_y + row, width);
+                    if (z) {  /* through the gate: out = (y + skip u) silu(z) */
+                        load_lanes(zt, z + b * sbZ + t * stZ + d0, width);
+                        for (int j = 0; j < W; j++) {
+                            float sig = 1.0f / (1.0f + fast_exp(-zt[j]));
+                            gy[j] = go[j] * zt[j] * sig;
+                            /* silu'(z) = sig (1 + z (1 - sig)) */
+                            gz[j] = go[j] * (ys[t * W + j] + skip[j] * ut[j]) * sig * (1.0f + zt[j] * (1.0f - sig));
+                        }
+                        store_lanes(grad_z + row, gz, width);
+                    } else {
+                        for (int j = 0; j < W; j++) gy[j] = go[j];
+                    }
+                    for (int j = 0; j < W; j++) {
+                        du[j] = dt[j] * ut[j]; g_du[j] = 0.0f; g_delta[j] = 0.0f;
+                        gD[j] += gy[j] * ut[j];
+                    }
+                    const float *restrict prev = hs + (t - t0) * block, *restrict cur = hs + (t - t0 + 1) * block;
+                    const float *restrict dec = decay + (t - t0) * block;
+                    float *restrict gbt = gBl + t * block, *restrict gct = gCl + t * block;
+                    for (int64_t n = 0; n < N; n++) {
+                        float bn = bt[n], cn = ct[n];
+                        float *restrict ghn = gh + n * W, *restrict gAn = gA + n * W;
+                        float *restrict gbn = gbt + n * W, *restrict gcn = gct + n * W;
+                        const float *restrict an = a + n * W, *restrict pn = prev + n * W;
+                        const float *restrict hn = cur + n * W, *restrict en = dec + n * W;
+                        for (int j = 0; j < W; j++) {
+                            float g = ghn[j] + gy[j] * cn;          /* total dLoss/dh_t */
+                            gcn[j] += gy[j] * hn[j];                /* dLoss/dC_t[n], lane part */
+                            gbn[j] += du[j] * g;                    /* dLoss/dB_t[n], lane part */
+                            g_du[j] += g * bn;
+                            float g_log_decay = g * pn[j] * en[j];  /* dLoss/d(delta A) */
+                            g_delta[j] += g_log_decay * an[j];
+                            gAn[j] += dt[j] * g_log_decay;
+                            ghn[j] = g * en[j];
+                        }
+                    }
+                    for (int j = 0; j < W; j++) {
+                        gu[j] = g_du[j] * dt[j] + gy[j] * skip[j];
+                        gd[j] = g_delta[j] + g_du[j] * ut[j];
+                    }
+                    store_lanes(grad_u + row, gu, width);
+                    store_lanes(grad_delta + row, gd, width);
+                }
+            }
+            for (int64_t j = 0; j < width; j++) {
+                for (int64_t n = 0; n < N; n++) grad_A[(d0 + j) * N + n] += gA[n * W + j];
+                grad_D[d0 + j] += gD[j];
+            }
+        }
+        for (int64_t t = 0; t < L; t++)  /* one lane reduction per (row, step, state) */
+            for (int64_t n = 0; n < N; n++) {
+                float sum_b = 0.0f, sum_c = 0.0f;
+                for (int j = 0; j < W; j++) {
+                    sum_b += gBl[(t * N + n) * W + j];
+                    sum_c += gCl[(t * N + n) * W + j];
+                }
+                grad_B[(b * L + t) * N + n] = sum_b;
+                grad_C[(b * L + t) * N + n] = sum_c;
+            }
+    }
+    free(a); free(gh); free(gA); free(hs); free(decay); free(ys); free(gBl); free(gCl);
+    free(bnd); free(hw);
+}
+
+/* Mamba's causal depthwise convolution and SiLU, fused, vectorised over channels:
+   out[b, t, d] = silu(bias[d] + sum_k w[k, d] * x[b, t - (K - 1) + k, d])  (x = 0 before t = 0)
+   x: rows with strides (sb, st) and contiguous channels (a view of in_proj's output);
+   w [K D] (tap K - 1 multiplies the current step); out, grad_out, grad_x [Bsz L D].
+   conv_preactivation is the sum inside silu at step t of one batch row (xb = that row's
+   start); the backward recomputes it rather than storing it. */
+static inline void conv_preactivation(const float *xb, int64_t st, const float *w, const float *bias,
+                                      float *restrict o, int64_t t, int64_t D, int64_t K) {
+    for (int64_t d = 0; d < D; d++) o[d] = bias[d];
+    for (int64_t k = 0; k < K; k++) {
+        int64_t s = t - (K - 1) + k;
+        if (s < 0) continue;
+        const float *restrict xs = xb + s * st, *restrict wk = w + k * D;
+        for (int64_t d = 0; d < D; d++) o[d] += wk[d] * xs[d];
+    }
+}
+
+static void conv_forward_rows(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
+                  float *out, int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t K) {
+    for (int64_t b = b0; b < b1; b++)
+        for (int64_t t = 0; t < L; t++) {
+            float *restrict o = out + (b * L + t) * D;
+            conv_preactivation(x + b * sb, st, w, bias, o, t, D, K);
+            for (int64_t d = 0; d < D; d++) o[d] = o[d] / (1.0f + fast_exp(-o[d]));
+        }
+}
+
+/* grad_x rows [b0, b1) are overwritten; grad_w [K D] and grad_bias [D] (this thread's own
+   copies) are added to. g is a scratch buffer of L x D floats. */
+static void conv_backward_rows(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
+                   const float *grad_out, float *grad_x, float *grad_w, float *grad_bias,
+                   int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t K) {
+    float *g = buffer(L * D);  /* dLoss/d(pre-activation) of one batch row */
+    for (int64_t b = b0; b < b1; b++) {
+        for (int64_t t = 0; t < L; t++) {
+            float *restrict gt = g + t * D;
+            conv_preactivation(x + b * sb, st, w, bias, gt, t, D, K);
+            const float *restrict go = grad_out + (b * L + t) * D;
+            for (int64_t d = 0; d < D; d++) {  /* silu'(p) = sig (1 + p (1 - sig)) */
+                float p = gt[d], sig = 1.0f / (1.0f + fast_exp(-p));
+                gt[d] = go[d] * sig * (1.0f + p * (1.0f - sig));
+            }
+            for (int64_t d = 0; d < D; d++) grad_bias[d] += gt[d];
+            for (int64_t k = 0; k < K; k++) {
+                int64_t s = t - (K - 1) + k;
+                if (s < 0) continue;
+                const float *restrict xs = x + b * sb + s * st;
+                float *restrict gwk = grad_w + k * D;
+                for (int64_t d = 0; d < D; d++) gwk[d] += gt[d] * xs[d];
+            }
+        }
+        for (int64_t s = 0; s < L; s++) {
+            float *restrict gx = grad_x + (b * L + s) * D;
+            for (int64_t d = 0; d < D; d++) gx[d] = 0.0f;
+            for (int64_t k = 0; k < K; k++) {
+                int64_t t = s + (K - 1) - k;
+                if (t >= L) continue;
+                const float *restrict gt = g + t * D, *restrict wk = w + k * D;
+                for (int64_t d = 0; d < D; d++) gx[d] += wk[d] * gt[d];
+            }
+        }
+    }
+    free(g);
+}
+
+/* Exported entry points: rows split over an OpenMP team of `threads` (the same libgomp
+   runtime, and so the same thread pool, as PyTorch's own CPU ops; without OpenMP the
+   caller's thread does all rows). Thread `tid` adds its grad_A / grad_D / grad_w / grad_bias
+   into slot `tid` of the caller's per-thread buffers. */
+#ifdef _OPENMP
+#include <omp.h>
+#define TEAM_BEGIN(threads) _Pragma("omp parallel num_threads(threads)") { \
+    int tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+#define TEAM_BEGIN(threads) { int tid = 0, team = 1; (void)threads;
+#endif
+#define TEAM_END }
+#define ROWS(total) int64_t r0 = (total) * tid / team, r1 = (total) * (tid + 1) / team;
+
+void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
+                  int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
+                  const float *Dsk, const float *z, int64_t sbZ, int64_t stZ, float *y,
+                  int64_t Bsz, int64_t L, int64_t D, int64_t N, int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        scan_forward_rows(u, delta, A, Bm, sbB, stB, Cm, sbC, stC, Dsk, z, sbZ, stZ, y,
+                          r0, r1, L, D, N);
+        denormals_restore(saved);
+    TEAM_END
+}
+
+void scan_backward(const float *u, const float *delta, const float *A, const float *Bm,
+                   int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
+                   const float *Dsk, const float *z, int64_t sbZ, int64_t stZ,
+                   const float *grad_y, float *grad_u, float *grad_delta, float *grad_z,
+                   float *grad_A_parts, float *grad_B, float *grad_C, float *grad_D_parts,
+                   int64_t Bsz, int64_t L, int64_t D, int64_t N, int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        scan_backward_rows(u, delta, A, Bm, sbB, stB, Cm, sbC, stC, Dsk, z, sbZ, stZ, grad_y,
+                           grad_u, grad_delta, grad_z, grad_A_parts + tid * D * N, grad_B,
+                           grad_C, grad_D_parts + tid * D, r0, r1, L, D, N);
+        denormals_restore(saved);
+    TEAM_END
+}
+
+void conv_forward(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
+                  float *out, int64_t Bsz, int64_t L, int64_t D, int64_t K, int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        conv_forward_rows(x, sb, st, w, bias, out, r0, r1, L, D, K);
+        denormals_restore(saved);
+    TEAM_END
+}
+
+void conv_backward(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
+                   const float *grad_out, float *grad_x, float *grad_w_parts,
+                   float *grad_bias_parts, int64_t Bsz, int64_t L, int64_t D, int64_t K,
+                   int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        conv_backward_rows(x, sb, st, w, bias, grad_out, grad_x, grad_w_parts + tid * K * D,
+                           grad_bias_parts + tid * D, r0, r1, L, D, K);
+        denormals_restore(saved);
+    TEAM_END
+}
