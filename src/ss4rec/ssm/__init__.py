@@ -13,7 +13,8 @@ Layer rule: plain PyTorch layers; may import :mod:`ss4rec.errors` only (never da
 models, training or anything above).
 """
 
-from ss4rec.ssm.mamba import Mamba, mamba_kernels_available
+from ss4rec.ssm.kernels import loaded_kernels
+from ss4rec.ssm.mamba import Mamba, backend_facts, mamba_kernels_available, verify_kernels
 from ss4rec.ssm.s5 import S5
 
-__all__ = ["S5", "Mamba", "mamba_kernels_available"]
+__all__ = ["S5", "Mamba", "mamba_kernels_available", "backend_facts", "verify_kernels", "loaded_kernels"]

@@ -9,11 +9,18 @@ shapes and initialisation, same forward maths. One ``state_dict`` serves both ba
   :mod:`ss4rec.ssm.scan_fused` (conv + SiLU; scan + skip + gate) when they build here
   (same maths, several times faster).
 - ``backend="cuda"``: calls mamba-ssm's fused functions (``mamba_inner_fn``, or
-  ``selective_scan_fn`` when ``causal_conv1d`` is missing) with this module's parameters.
-  Needs ``pip install 'ss4rec[gpu]'`` and a CUDA device; asking for it without them raises.
-- ``backend="auto"`` (default): ``cuda`` when the input is on a CUDA device and the
-  kernels import, else ``torch``. The choice is logged (``logging``, INFO) once per module,
-  and again only if it changes.
+  ``selective_scan_fn`` when mamba-ssm loaded no causal-conv1d) with this module's
+  parameters. Needs the kernels (``python -m ss4rec.ssm.kernels install``) and a CUDA
+  device; without them it raises a :class:`~ss4rec.errors.UserError` naming the reason and
+  ``--set mamba_backend=torch``.
+- ``backend="auto"`` (default): ``cuda`` only once the kernels have *proven* themselves on
+  this device: a tiny forward and backward through them, compared with the torch backend
+  (:func:`verify_kernels`, once per device and process). Otherwise ``torch``, with one
+  WARNING naming the reason when the input is on a GPU. The choice is logged once per process.
+
+:func:`backend_facts` returns what ran and why, with the mamba-ssm / causal-conv1d / torch /
+CUDA versions and the GPU (for results and preflight files); ``python -m ss4rec.ssm.mamba``
+prints them (exit 0 when the kernels run here).
 
 Forward, for ``hidden`` of shape ``[B, L, d_model]``::
 
@@ -27,7 +34,7 @@ Forward, for ``hidden`` of shape ``[B, L, d_model]``::
 Example::
 
     >>> import torch
-    >>> from ss4rec.ssm.mamba import Mamba, mamba_kernels_available
+    >>> from ss4rec.ssm.mamba import Mamba, backend_facts, mamba_kernels_available
     >>> layer = Mamba(d_model=64, d_state=32, d_conv=4, expand=2)   # backend="auto"
     >>> out = layer(torch.randn(8, 50, 64))                          # [B L d_model]
     >>> out.shape
@@ -35,13 +42,17 @@ Example::
     >>> sorted(layer.state_dict())[:3]
     ['A_log', 'D', 'conv1d.bias']
     >>> ok, why = mamba_kernels_available()   # (False, "...") on a machine without them
+    >>> backend_facts("auto", "cpu")["backend"]
+    'torch'
 """
 
 from __future__ import annotations
 
-import functools
+import argparse
+import json
 import logging
 import math
+import sys
 from typing import Optional, Tuple
 
 import torch
@@ -50,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ss4rec.errors import ConfigError, UserError
+from ss4rec.ssm.kernels import KERNELS_INSTALL_COMMAND, loaded_kernels
 from ss4rec.ssm.scan import DEFAULT_CHUNK_SIZE, selective_scan, selective_scan_reference
 from ss4rec.ssm.scan_fused import fused_causal_conv1d_silu, fused_scan_usable, fused_selective_scan
 
@@ -57,41 +69,176 @@ logger = logging.getLogger(__name__)
 _ANNOUNCED: set = set()  # (backend, reason) pairs auto has logged in this process
 
 BACKENDS = ("auto", "cuda", "torch")
-GPU_INSTALL_HINT = "pip install 'ss4rec[gpu]'"
+# Every hint for missing kernels names this command (the entrypoint's --install runs it).
+GPU_INSTALL_HINT = KERNELS_INSTALL_COMMAND
+
+# Device types the kernels run on. mamba-ssm's kernels are CUDA only; the CPU tests (and
+# scripts/gpu_check.py --device cpu) add "cpu" where mamba-ssm's compiled parts are replaced
+# by its reference functions.
+KERNEL_DEVICE_TYPES = ("cuda",)
+
+# The proof (verify_kernels): fp32 forward and backward of a tiny layer, kernels vs the torch
+# backend; largest |difference| allowed, relative to the largest |value| of each tensor. The
+# two sum in different orders, so they differ by rounding (~1e-6) -- or by a broken kernel.
+PROOF_TOLERANCE = 1e-3
+_PROOFS: dict = {}  # (device type, index) -> (ok, why), once per process
 
 
-@functools.lru_cache(maxsize=None)
-def _import_mamba_ops() -> Tuple[Optional[dict], str]:
-    """Import mamba-ssm's fused functions once. Returns (ops or None, why)."""
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _kernel_device_available() -> bool:
+    return any(kind != "cuda" or torch.cuda.is_available() for kind in KERNEL_DEVICE_TYPES)
+
+
+def _default_kernel_device() -> torch.device:
+    if "cuda" in KERNEL_DEVICE_TYPES and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(KERNEL_DEVICE_TYPES[0] if KERNEL_DEVICE_TYPES[0] != "cuda" else "cpu")
+
+
+def verify_kernels(device) -> Tuple[bool, str]:
+    """Prove mamba-ssm's kernels on ``device``: (ok, what happened). Never raises.
+
+    A ``Mamba(16, d_state=8)`` runs forward and backward through the kernels and through the
+    torch backend (same weights, same input); every output and gradient must be finite and
+    agree within :data:`PROOF_TOLERANCE`. Cached per device for the process.
+    """
+    device = torch.device(device)
+    key = (device.type, device.index)
+    if key not in _PROOFS:
+        kernels = loaded_kernels()
+        if kernels.problem:
+            _PROOFS[key] = (False, kernels.problem)
+        elif device.type not in KERNEL_DEVICE_TYPES:
+            _PROOFS[key] = (False, f"{kernels.summary}: its kernels run on CUDA devices, not {device}")
+        else:
+            _PROOFS[key] = _prove(device, kernels.summary)
+    return _PROOFS[key]
+
+
+def _prove(device: torch.device, summary: str) -> Tuple[bool, str]:
     try:
-        import mamba_ssm
-        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
-    except Exception as exc:  # ImportError, or an OSError/RuntimeError from a broken .so
-        return None, f"mamba_ssm's CUDA kernels do not import ({type(exc).__name__}: {exc})"
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:  # optional: mamba-ssm itself falls back to nn.Conv1d without it
-        causal_conv1d_fn = None
-    ops = {
-        "mamba_inner_fn": mamba_inner_fn,
-        "selective_scan_fn": selective_scan_fn,
-        "causal_conv1d_fn": causal_conv1d_fn,
-    }
-    conv = "with causal_conv1d" if causal_conv1d_fn is not None else "without causal_conv1d"
-    return ops, f"mamba_ssm {getattr(mamba_ssm, '__version__', '?')} kernels import ({conv})"
+        # A fresh grad-enabled fp32 context whatever the caller runs under (eval, autocast);
+        # the CPU random state is restored, so proving changes no one's random numbers.
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad(), \
+                torch.autocast(device.type, enabled=False):
+            torch.manual_seed(0)
+            layer = Mamba(16, d_state=8, d_conv=4, expand=2, backend="torch").to(device)
+            hidden = torch.randn(2, 12, 16).to(device)  # [B L d_model]
+            weights = torch.randn(2, 12, 16).to(device)
+            names = ["output", "input gradient"] + [f"gradient of {n}" for n, _ in layer.named_parameters()]
+            results = {}
+            for path in ("cuda", "torch"):
+                inputs = hidden.clone().requires_grad_()
+                out = layer._forward_cuda(inputs) if path == "cuda" else layer._forward_torch(inputs)
+                grads = torch.autograd.grad((out * weights).sum(), [inputs, *layer.parameters()])
+                results[path] = [out.detach(), *grads]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # an asynchronous kernel error surfaces here
+    except Exception as exc:  # e.g. "no kernel image is available for execution on the device"
+        return False, f"{summary}: the kernels fail on {device} ({_first_line(exc)})"
+    worst, worst_name = 0.0, names[0]
+    for name, kernel, reference in zip(names, results["cuda"], results["torch"]):
+        if not torch.isfinite(kernel).all():
+            return False, f"{summary}: the kernels give non-finite values on {device} ({name})"
+        scale = reference.abs().max().clamp_min(1e-12)
+        error = float((kernel.float() - reference.float()).abs().max() / scale)
+        if error > worst:
+            worst, worst_name = error, name
+    if worst > PROOF_TOLERANCE:
+        return False, (f"{summary}: the kernels run on {device} but disagree with the torch backend "
+                       f"({worst_name}: relative difference {worst:.1e} > {PROOF_TOLERANCE:g})")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return True, (f"{summary}: forward and backward on {where} match the torch backend "
+                  f"(relative difference {worst:.1e})")
 
 
 def mamba_kernels_available() -> Tuple[bool, str]:
-    """Whether the ``cuda`` backend can run here, and why (or why not).
+    """Whether the ``cuda`` backend runs here, proven on the current GPU, and why (or why not).
 
     >>> ok, reason = mamba_kernels_available()
     """
-    ops, reason = _import_mamba_ops()
-    if ops is None:
-        return False, reason
-    if not torch.cuda.is_available():
-        return False, f"{reason}, but torch sees no CUDA device"
-    return True, reason
+    kernels = loaded_kernels()
+    if kernels.problem:
+        return False, kernels.problem
+    if not _kernel_device_available():
+        return False, f"{kernels.summary}, but torch sees no CUDA device"
+    return verify_kernels(_default_kernel_device())
+
+
+def choose_backend(requested: str, device) -> Tuple[str, str]:
+    """The backend a forward on ``device`` runs (``"cuda"`` or ``"torch"``) and why.
+
+    ``requested="cuda"`` that cannot run raises :class:`UserError` with the reason and the
+    fix; ``"auto"`` falls back to ``"torch"`` with the reason.
+    """
+    if requested not in BACKENDS:
+        raise ConfigError(f"mamba_backend: unknown {requested!r}; choose one of {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    if requested == "torch":
+        return "torch", "mamba_backend=torch"
+    on_kernel_device = device.type in KERNEL_DEVICE_TYPES
+    if requested == "cuda":
+        if not on_kernel_device:
+            raise UserError(
+                f"mamba_backend=cuda, but the input is on {device}: train on a CUDA device "
+                "(--device cuda), or --set mamba_backend=torch (pure PyTorch, any device)")
+        ok, why = verify_kernels(device)
+        if not ok:
+            raise UserError(
+                f"mamba_backend=cuda cannot run: {why}. Fix: {GPU_INSTALL_HINT} on the GPU "
+                "machine, or --set mamba_backend=torch (pure PyTorch, the same model)")
+        return "cuda", why
+    if not on_kernel_device:
+        return "torch", f"input is on {device}"
+    ok, why = verify_kernels(device)
+    return ("cuda" if ok else "torch"), why
+
+
+def backend_facts(requested: str = "auto", device=None, model: Optional[nn.Module] = None) -> dict:
+    """What Mamba runs on, and why, with the versions behind it -- plain data for a results file.
+
+    ``device``: where the model runs (default: the current GPU, else the CPU). ``model``:
+    when given, ``ran`` lists the backends its Mamba layers actually used.
+
+    Keys: ``mamba_backend`` (asked), ``backend`` ("cuda", "torch", or None when a forced
+    "cuda" cannot run), ``reason``, ``ran``, ``mamba_ssm``, ``causal_conv1d`` (installed
+    versions or None), ``causal_conv1d_loaded`` (mamba-ssm loaded it), ``kernels_problem``,
+    ``torch``, ``cuda`` (torch's CUDA build), ``device``, ``gpu``, ``gpu_capability``.
+    """
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    kernels = loaded_kernels()
+    try:
+        backend, reason = choose_backend(requested, device)
+    except UserError as exc:
+        backend, reason = None, str(exc)
+    ran = None
+    if model is not None:
+        ran = sorted({m.last_backend for m in model.modules() if isinstance(m, Mamba) and m.last_backend})
+    gpu = capability = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(device)
+        capability = "{}.{}".format(*torch.cuda.get_device_capability(device))
+    return {
+        "mamba_backend": requested,
+        "backend": backend,
+        "reason": reason,
+        "ran": ran,
+        "mamba_ssm": kernels.mamba_ssm,
+        "causal_conv1d": kernels.causal_conv1d,
+        "causal_conv1d_loaded": kernels.conv_loaded,
+        "kernels_problem": kernels.problem,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": str(device),
+        "gpu": gpu,
+        "gpu_capability": capability,
+    }
 
 
 class Mamba(nn.Module):
@@ -131,12 +278,14 @@ class Mamba(nn.Module):
             )
         if dt_init not in ("random", "constant"):
             raise ConfigError(f"Mamba: dt_init must be 'random' or 'constant', got {dt_init!r}")
-        if backend == "cuda":
-            ok, reason = mamba_kernels_available()
-            if not ok:
+        if backend == "cuda":  # refused here, before any training; proven at the first forward
+            kernels = loaded_kernels()
+            reason = kernels.problem or (None if _kernel_device_available()
+                                         else f"{kernels.summary}, but torch sees no CUDA device")
+            if reason:
                 raise UserError(
-                    f"Mamba(backend='cuda') cannot run: {reason}. Fix: {GPU_INSTALL_HINT} on a "
-                    "machine with a CUDA GPU, or use backend='torch' (pure PyTorch, any device)."
+                    f"mamba_backend=cuda cannot run: {reason}. Fix: {GPU_INSTALL_HINT} on a "
+                    "machine with a CUDA GPU, or --set mamba_backend=torch (pure PyTorch, any device)"
                 )
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
@@ -150,7 +299,9 @@ class Mamba(nn.Module):
         # torch backend's scan: "auto", "fused" (C kernel, CPU), "chunked" or "reference"
         self.scan_impl = "auto"
         self.last_backend: Optional[str] = None  # what the latest forward ran on
-        self._logged_backend: Optional[str] = None
+        # cuda backend: mamba_inner_fn (with causal-conv1d's kernels, when mamba-ssm loaded them)
+        # or, when False, nn.Conv1d + selective_scan_fn (scripts/gpu_check.py checks both)
+        self.use_causal_conv1d = True
 
         # Modules are created (and random numbers drawn) in mamba-ssm's order, so the same
         # seed gives the same initial weights as mamba_ssm.Mamba.
@@ -195,29 +346,16 @@ class Mamba(nn.Module):
 
     # ---------------------------------------------------------------- dispatch
     def _resolve_backend(self, hidden: Tensor) -> str:
-        """The backend this forward runs on; logs auto's choice when it is new."""
-        if self.backend == "torch":
-            return "torch"
-        if self.backend == "cuda":
-            if not hidden.is_cuda:
-                raise UserError(
-                    f"Mamba(backend='cuda') got an input on {hidden.device}; move the model and "
-                    "the batch to a CUDA device, or use backend='torch' or 'auto'."
-                )
-            return "cuda"
-        ok, reason = mamba_kernels_available()
-        if hidden.is_cuda and ok:
-            choice, why = "cuda", reason
-        elif hidden.is_cuda:
-            choice, why = "torch", f"{reason}; {GPU_INSTALL_HINT} for the fused kernels"
-        else:
-            choice, why = "torch", f"input is on {hidden.device}"
-        if choice != self._logged_backend:
-            self._logged_backend = choice
-            if (choice, why) not in _ANNOUNCED:  # once per process, not once per layer
-                _ANNOUNCED.add((choice, why))
-                logger.info("Mamba(backend='auto') runs on the %r backend: %s", choice, why)
-        return choice
+        """The backend this forward runs on; logs auto's choice once per process."""
+        backend, why = choose_backend(self.backend, hidden.device)
+        if self.backend == "auto" and (backend, why) not in _ANNOUNCED:  # not once per layer
+            _ANNOUNCED.add((backend, why))
+            if backend == "torch" and hidden.device.type in KERNEL_DEVICE_TYPES:
+                logger.warning("Mamba(backend='auto') falls back to the torch backend (slower): %s. "
+                               "Fix: %s, or --set mamba_backend=torch to silence this", why, GPU_INSTALL_HINT)
+            else:
+                logger.info("Mamba(backend='auto') runs on the %r backend: %s", backend, why)
+        return backend
 
     def forward(self, hidden_states: Tensor, inference_params=None) -> Tensor:
         """``hidden_states`` ``[B, L, d_model]`` -> ``[B, L, d_model]``."""
@@ -272,9 +410,9 @@ class Mamba(nn.Module):
     # ---------------------------------------------------------------- cuda path
     def _forward_cuda(self, hidden: Tensor) -> Tensor:
         """mamba-ssm's own fused path, fed with this module's parameters."""
-        ops, reason = _import_mamba_ops()
-        if ops is None:  # guarded at construction / resolution; kept for a clear message
-            raise UserError(f"Mamba: {reason}. Fix: {GPU_INSTALL_HINT}")
+        kernels = loaded_kernels()
+        if kernels.problem:  # guarded at construction / resolution; kept for a clear message
+            raise UserError(f"Mamba: {kernels.problem}")
         batch, length, _ = hidden.shape
         # [B L d_model] -> [B 2Di L] with L contiguous, the layout the kernels want
         xz = (self.in_proj.weight @ hidden.reshape(batch * length, -1).t())  # [2Di (B L)]
@@ -282,8 +420,8 @@ class Mamba(nn.Module):
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
         A = -torch.exp(self.A_log.float())  # [Di N]
-        if ops["causal_conv1d_fn"] is not None:
-            return ops["mamba_inner_fn"](
+        if kernels.conv_loaded and self.use_causal_conv1d:
+            return kernels.mamba_inner_fn(
                 xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                 self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias,
                 A, None, None, self.D.float(),
@@ -296,8 +434,34 @@ class Mamba(nn.Module):
         dt = (self.dt_proj.weight @ dt.t()).view(-1, batch, length).permute(1, 0, 2)  # [B Di L]
         B = B.view(batch, length, -1).transpose(1, 2).contiguous()  # [B N L]
         C = C.view(batch, length, -1).transpose(1, 2).contiguous()  # [B N L]
-        y = ops["selective_scan_fn"](
+        y = kernels.selective_scan_fn(
             x, dt, A, B, C, self.D.float(), z=z,
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
         )  # [B Di L]
         return self.out_proj(y.transpose(1, 2))  # [B L d_model]
+
+
+def main(argv=None) -> int:
+    """``python -m ss4rec.ssm.mamba [--backend auto|cuda] [--json]``: the backend facts here.
+
+    Exit 0 when the kernels run on this machine's GPU (``backend_facts`` says ``cuda``), else 1.
+    """
+    parser = argparse.ArgumentParser(prog="python -m ss4rec.ssm.mamba",
+                                     description="Which Mamba backend runs here, and why.")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--json", action="store_true", help="print the facts as JSON")
+    args = parser.parse_args(argv)
+    facts = backend_facts(args.backend)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        width = max(len(key) for key in facts)
+        for key, value in facts.items():
+            if key != "reason":
+                print(f"{key:<{width}}  {value}")
+        print(facts["reason"])  # last: the one line a caller shows
+    return 0 if facts["backend"] == "cuda" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
