@@ -119,6 +119,7 @@ class Release:
     cuda_files: int       # .cu files a source build compiles
     conv_args: int        # arguments of causal_conv1d_fwd this release calls / defines
     env_prefix: str       # MAMBA / CAUSAL_CONV1D: its setup.py's environment switches
+    constraints: tuple = ()  # what its own requirements leave open but it cannot import with
 
     @property
     def module(self) -> str:
@@ -144,8 +145,11 @@ _PY310_13 = ("3.10", "3.11", "3.12", "3.13")
 
 # Matrices read from each tag's .github/workflows/publish.yaml (x86_64 rows; the excludes
 # applied). Both projects tag CUDA by major: cu11 (11.8), cu12 (12.x), cu13 (13.0).
+# mamba-ssm <= 2.2.6 import GreedySearchDecoderOnlyOutput, which transformers 5 removed
+_OLD_TRANSFORMERS = ("transformers<5",)
 MAMBA_2_2_4 = Release(
     "mamba-ssm", "2.2.4", "state-spaces/mamba", conv_args=7, cuda_files=10, env_prefix="MAMBA",
+    constraints=_OLD_TRANSFORMERS,
     wheels=(WheelSet(("2.1",), (11, 12), ("3.9", "3.10", "3.11")),
             WheelSet(("2.2", "2.3", "2.4"), (11, 12), ("3.9", "3.10", "3.11", "3.12")),
             WheelSet(("2.5",), (11, 12), _PY39_13)))
@@ -155,6 +159,7 @@ CONV_1_5_0_POST8 = Release(
     wheels=MAMBA_2_2_4.wheels)
 MAMBA_2_2_6_POST3 = Release(
     "mamba-ssm", "2.2.6.post3", "state-spaces/mamba", conv_args=8, cuda_files=10, env_prefix="MAMBA",
+    constraints=_OLD_TRANSFORMERS,
     wheels=(WheelSet(("2.4",), (11, 12), ("3.9", "3.10", "3.11", "3.12")),
             WheelSet(("2.5", "2.6", "2.7"), (11, 12), _PY39_13)))
 CONV_1_5_3_POST1 = Release(
@@ -669,10 +674,12 @@ def _pip(args: list, env: dict) -> int:
     return subprocess.run(command, env=env).returncode
 
 
-def _constraints() -> str:
-    """A pip constraints file that keeps torch and ss4rec's pinned libraries as installed."""
+def _constraints(plan: Plan) -> str:
+    """A pip constraints file: torch and ss4rec's pinned libraries stay as installed, and what
+    the pair's releases cannot import with stays out."""
     lines = [f"{dist}=={version}" for dist in ("torch", "numpy", "pandas", "recbole", "setuptools")
              if (version := dist_version(dist))]
+    lines += [line for step in plan.steps for line in step.release.constraints]
     handle, path = tempfile.mkstemp(prefix="ss4rec-kernels-", suffix=".txt")
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         out.write("\n".join(lines) + "\n")
@@ -696,7 +703,7 @@ def run_plan(plan: Plan) -> int:
     env = {**os.environ, **plan.env}
     # ninja (which the build uses) lands next to this interpreter, perhaps not on PATH
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    constraints = _constraints()
+    constraints = _constraints(plan)
     try:
         pins = [step.release.pin for step in plan.steps]
         already = all(dist_version(s.release.dist) == s.release.version for s in plan.steps)
