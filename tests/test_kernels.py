@@ -134,7 +134,7 @@ def test_plan_source_build_only_when_asked(monkeypatch):
     assert plan.env["MAMBA_FORCE_BUILD"] == plan.env["CAUSAL_CONV1D_FORCE_BUILD"] == "TRUE"
     assert plan.env["MAMBA_KEEP_CUDA_BUILD"] == "TRUE" and plan.env["TORCH_CUDA_ARCH_LIST"] == "9.0"
     assert plan.env["CUDA_HOME"] == "/usr/local/cuda"
-    assert plan.env["PYTORCH_NVCC"].endswith("-m ss4rec.ssm.kernels nvcc --arch 90 --nvcc /usr/local/cuda/bin/nvcc --")
+    assert plan.env["PYTORCH_NVCC"].endswith("-m ss4rec kernels nvcc --arch 90 --nvcc /usr/local/cuda/bin/nvcc --")
 
 
 def test_plan_nvcc_of_another_cuda_major_stops():
@@ -173,14 +173,14 @@ def test_positional_arity_of_python_and_pybind11_functions():
 
 
 def test_install_command_on_a_cpu_machine_says_one_line_and_exits_0():
-    proc = run("-m", "ss4rec.ssm.kernels", "install")
+    proc = run("-m", "ss4rec", "kernels", "install")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mamba-ssm kernels skipped: torch ") and "CPU build" in lines[0]
 
 
 def test_install_command_without_wheel_or_nvcc_prints_the_paragraph_not_a_traceback():
-    proc = run("-m", "ss4rec.ssm.kernels", "install", "--assume", "torch=2.13.0+cu128", "--assume", "nvcc=none")
+    proc = run("-m", "ss4rec", "kernels", "install", "--assume", "torch=2.13.0+cu128", "--assume", "nvcc=none")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     paragraph = proc.stderr.strip()
@@ -189,17 +189,27 @@ def test_install_command_without_wheel_or_nvcc_prints_the_paragraph_not_a_traceb
 
 
 def test_plan_command_shows_the_prebuilt_wheels_it_would_install():
-    proc = run("-m", "ss4rec.ssm.kernels", "plan", "--assume", "torch=2.8.0+cu128", "--assume", "python=3.12")
+    proc = run("-m", "ss4rec", "kernels", "plan", "--assume", "torch=2.8.0+cu128", "--assume", "python=3.12")
     assert proc.returncode == 0, proc.stderr
     assert "mamba_ssm-2.3.1+cu12torch2.8cxx11abiTRUE-cp312-cp312-linux_x86_64.whl" in proc.stdout
     assert "causal_conv1d-1.6.1+cu12torch2.8cxx11abiTRUE-cp312-cp312-linux_x86_64.whl" in proc.stdout
 
 
 def test_backend_facts_command_on_cpu():
-    proc = run("-m", "ss4rec.ssm.mamba", "--json")
+    proc = run("-m", "ss4rec", "kernels", "check", "--json")
     assert proc.returncode == 1  # no kernels run here
     import json
 
     facts = json.loads(proc.stdout)
     assert facts["backend"] == "torch" and facts["device"] == "cpu" and facts["torch"]
     assert set(facts) >= {"mamba_ssm", "causal_conv1d", "cuda", "gpu", "reason", "kernels_problem"}
+
+
+def test_nvcc_wrapper_compiles_for_one_architecture():
+    """PYTORCH_NVCC of a source build: the real nvcc (here: echo) gets only this GPU's -gencode."""
+    proc = run("-m", "ss4rec", "kernels", "nvcc", "--arch", "90", "--nvcc", "/bin/echo", "--",
+               "-O3", "-gencode", "arch=compute_75,code=sm_75", "-gencode", "arch=compute_90,code=sm_90",
+               "--threads", "4", "-c", "a.cu", "-o", "a.o")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["-O3", "-gencode", "arch=compute_90,code=sm_90", "--threads", "4",
+                                   "-c", "a.cu", "-o", "a.o"]

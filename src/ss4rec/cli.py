@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "ss4rec.commands.preflight",
     "ss4rec.commands.drift",
     "ss4rec.commands.report",
+    "ss4rec.commands.kernels",
 )
 
 

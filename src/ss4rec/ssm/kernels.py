@@ -22,12 +22,13 @@ At run time, :func:`loaded_kernels` reports what mamba-ssm actually loaded (its 
 references to causal-conv1d, not an import of ours), so a broken pair is refused before
 training instead of failing inside it.
 
-Command line::
+Command line (:mod:`ss4rec.commands.kernels`)::
 
-    python -m ss4rec.ssm.kernels plan                     # what install would do; changes nothing
-    python -m ss4rec.ssm.kernels install                  # skip, or prebuilt wheels, or stop
-    python -m ss4rec.ssm.kernels install --build-kernels  # also allow a source build
-    python -m ss4rec.ssm.kernels plan --assume torch=2.10.0+cu128 --assume nvcc=none
+    ss4rec kernels plan                     # what install would do here; changes nothing
+    ss4rec kernels install                  # skip, or the prebuilt wheels, or stop saying why
+    ss4rec kernels install --build-kernels  # also allow a source build
+    ss4rec kernels plan --assume torch=2.10.0+cu128 --assume nvcc=none
+    ss4rec kernels check                    # which Mamba backend runs here, and why
 
 ``--assume KEY=VALUE`` replaces one fact about this machine (see :class:`Machine`), to ask
 "what if" (which torch would have prebuilt kernels?); with it, nothing is installed.
@@ -44,7 +45,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import importlib
@@ -69,11 +69,11 @@ import torch
 __all__ = [
     "Release", "KernelPair", "PAIRS", "Machine", "Plan", "LoadedKernels",
     "pair_for", "prebuilt_wheel", "machine_facts", "plan_install", "loaded_kernels",
-    "KERNELS_INSTALL_COMMAND",
+    "install_command", "run_nvcc", "KERNELS_INSTALL_COMMAND",
 ]
 
 # The command that installs the kernels (every hint names it; the entrypoint's --install runs it).
-KERNELS_INSTALL_COMMAND = "python -m ss4rec.ssm.kernels install"
+KERNELS_INSTALL_COMMAND = "ss4rec kernels install"
 
 # Slowdown of SS4Rec training with mamba_backend=torch against the kernels on a GPU, as
 # measured by scripts/gpu_check.py (docs/benchmarks.md, "GPU"). None until measured.
@@ -297,7 +297,7 @@ def assume(machine: Machine, assumptions: list) -> Machine:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in fields:
-            raise SystemExit(f"--assume {item!r}: use KEY=VALUE with KEY one of {', '.join(fields)}")
+            raise ValueError(f"--assume {item!r}: use KEY=VALUE with KEY one of {', '.join(fields)}")
         if value.lower() in ("none", ""):
             changes[key] = None
         elif key == "cxx11_abi":
@@ -507,7 +507,7 @@ def plan_install(machine: Machine, build_kernels: bool = False, skip_reason: Opt
         "CUDA_HOME": os.path.dirname(os.path.dirname(machine.nvcc)),
         # upstream setup.py lists 6-9 architectures itself; this nvcc keeps only this GPU's
         "PYTORCH_NVCC": " ".join(shlex.quote(part) for part in (
-            sys.executable, "-m", "ss4rec.ssm.kernels", "nvcc", "--arch", sm, "--nvcc", machine.nvcc, "--")),
+            sys.executable, "-m", "ss4rec", "kernels", "nvcc", "--arch", sm, "--nvcc", machine.nvcc, "--")),
     })
     return Plan("build", f"building {names} from source: {estimate}", pair, steps, env)
 
@@ -541,15 +541,10 @@ def keep_one_arch(args: list, arch: str) -> list:
     return kept
 
 
-def _nvcc_main(argv: list) -> int:
-    """``python -m ss4rec.ssm.kernels nvcc --arch 90 --nvcc PATH -- ARGS``: nvcc, one architecture."""
-    split = argv.index("--") if "--" in argv else len(argv)
-    options = argparse.ArgumentParser(prog="ss4rec.ssm.kernels nvcc")
-    options.add_argument("--arch", required=True)
-    options.add_argument("--nvcc", required=True)
-    known = options.parse_args(argv[:split])
-    args = keep_one_arch(argv[split + 1:], known.arch)
-    os.execv(known.nvcc, [known.nvcc, *args])
+def run_nvcc(arch: str, nvcc: str, args: list) -> int:
+    """Replace this process with ``nvcc`` compiling for ``arch`` only (``PYTORCH_NVCC``)."""
+    args = keep_one_arch(args, arch)
+    os.execv(nvcc, [nvcc, *args])
     return 1  # not reached
 
 
@@ -688,7 +683,7 @@ def _constraints(plan: Plan) -> str:
 
 def verify_installed() -> tuple:
     """(ok, detail) from a fresh interpreter: do the installed kernels run on this GPU?"""
-    proc = subprocess.run([sys.executable, "-m", "ss4rec.ssm.mamba", "--backend", "cuda"],
+    proc = subprocess.run([sys.executable, "-m", "ss4rec", "kernels", "check", "--backend", "cuda"],
                           capture_output=True, text=True)
     lines = [line for line in (proc.stdout + proc.stderr).strip().splitlines() if line.strip()]
     return proc.returncode == 0, (lines[-1] if lines else f"exit {proc.returncode}")
@@ -728,43 +723,26 @@ def run_plan(plan: Plan) -> int:
     return 0
 
 
-def main(argv: Optional[list] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["nvcc"]:
-        return _nvcc_main(argv[1:])
-    parser = argparse.ArgumentParser(
-        prog="python -m ss4rec.ssm.kernels",
-        description="Install mamba-ssm's CUDA kernels (a pinned mamba-ssm / causal-conv1d pair) "
-                    "when this machine can have them; say why not otherwise.")
-    parser.add_argument("command", choices=["plan", "install"],
-                        help="plan: print what install would do; install: do it")
-    parser.add_argument("--build-kernels", action="store_true",
-                        help="allow a source build (nvcc, this GPU's architecture only) when no "
-                             "prebuilt wheel matches")
-    parser.add_argument("--skip", metavar="REASON",
-                        help="install nothing and say so in one line (e.g. the run does not use Mamba)")
-    parser.add_argument("--assume", action="append", default=[], metavar="KEY=VALUE",
-                        help="replace one fact about this machine (torch=2.10.0+cu128, python=3.11, "
-                             "nvcc=none, gpu_arch=9.0, ...); nothing is installed then")
-    args = parser.parse_args(argv)
-    machine = assume(machine_facts(), args.assume)
+def install_command(command: str, build_kernels: bool = False, skip: Optional[str] = None,
+                    assumptions: tuple = ()) -> int:
+    """``ss4rec kernels plan|install``: decide, then (install) act. Returns the exit code."""
+    machine = assume(machine_facts(), list(assumptions))
     # The kernels that are there already: proven in a fresh process (CUDA torch only).
     present = None
-    if not args.assume and not args.skip and machine.cuda is not None and dist_version("mamba-ssm"):
+    if not assumptions and not skip and machine.cuda is not None and dist_version("mamba-ssm"):
         present = verify_installed()
         if not present[0]:
             print(f"mamba-ssm {dist_version('mamba-ssm')} is installed but its kernels do not run: "
                   f"{present[1]}", flush=True)
-    check = None if args.assume else url_exists
-    plan = plan_install(machine, build_kernels=args.build_kernels, skip_reason=args.skip,
-                        present=present, check_url=check)
+    plan = plan_install(machine, build_kernels=build_kernels, skip_reason=skip, present=present,
+                        check_url=None if assumptions else url_exists)
     if plan.action in ("skip", "present"):
         print(plan.message)
         return 0
     if plan.action == "stop":
         print(plan.message, file=sys.stderr)
         return plan.exit_code
-    if args.command == "plan" or args.assume:
+    if command == "plan" or assumptions:
         print(plan.message)
         for step in plan.steps:
             print(f"  {step.release.pin}: " + (f"prebuilt wheel {step.wheel}" if step.how == "prebuilt"
@@ -773,7 +751,3 @@ def main(argv: Optional[list] = None) -> int:
             print(f"  {key}={value}")
         return 0
     return run_plan(plan)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ shapes and initialisation, same forward maths. One ``state_dict`` serves both ba
   (same maths, several times faster).
 - ``backend="cuda"``: calls mamba-ssm's fused functions (``mamba_inner_fn``, or
   ``selective_scan_fn`` when mamba-ssm loaded no causal-conv1d) with this module's
-  parameters. Needs the kernels (``python -m ss4rec.ssm.kernels install``) and a CUDA
+  parameters. Needs the kernels (``ss4rec kernels install``) and a CUDA
   device; without them it raises a :class:`~ss4rec.errors.UserError` naming the reason and
   ``--set mamba_backend=torch``.
 - ``backend="auto"`` (default): ``cuda`` only once the kernels have *proven* themselves on
@@ -19,7 +19,7 @@ shapes and initialisation, same forward maths. One ``state_dict`` serves both ba
   WARNING naming the reason when the input is on a GPU. The choice is logged once per process.
 
 :func:`backend_facts` returns what ran and why, with the mamba-ssm / causal-conv1d / torch /
-CUDA versions and the GPU (for results and preflight files); ``python -m ss4rec.ssm.mamba``
+CUDA versions and the GPU (for results and preflight files); ``ss4rec kernels check``
 prints them (exit 0 when the kernels run here).
 
 Forward, for ``hidden`` of shape ``[B, L, d_model]``::
@@ -48,11 +48,8 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import sys
 from typing import Optional, Tuple
 
 import torch
@@ -439,29 +436,3 @@ class Mamba(nn.Module):
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
         )  # [B Di L]
         return self.out_proj(y.transpose(1, 2))  # [B L d_model]
-
-
-def main(argv=None) -> int:
-    """``python -m ss4rec.ssm.mamba [--backend auto|cuda] [--json]``: the backend facts here.
-
-    Exit 0 when the kernels run on this machine's GPU (``backend_facts`` says ``cuda``), else 1.
-    """
-    parser = argparse.ArgumentParser(prog="python -m ss4rec.ssm.mamba",
-                                     description="Which Mamba backend runs here, and why.")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
-    parser.add_argument("--json", action="store_true", help="print the facts as JSON")
-    args = parser.parse_args(argv)
-    facts = backend_facts(args.backend)
-    if args.json:
-        print(json.dumps(facts, indent=2))
-    else:
-        width = max(len(key) for key in facts)
-        for key, value in facts.items():
-            if key != "reason":
-                print(f"{key:<{width}}  {value}")
-        print(facts["reason"])  # last: the one line a caller shows
-    return 0 if facts["backend"] == "cuda" else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
