@@ -51,7 +51,12 @@ Run
   --notify URL       Slack/Discord webhook: start, finish, failure (default: $SS4REC_NOTIFY_URL)
   --wandb            log to Weights & Biases (key: $WANDB_API_KEY or a .env file; never printed)
   --no-wandb         do not log to W&B (default)
-  --install          pip-install ss4rec with the gpu extra first if it is not importable
+  --install          install first: ss4rec (pip, when it is not importable), then mamba-ssm's CUDA
+                     kernels when this run uses them and a prebuilt wheel matches this torch /
+                     CUDA / Python (`ss4rec kernels install`: a CPU torch skips them in one line;
+                     no match: stops and says why, and the ways on)
+  --build-kernels    with --install: build the kernels from source when no prebuilt wheel
+                     matches (needs nvcc; this GPU's architecture only; an estimate is printed)
   -h, --help         this help
 
 Environment: PYTHON (interpreter, default python3), SS4REC_NOTIFY_URL, WANDB_API_KEY, SS4REC_CACHE.
@@ -86,6 +91,7 @@ OUTPUT=""
 NOTIFY="${SS4REC_NOTIFY_URL:-}"
 WANDB=0
 INSTALL=0
+BUILD_KERNELS=0
 
 # --opt=value is accepted as --opt value
 ARGS=()
@@ -120,6 +126,7 @@ while [[ $# -gt 0 ]]; do
         --wandb) WANDB=1; shift ;;
         --no-wandb) WANDB=0; shift ;;
         --install) INSTALL=1; shift ;;
+        --build-kernels) BUILD_KERNELS=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown option '$1' (run with --help for the list)" ;;
     esac
@@ -153,24 +160,41 @@ if [[ "$PRODUCTION" == 1 || "$TEST_ML1M" == 1 ]]; then
 fi
 [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || die "--nproc '$NPROC': use a whole number >= 1"
 [[ -z "$DEVICE" || "$DEVICE" == "cpu" || "$DEVICE" == "cuda" ]] || die "--device '$DEVICE': use cpu or cuda"
+[[ "$BUILD_KERNELS" == 0 || "$INSTALL" == 1 ]] || die "--build-kernels is a choice of --install: add --install"
 
 if [[ -z "${PYTHON:-}" ]]; then
     PYTHON="$(command -v python3 || command -v python || true)"
-    [[ -n "$PYTHON" ]] || die "no python3 on PATH: install Python 3.9+ or set PYTHON=/path/to/python"
+    [[ -n "$PYTHON" ]] || die "no python3 on PATH: install Python 3.10+ or set PYTHON=/path/to/python"
 fi
 
 # ---- installation ---------------------------------------------------------------------------
 
-# find_spec, not import: answers in milliseconds instead of loading torch and RecBole
+# ss4rec first, so the CPU path works whatever happens to the kernels; then the kernels, whose
+# decisions (pinned pair, prebuilt wheel or not, source build only when asked) are Python's:
+# ss4rec.ssm.kernels. find_spec, not import: answers in milliseconds instead of loading torch.
 if ! "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('ss4rec') is None)" >/dev/null 2>&1; then
     if [[ "$INSTALL" == 1 ]]; then
-        echo "ss4rec is not importable by $PYTHON: installing $SCRIPT_DIR[gpu]"
-        "$PYTHON" -m pip install "$SCRIPT_DIR[gpu]"
+        echo "ss4rec is not importable by $PYTHON: installing $SCRIPT_DIR"
+        "$PYTHON" -m pip install "$SCRIPT_DIR"
     else
-        die "ss4rec is not importable by $PYTHON: rerun with --install, or pip install '$SCRIPT_DIR[gpu]'"
+        die "ss4rec is not importable by $PYTHON: rerun with --install, or $PYTHON -m pip install '$SCRIPT_DIR'"
     fi
 elif [[ "$INSTALL" == 1 ]]; then
-    echo "ss4rec is already installed for $PYTHON; --install has nothing to do"
+    echo "ss4rec is already installed for $PYTHON"
+fi
+if [[ "$INSTALL" == 1 ]]; then
+    KERNELS_CMD=("$PYTHON" -m ss4rec kernels install)
+    [[ "$BUILD_KERNELS" == 0 ]] || KERNELS_CMD+=(--build-kernels)
+    if [[ "$MODEL_NAME" != "SS4Rec" ]]; then
+        KERNELS_CMD+=(--skip "$MODEL has no Mamba layer")
+    elif [[ "$DEVICE" == "cpu" ]]; then
+        KERNELS_CMD+=(--skip "the run is on --device cpu")
+    else
+        for s in ${SETS[@]+"${SETS[@]}"}; do
+            [[ "${s// /}" != "mamba_backend=torch" ]] || { KERNELS_CMD+=(--skip "--set mamba_backend=torch"); break; }
+        done
+    fi
+    "${KERNELS_CMD[@]}"
 fi
 
 # ---- data: bundled, present, or converted from --raw ----------------------------------------

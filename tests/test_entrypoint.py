@@ -95,7 +95,7 @@ def test_help_lists_every_option(tmp_path):
     assert proc.returncode == 0
     for option in ["--model", "--dataset", "--data-dir", "--raw", "--config", "--set", "--test-ml1m",
                    "--debug", "--production", "--dry-run", "--device", "--nproc", "--resume", "--wandb",
-                   "--no-wandb", "--install", "--notify", "ss4rec-official", "mamba4rec", "ml-32m"]:
+                   "--no-wandb", "--install", "--build-kernels", "--notify", "ss4rec-official", "mamba4rec", "ml-32m"]:
         assert option in proc.stdout, option
 
 
@@ -183,11 +183,18 @@ def test_test_ml1m_without_files_says_how_to_supply_them(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_install_is_a_no_op_when_installed(tmp_path):
+def test_install_when_installed_only_looks_at_the_kernels(tmp_path):
     proc = run_script("--install", "--model", "nope", cwd=tmp_path)
     assert "unknown model 'nope'" in last_error(proc)  # arguments are checked first, nothing installed
-    proc = run_script("--install", "--dataset", "ml-25m", cwd=tmp_path)
-    assert "already installed" in proc.stdout and proc.returncode == 2
+    proc = run_script("--install", "--build-kernels", "--dataset", "ml-25m", cwd=tmp_path)
+    assert "ss4rec is already installed" in proc.stdout and proc.returncode == 2
+    # the CPU torch here: the kernels are skipped in one line, saying why
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("mamba-ssm kernels skipped: ")]
+    assert len(skipped) == 1 and "CPU build" in skipped[0], proc.stdout
+    proc = run_script("--install", "--model", "sasrec", "--dataset", "ml-25m", cwd=tmp_path)
+    assert "mamba-ssm kernels skipped: sasrec has no Mamba layer" in proc.stdout
+    proc = run_script("--build-kernels", cwd=tmp_path)
+    assert proc.returncode == 2 and "add --install" in last_error(proc)
 
 
 def test_wandb_without_a_key_fails_and_a_dotenv_key_is_never_printed(tmp_path):
