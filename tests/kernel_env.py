@@ -154,6 +154,22 @@ def kernel_env() -> KernelEnv:
     return KernelEnv(root)
 
 
+def wheelhouse() -> Path:
+    """A folder of wheels standing in for the registry in the fresh-venv install tests: what
+    building ss4rec needs (its [build-system] requirement, setuptools) and nothing else."""
+    from importlib.metadata import version
+
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    house = root / "wheelhouse"
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        wanted = f"setuptools=={version('setuptools')}"  # the installed one meets ss4rec's bounds
+        if not list(house.glob(f"setuptools-{version('setuptools')}-*.whl")):
+            _run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", house, wanted])
+    return house
+
+
 def unpack_sdist(dist: str, version: str, into: Path) -> Path:
     """The sdist's top folder, unpacked into ``into`` (for tests that read upstream sources)."""
     with tarfile.open(kernel_env().root / "downloads" / _sdist_name(dist, version)) as archive:
