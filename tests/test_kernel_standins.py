@@ -98,3 +98,48 @@ def test_mamba_ssm_without_causal_conv1d_uses_selective_scan_fn(env):
     assert found["summary"] == "mamba-ssm 2.3.1 without causal-conv1d"
     assert found["proof"][0], found["proof"]
     assert_agree(found["agree"], "selective_scan_fn")
+
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+
+
+def run_gpu_check(env, tmp_path, *args, **extra_env):
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([str(env.python), str(GPU_CHECK), "--device", "cpu", "--shapes", "tiny",
+                           "--no-entrypoint", "--out", str(out), *args],
+                          env=env.environ("new", **extra_env), capture_output=True, text=True, timeout=600)
+    return proc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_gpu_check_runs_on_cpu_with_reference_kernels(env, tmp_path):
+    proc, report = run_gpu_check(env, tmp_path, "--steps", "3")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["failures"] == [] and report["backend_facts"]["backend"] == "cuda"
+    parity = [r for r in report["rows"] if r["section"] == "parity"]
+    assert {(r["scope"], r["precision"], r["causal_conv1d"]) for r in parity} == {
+        (s, p, c) for s in ("layer", "model") for p in ("fp32", "bf16") for c in (True, False)}
+    for row in parity:
+        if row["precision"] == "fp32" or not row["causal_conv1d"]:
+            assert row["verdict"] == "PASS", row
+            assert len(row["differences"]) > 5  # output and every gradient
+        else:  # mamba_inner_fn follows CUDA autocast only: a GPU case, said so
+            assert row["verdict"] == "SKIP" and "CUDA autocast" in row["detail"]
+    model_fp32 = next(r for r in parity if r["scope"] == "model" and r["precision"] == "fp32" and r["causal_conv1d"])
+    assert model_fp32["max_rel_diff"] < 1e-5
+    assert any(name.startswith("grad model.0.S5.") for name in model_fp32["differences"])  # whole model
+    training = [r for r in report["rows"] if r["section"] == "training"]
+    assert {(r["backend"], r["precision"]) for r in training} == {
+        (b, p) for b in ("torch", "cuda") for p in ("fp32", "bf16")}
+    for row in training:
+        assert row["verdict"] == "PASS" and row["ran"] == [row["backend"]] and len(row["losses"]) == 3, row
+        assert row["ms_per_step"] > 0
+    assert "| layer | tiny | fp32 | with |" in proc.stdout  # the printed table
+
+
+def test_gpu_check_fails_on_a_wrong_kernel(env, tmp_path):
+    proc, report = run_gpu_check(env, tmp_path, "--steps", "2", "--precisions", "fp32",
+                                 SS4REC_STANDIN_KERNEL_FAIL="wrong")
+    assert proc.returncode == 1
+    assert report["backend_facts"]["backend"] is None  # the proof failed: forced cuda refused
+    assert any("disagree with the torch backend" in failure for failure in report["failures"])
+    assert "FAIL" in proc.stdout.splitlines()[-1] or "failure(s)" in proc.stdout

@@ -595,11 +595,6 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _fix(pair_hint: str = "") -> str:
-    return (f"Fix: {KERNELS_INSTALL_COMMAND} (installs a pinned pair{pair_hint}), or "
-            "--set mamba_backend=torch")
-
-
 @functools.lru_cache(maxsize=None)
 def loaded_kernels() -> LoadedKernels:
     """Import mamba-ssm once and report what it loaded, and whether that pair works.
@@ -620,11 +615,11 @@ def loaded_kernels() -> LoadedKernels:
             why = f"mamba-ssm {mamba_version} does not import ({_first_line(exc)})"
             if "undefined symbol" in str(exc) or "GLIBCXX" in str(exc):
                 why += ": its kernels were built for another torch, CUDA or C++ ABI"
-        return dataclasses.replace(base, problem=f"{why}. {_fix()}")
+        return dataclasses.replace(base, problem=why)
     if getattr(interface, "selective_scan_cuda", True) is None:  # upstream main: opt-in kernels
         return dataclasses.replace(base, problem=(
             f"mamba-ssm {mamba_version} was installed without its Mamba-1 kernels "
-            f"(selective_scan_cuda; they need MAMBA_KEEP_CUDA_BUILD=TRUE). {_fix()}"))
+            "(selective_scan_cuda; they need MAMBA_KEEP_CUDA_BUILD=TRUE)"))
     ops = dataclasses.replace(base, mamba_inner_fn=interface.mamba_inner_fn,
                               selective_scan_fn=interface.selective_scan_fn)
     pair = f"mamba-ssm {mamba_version} with causal-conv1d {conv_version}"
@@ -635,7 +630,7 @@ def loaded_kernels() -> LoadedKernels:
             return dataclasses.replace(ops, problem=(
                 f"broken pair: {pair}: mamba-ssm could not load causal_conv1d.cpp_functions "
                 "(mamba-ssm >= 2.2.5 needs causal-conv1d >= 1.5.1, built for this torch), so its "
-                f"mamba_inner_fn would fail. {_fix(', or pip uninstall causal-conv1d')}"))
+                "mamba_inner_fn would fail (without causal-conv1d installed, mamba-ssm runs alone)"))
         return dataclasses.replace(ops, conv_loaded=loaded)
     # mamba-ssm 2.2.2-2.2.4: causal_conv1d_cuda.causal_conv1d_fwd(x, w, b, seq_idx,
     # initial_states, final_states_out, silu): 7 arguments
@@ -644,7 +639,8 @@ def loaded_kernels() -> LoadedKernels:
         if conv_version is not None:
             return dataclasses.replace(ops, problem=(
                 f"broken pair: {pair}: mamba-ssm could not load causal-conv1d's kernels "
-                f"(causal_conv1d_cuda; built for another torch?). {_fix(', or pip uninstall causal-conv1d')}"))
+                "(causal_conv1d_cuda; built for another torch? without causal-conv1d installed, "
+                "mamba-ssm runs alone)"))
         return ops
     arity = positional_arity(getattr(extension, "causal_conv1d_fwd", None))
     if arity is None and conv_version is not None:
@@ -652,8 +648,7 @@ def loaded_kernels() -> LoadedKernels:
     if arity is not None and arity != 7:
         return dataclasses.replace(ops, problem=(
             f"broken pair: {pair}: mamba-ssm {mamba_version} calls causal_conv1d_fwd with 7 "
-            f"arguments, the loaded causal-conv1d takes {arity} (causal-conv1d >= 1.5.1 changed it). "
-            f"{_fix()}"))
+            f"arguments, the loaded causal-conv1d takes {arity} (causal-conv1d >= 1.5.1 changed it)"))
     return dataclasses.replace(ops, conv_loaded=True)
 
 
