@@ -19,6 +19,7 @@ warnings.filterwarnings("ignore")  # mamba-ssm's own FutureWarnings (torch.cuda.
 import torch  # noqa: E402
 
 from ss4rec.errors import UserError  # noqa: E402
+from ss4rec.pipeline.envinfo import check_mamba_kernels  # noqa: E402
 from ss4rec.ssm import mamba as mamba_module  # noqa: E402
 from ss4rec.ssm.kernels import loaded_kernels  # noqa: E402
 from ss4rec.ssm.mamba import Mamba, backend_facts, verify_kernels  # noqa: E402
@@ -72,7 +73,7 @@ def good() -> dict:
 
     kernels = loaded_kernels()
     found = {"summary": kernels.summary, "problem": kernels.problem, "conv_loaded": kernels.conv_loaded,
-             "proof": verify_kernels("cpu")}
+             "proof": verify_kernels("cpu"), "envinfo": check_mamba_kernels()}
     torch.manual_seed(0)
     layer = Mamba(32, d_state=8, d_conv=4, expand=2)  # backend auto
     hidden = torch.randn(3, 17, 32)
@@ -127,7 +128,7 @@ def broken() -> dict:
     """A broken pair: refused at construction (cuda) and at the first forward (auto)."""
     reset()
     kernels = loaded_kernels()
-    found = {"summary": kernels.summary, "problem": kernels.problem}
+    found = {"summary": kernels.summary, "problem": kernels.problem, "envinfo": check_mamba_kernels()}
     try:
         Mamba(16, d_state=4, backend="cuda")
         found["refusal"] = None

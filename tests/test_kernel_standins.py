@@ -51,6 +51,7 @@ def test_working_pair_is_proven_picked_and_equals_the_torch_backend(env, combo, 
     ok, why = found["proof"]
     assert ok, why
     assert "forward and backward" in why and "match the torch backend" in why
+    assert found["envinfo"] == found["proof"]  # the environment block shows the same proof
     assert_agree(found["agree_with_conv"], "mamba_inner_fn (with causal-conv1d)")
     assert_agree(found["agree_without_conv"], "selective_scan_fn (without causal-conv1d)")
     assert found["auto_ran"] == "cuda"
@@ -84,6 +85,7 @@ def test_failing_kernel_falls_back_with_one_warning_and_forced_cuda_refuses(env)
 def test_broken_pair_is_refused_before_training(env, combo, detail):
     found = run_checks(env, combo, "broken")["broken"]
     assert found["problem"].startswith("broken pair: ") and detail in found["problem"]
+    assert found["envinfo"] == [False, found["problem"]]  # the environment block says so too
     # forced: refused when the model is built, before any batch
     assert found["refusal"] and detail in found["refusal"] and "--set mamba_backend=torch" in found["refusal"]
     # auto: the torch backend, with the reason once
