@@ -96,7 +96,7 @@ def test_offline_run_logs_train_valid_test_keys_with_one_init_and_a_finish(offli
 
 def test_missing_wandb_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets when not installed
-    with pytest.raises(UserError, match=r"pip install 'ss4rec\[wandb\]'"):
+    with pytest.raises(UserError, match=r"pip install 'wandb>=0.16'"):
         WandbRunLogger({"log_wandb": True, "wandb_project": None})
     WandbRunLogger({"log_wandb": False, "wandb_project": None}).finish()  # off: needs nothing
 

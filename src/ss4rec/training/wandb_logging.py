@@ -61,7 +61,7 @@ def import_wandb():
     except ImportError as exc:
         raise UserError(
             "log_wandb: true needs the wandb package, which is not installed: "
-            "pip install 'ss4rec[wandb]' (or set log_wandb: false)"
+            "pip install 'wandb>=0.16' (or set log_wandb: false)"
         ) from exc
     return wandb
 
