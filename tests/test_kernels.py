@@ -213,3 +213,35 @@ def test_nvcc_wrapper_compiles_for_one_architecture():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["-O3", "-gencode", "arch=compute_90,code=sm_90", "--threads", "4",
                                    "-c", "a.cu", "-o", "a.o"]
+
+
+class ReleaseAssets(__import__("http.server").server.BaseHTTPRequestHandler):
+    """A release page stand-in: one wheel exists (answering with a redirect, as GitHub does)."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path == "/cdn/present.whl":
+            self.send_response(206)
+            self.send_header("Content-Length", "1")
+            self.end_headers()
+            self.wfile.write(b"P")
+        elif self.path.endswith("/present.whl"):
+            self.send_response(302)
+            self.send_header("Location", "/cdn/present.whl")
+            self.end_headers()
+        else:
+            self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_url_exists_follows_redirects_and_names_the_failure():
+    from localserver import local_http_server
+
+    with local_http_server(ReleaseAssets) as httpd:
+        base = f"http://127.0.0.1:{httpd.server_port}/releases/download/v2.3.1"
+        assert kernels.url_exists(f"{base}/present.whl") == (True, "")
+        ok, why = kernels.url_exists(f"{base}/absent.whl")
+        assert not ok and why == f"{base}/absent.whl answers HTTP 404"
+    ok, why = kernels.url_exists("http://127.0.0.1:9/nothing-listens-here.whl", timeout=5)
+    assert not ok and "cannot be reached" in why

@@ -361,8 +361,11 @@ def prebuilt_wheel(release: Release, machine: Machine) -> tuple:
 
 def url_exists(url: str, timeout: float = 20.0) -> tuple:
     """(True, "") when ``url`` answers; (False, why) when it does not or cannot be reached."""
+    # the first byte, not HEAD: release assets redirect to a CDN that need not answer HEAD
+    request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read(1)
             return True, ""
     except urllib.error.HTTPError as exc:
         return False, f"{url} answers HTTP {exc.code}"
