@@ -11,7 +11,6 @@ written into the tensor passed in, as the kernel does. The values come from mamb
 import os
 
 import torch
-import torch.nn.functional as F
 
 
 def _check(where):
