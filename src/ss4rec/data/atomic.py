@@ -38,6 +38,17 @@ def clean_field(text: str) -> str:
     return " ".join(text.translate(_FIELD_BREAKERS).split())
 
 
+def check_dataset_name(name: str) -> str:
+    """``name`` if it is a plain dataset name (it becomes a folder and file names), else DataError.
+
+    >>> check_dataset_name("ml-1m")
+    'ml-1m'
+    """
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.strip() != name:
+        raise DataError(f"--name {name!r}: expected a plain dataset name such as 'ml-1m' (no slashes)")
+    return name
+
+
 class StagedOutput:
     """A hidden staging folder under ``parent``; :meth:`commit` moves its files into place.
 
