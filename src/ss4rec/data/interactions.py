@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -50,7 +51,7 @@ def utc(seconds: float | None) -> str | None:
     """``1593878903.438`` -> ``'2020-07-04T16:08:23.438000+00:00'``."""
     if seconds is None:
         return None
-    return pd.Timestamp(float(seconds), unit="s", tz="UTC").isoformat()
+    return pd.Timestamp(round(float(seconds) * 1000), unit="ms", tz="UTC").isoformat()
 
 
 def categorical_ids(chunk: pd.DataFrame) -> pd.DataFrame:
@@ -152,8 +153,12 @@ def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
 
+DROPPED_LABELS = {"without_timestamp": "rows without a timestamp", "duplicates": "exact duplicate rows",
+                  "below_min_watch_ratio": "rows below --min-watch-ratio"}
+
+
 def _describe(counts: dict[str, int]) -> str:
-    parts = [f"{n:,} {what.replace('_', ' ')}" for what, n in counts.items() if n]
+    parts = [f"{n:,} {DROPPED_LABELS.get(what, what.replace('_', ' '))}" for what, n in counts.items() if n]
     return ", ".join(parts) or "none"
 
 
@@ -163,9 +168,27 @@ def describe_dropped(stats: dict) -> str | None:
     return _describe(counts) if any(counts.values()) else None
 
 
+def line_progress(progress: Callable[[str], None] | None, display: str, every: int = 2_000_000):
+    """A ``lines read so far`` callback printing one line per ``every`` lines (None: silent)."""
+    if progress is None:
+        return None
+    state = {"next": every}
+
+    def report(lines_read: int) -> None:
+        if lines_read >= state["next"]:
+            progress(f"convert: {lines_read:,} lines read from {display}")
+            state["next"] = (lines_read // every + 1) * every
+
+    return report
+
+
+def stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def is_finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 __all__ = ["write_interactions", "concat_chunks", "categorical_ids", "utc", "describe_dropped",
-           "is_finite_number"]
+           "is_finite_number", "line_progress", "stderr_progress"]

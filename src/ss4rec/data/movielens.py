@@ -38,7 +38,6 @@ import csv
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
@@ -471,10 +470,6 @@ def _convert_into(source, stage: Path, name, chunk_rows, progress, progress_ever
         json.dump(stats, out, indent=2)
         out.write("\n")
     return stats
-
-
-def _stderr_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 __all__ = [
