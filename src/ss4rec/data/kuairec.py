@@ -5,7 +5,8 @@
     >>> stats["rows"]  # doctest: +SKIP
     12530806
 
-KuaiRec (Gao et al., CIKM 2022, https://kuairec.com) logs every video a Kuaishou user
+KuaiRec (Gao et al., CIKM 2022, https://kuairec.com; the release zip:
+https://zenodo.org/records/18164998/files/KuaiRec.zip) logs every video a Kuaishou user
 watched: ``user_id, video_id, play_duration, video_duration, time, date, timestamp,
 watch_ratio``, ``timestamp`` in float epoch seconds (milliseconds as the fraction). The
 big matrix (7,176 users x 10,728 videos, 12.5M rows) and the small, almost fully observed
@@ -23,7 +24,8 @@ How rows become interactions (the SS4Rec paper and its code take the rows as the
   ``timestamp`` kept to the millisecond, ``watch_ratio`` kept as a float column (not
   loaded by the presets; there for filtering and analysis);
 * no watch-ratio threshold by default; ``min_watch_ratio`` (``--min-watch-ratio``) keeps
-  only rows at or above it (KuaiRec's authors call ``watch_ratio >= 2`` "liked");
+  only rows at or above it (KuaiRec's README suggests ``like = watch_ratio > 2.0`` where a
+  binary signal is wanted);
 * rows without a timestamp are dropped, and exact duplicates of ``(user, video,
   timestamp)`` too (:mod:`ss4rec.data.interactions`); counts in ``NAME.stats.json``.
 """
