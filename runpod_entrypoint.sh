@@ -9,8 +9,8 @@
 # One layer: every step is a direct call of the ss4rec CLI (python -m ss4rec ...), so its
 # messages and exit codes are the script's. Steps: environment block, optional conversion of
 # a raw download (--raw: MovieLens, KuaiRec, Amazon or RecBole files), `ss4rec preflight`
-# (exits non-zero on any FAIL), then `ss4rec train`. Everything of the run lands in one run folder, printed at start and end.
-# Run with --help for the options.
+# (exits non-zero on any FAIL), then `ss4rec train`. Everything of the run lands in one run
+# folder, printed at start and end. Run with --help for the options.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

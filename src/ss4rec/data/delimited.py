@@ -90,7 +90,8 @@ def read_delimited(
             frame = pd.read_csv(io.BytesIO(block), sep=sep, header=None, names=names, dtype=dtypes,
                                 keep_default_na=False, na_values={n: [""] for n, c in zip(names, columns)
                                                                   if c.kind in ("number", "float")},
-                                quoting=csv.QUOTE_NONE, engine="c", index_col=False)
+                                quoting=csv.QUOTE_NONE, engine="c", index_col=False,
+                                float_precision="round_trip")  # exact: 0.1 reads as float("0.1")
             _check_values(frame, names, columns)
         except (ValueError, OverflowError, pd.errors.ParserError) as exc:
             _raise_first_bad_line(display, first_line, lines, columns, sep, exc)
