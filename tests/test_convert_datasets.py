@@ -30,8 +30,8 @@ from localserver import local_http_server
 
 import ss4rec
 from ss4rec.cli import main
-from ss4rec.config import check_keys, load_config_file, model_config_file, resolve_config_file
-from ss4rec.validation import check_values
+from ss4rec.config.files import check_keys, load_config_file, model_config_file, resolve_config_file
+from ss4rec.config.validation import check_values
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_TIME = 1_593_878_903.438  # KuaiRec's first timestamp
@@ -491,7 +491,7 @@ PRESETS = {"paper-ml-1m": 200, "paper-kuairec-big": 200, "paper-kuairec-small": 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_presets_reproduce_the_official_configs_and_pass_validation(preset, tmp_path):
-    from ss4rec.pipeline import build_config
+    from ss4rec.pipeline.settings import build_config
 
     settings = load_config_file(preset)
     model_defaults = load_config_file(model_config_file("SS4Rec"))
