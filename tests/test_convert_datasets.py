@@ -533,3 +533,32 @@ def test_entrypoint_takes_a_paper_dataset_with_raw_url(tmp_path):
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2
     assert "ratings_Sports_and_Outdoors.csv" in missing.stderr and "--raw" in missing.stderr
+
+
+def test_small_blocks_blank_lines_and_line_numbers_across_blocks(tmp_path):
+    """The readers cut files into blocks (64 MB by default): with 1 KB blocks, the output and
+    the line named in an error are the same as with one block; blank lines are no rows."""
+    from ss4rec.data.amazon import convert_amazon
+    from ss4rec.data.kuairec import convert_kuairec
+    from ss4rec.errors import DataError
+
+    text = kuairec_csv()
+    lines = text.splitlines()
+    with_blanks = "\n".join(lines[:100] + ["", "  "] + lines[100:]) + "\n\n"
+    (tmp_path / "big_matrix.csv").write_text(with_blanks)
+    whole = convert_kuairec(tmp_path / "big_matrix.csv", tmp_path / "one")
+    small = convert_kuairec(tmp_path / "big_matrix.csv", tmp_path / "many", block_bytes=1024)
+    assert (tmp_path / "one/kuairec-big/kuairec-big.inter").read_bytes() == \
+        (tmp_path / "many/kuairec-big/kuairec-big.inter").read_bytes()
+    assert whole["rows"] == small["rows"] == len(LOG)
+    bad = with_blanks.rstrip("\n") + "\n1,2,3\n"
+    (tmp_path / "big_matrix.csv").write_text(bad)
+    for block_bytes in (1024, 64 << 20):  # header + data + 2 blank lines, then the bad one
+        with pytest.raises(DataError, match=rf"line {len(lines) + 3}: expected 8 fields"):
+            convert_kuairec(tmp_path / "big_matrix.csv", tmp_path / "many", block_bytes=block_bytes)
+
+    path = write_amazon_2018_ratings_gz(tmp_path)
+    one = convert_amazon(path, tmp_path / "a1", name="x")
+    many = convert_amazon(path, tmp_path / "a2", name="x", block_bytes=1024)
+    assert (tmp_path / "a1/x/x.inter").read_bytes() == (tmp_path / "a2/x/x.inter").read_bytes()
+    assert one["rows"] == many["rows"] == len(LOG)

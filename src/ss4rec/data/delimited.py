@@ -73,39 +73,42 @@ def read_delimited(
     """
     display = source.display(member)
     names = [f"_c{i}" if c.name is None else c.name for i, c in enumerate(columns)]
-    dtypes = {n: _DTYPES[c.kind] for n, c in zip(names, columns)}
+    # Once every line has its separators, the unchecked text columns need no parsing.
+    parsed = [i for i, c in enumerate(columns) if c.name is not None or c.kind != "text"]
+    dtypes = {names[i]: _DTYPES[columns[i].kind] for i in parsed}
+    na_values = {names[i]: [""] for i in parsed if columns[i].kind in ("number", "float")}
     wanted = [c.name for c in columns if c.name is not None]
     separators_per_line = len(columns) - 1
     sep_bytes = sep.encode()
-    for first_line, lines in source.lines(member, block_bytes):
+    for first_line, block in source.blocks(member, block_bytes):
         if skip_header and first_line == 1:
-            lines, first_line = lines[1:], 2
-        lines = [line for line in lines if line.strip()]  # blank lines (a final one) are no rows
-        if not lines:
+            cut = block.find(b"\n") + 1 or len(block)
+            block, first_line = block[cut:], 2
+        if not block.strip():
             continue
-        block = b"".join(lines)
-        if block.count(sep_bytes) != separators_per_line * len(lines):
-            _raise_first_bad_line(display, first_line, lines, columns, sep, "field count")
+        lines = block.count(b"\n") + (not block.endswith(b"\n"))
+        if block.count(sep_bytes) != separators_per_line * lines:
+            # a bad line, or only blank lines (pandas skips those): find out which
+            _raise_first_bad_line(display, first_line, block, columns, sep, None)
         try:
-            frame = pd.read_csv(io.BytesIO(block), sep=sep, header=None, names=names, dtype=dtypes,
-                                keep_default_na=False, na_values={n: [""] for n, c in zip(names, columns)
-                                                                  if c.kind in ("number", "float")},
-                                quoting=csv.QUOTE_NONE, engine="c", index_col=False,
-                                float_precision="round_trip")  # exact: 0.1 reads as float("0.1")
-            _check_values(frame, names, columns)
+            frame = pd.read_csv(io.BytesIO(block), sep=sep, header=None, names=names, usecols=[names[i] for i in parsed],
+                                dtype=dtypes, keep_default_na=False, na_values=na_values, quoting=csv.QUOTE_NONE,
+                                engine="c", index_col=False,
+                                float_precision="round_trip")  # exact: "0.1" reads as float("0.1")
+            _check_values(frame, [(names[i], columns[i]) for i in parsed])
         except (ValueError, OverflowError, pd.errors.ParserError) as exc:
-            _raise_first_bad_line(display, first_line, lines, columns, sep, exc)
+            _raise_first_bad_line(display, first_line, block, columns, sep, exc)
         if progress:
-            progress(first_line + len(lines))
+            progress(first_line - 1 + lines)
         yield frame[wanted]
 
 
-def _check_values(frame: pd.DataFrame, names: list[str], columns: list[Column]) -> None:
+def _check_values(frame: pd.DataFrame, columns: list[tuple[str, Column]]) -> None:
     """ValueError for anything the C parser let through that a line check refuses."""
-    for name, column in zip(names, columns):
+    for name, column in columns:
         values = frame[name]
         if column.kind == "id":
-            if (values.astype(str).str.strip() == "").any():
+            if (values.cat.categories.astype(str).str.strip() == "").any():
                 raise ValueError(f"blank {column.what}")
         elif column.kind == "int":
             if (values.to_numpy() < 0).any():
@@ -122,16 +125,21 @@ def _check_values(frame: pd.DataFrame, names: list[str], columns: list[Column]) 
                 raise ValueError(f"infinite {column.what}")
 
 
-def _raise_first_bad_line(display, first_line, lines, columns, sep, cause) -> None:
-    """Check the block line by line and raise a DataError for its first bad line."""
+def _raise_first_bad_line(display, first_line, block: bytes, columns, sep, cause) -> None:
+    """Check the block line by line and raise a DataError for its first bad line.
+
+    Returns when every line is fine and ``cause`` is None (the separator count was off only
+    because of blank lines)."""
     line_no = first_line - 1
-    for raw in lines:
+    for raw in block.split(b"\n"):
         line_no += 1
-        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        text = raw.decode("utf-8", errors="replace").rstrip("\r")
         problem = line_problem(text, columns, sep)
         if problem:
             raise DataError(f"{display}: line {line_no}: {problem}")
-    raise DataError(f"{display}: lines {first_line}-{line_no} could not be parsed ({cause}); expected "
+    if cause is None:
+        return
+    raise DataError(f"{display}: lines {first_line}-{line_no - 1} could not be parsed ({cause}); expected "
                     f"{_field_list(columns)} separated by {SEPARATOR_NAMES.get(sep, repr(sep))}")
 
 

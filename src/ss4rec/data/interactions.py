@@ -98,27 +98,28 @@ def write_interactions(
     """
     check_dataset_name(name)
     frame = concat_chunks(chunks)
+    chunks = None  # the frame holds the data now
     rows_read = len(frame) + sum((dropped or {}).values())
     without_time = frame["timestamp"].isna().to_numpy()
-    frame = frame[~without_time]
-    repeats = frame.duplicated(KEY, keep="first").to_numpy()
-    frame = frame[~repeats]
+    repeats = frame.duplicated(KEY, keep="first").to_numpy() & ~without_time
     counts = {"without_timestamp": int(without_time.sum()), "duplicates": int(repeats.sum()),
               **(dropped or {})}
+    if without_time.any() or repeats.any():
+        frame = frame[~(without_time | repeats)]
     if frame.empty:
         raise DataError(f"{source}: no interactions left to write ({rows_read:,} rows read; "
                         f"dropped: {_describe(counts)}); expected rows with a user, an item and a time")
-    bad_ids = [c for c in ("user", "item")
-               if frame[c].astype(str).str.contains(ID_BREAKERS, regex=True).any()]
+    bad_ids = [c for c in ("user", "item") if _has_breakers(frame[c])]
     if bad_ids:
         raise DataError(f"{source}: a {bad_ids[0]} id contains a tab or a line break; expected plain ids")
 
     times = frame["timestamp"].to_numpy(dtype=np.float64)
     columns = ["user", "item"] + [c for c in OPTIONAL if c == "rating" and c in frame]
     columns += ["timestamp"] + [c for c in OPTIONAL if c != "rating" and c in frame]
-    out = frame[columns].copy()
+    out = frame[columns]
+    del frame
     if np.all(times == np.floor(times)) and times.max() < 2**53:
-        out["timestamp"] = times.astype(np.int64)  # 978300760, never 978300760.0
+        out = out.assign(timestamp=times.astype(np.int64))  # 978300760, never 978300760.0
     header = [HEADER_NAMES.get(c) or f"{c}:{OPTIONAL[c]}" for c in columns]
     stats = {
         "name": name,
@@ -147,6 +148,17 @@ def write_interactions(
                                                      "part.stats.json": f"{name}.stats.json"})
     stats["files"] = [str(p) for p in written]
     return stats
+
+
+def _has_breakers(ids: pd.Series) -> bool:
+    """Whether any id holds a tab or line break (checked on the distinct values; integers cannot)."""
+    if isinstance(ids.dtype, pd.CategoricalDtype):
+        values = ids.cat.categories
+    elif ids.dtype == object:
+        values = pd.Index(ids.unique())
+    else:
+        return False
+    return bool(values.astype(str).str.contains(ID_BREAKERS, regex=True).any())
 
 
 def _number(value: float) -> int | float:

@@ -115,6 +115,26 @@ class Source:
                 yield line_no, block
                 line_no += len(block)
 
+    def blocks(self, name: str, block_bytes: int = 64 << 20) -> Iterator[tuple[int, bytes]]:
+        """``(first line number, bytes)`` blocks of about ``block_bytes``, cut after a ``\\n``
+        (the last one may lack it); damage is a DataError."""
+        line_no, rest = 1, b""
+        with self.read_errors(name), contextlib.closing(self.open(name)) as handle:
+            while True:
+                chunk = handle.read(block_bytes)
+                if not chunk:
+                    if rest:
+                        yield line_no, rest
+                    return
+                data = rest + chunk if rest else chunk
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # no line end yet: read on
+                    rest = data
+                    continue
+                block, rest = data[:cut], data[cut:]
+                yield line_no, block
+                line_no += block.count(b"\n")
+
     @contextlib.contextmanager
     def read_errors(self, name: str):
         """Turn a damaged gzip stream or zip member into a DataError naming it."""
