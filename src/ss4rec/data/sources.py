@@ -90,10 +90,6 @@ class Source:
             return _GzipReader(raw)
         return raw
 
-    def is_gzip(self, name: str) -> bool:
-        with self.open_raw(name) as raw:
-            return raw.read(2) == GZIP_MAGIC
-
     def head(self, name: str, size: int = 1 << 16) -> bytes:
         """Up to ``size`` decompressed bytes from the start of a member (for sniffing)."""
         with self.read_errors(name), contextlib.closing(self.open(name)) as handle:
@@ -142,6 +138,8 @@ class Source:
             yield
         except DAMAGED as exc:
             raise self.damaged(name, exc) from exc
+        except OSError as exc:  # unreadable: permissions, a vanished file, an I/O error
+            raise DataError(f"{self.display(name)}: cannot read ({exc.strerror or exc})") from exc
 
     def damaged(self, name: str, exc: BaseException) -> DataError:
         what = "zip archive" if self._zip is not None else "compressed file"
