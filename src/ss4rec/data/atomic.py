@@ -25,6 +25,11 @@ from pathlib import Path
 
 from ss4rec.errors import DataError
 
+# The field types of RecBole's atomic files (``name:type`` headers).
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+# Epoch seconds reach 1e11 in the year 5138; epoch milliseconds passed it in 1973.
+MILLISECONDS_ABOVE = 1e11
+
 # Characters that would break a tab-separated, one-record-per-line atomic file.
 _FIELD_BREAKERS = str.maketrans({"\t": " ", "\n": " ", "\r": " ", "\x00": " "})
 

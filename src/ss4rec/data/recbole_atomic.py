@@ -33,16 +33,14 @@ from typing import Callable
 
 import numpy as np
 
-from ss4rec.data.atomic import StagedOutput, check_dataset_name
+from ss4rec.data.atomic import ATOMIC_TYPES, MILLISECONDS_ABOVE, StagedOutput, check_dataset_name
 from ss4rec.data.delimited import DEFAULT_BLOCK_BYTES, Column, read_delimited
 from ss4rec.data.interactions import concat_chunks, line_progress, utc
 from ss4rec.data.sources import Source, data_name
 from ss4rec.errors import DataError
 
-ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 REQUIRED_INTER = {"user_id": "token", "item_id": "token", "timestamp": "float"}
 SIDE_FILES = (".item", ".user")
-MILLISECONDS_ABOVE = 1e11  # epoch seconds reach 1e11 in the year 5138
 EXPECTED = "RecBole atomic files (a .inter file, or a folder or zip holding NAME.inter)"
 
 
