@@ -17,8 +17,8 @@ SRC is the release zip (``KuaiRec.zip``), its unpacked folder, or one of the two
 with ``small`` in it takes ``small_matrix.csv``, one with ``big`` ``big_matrix.csv``); the
 default name follows the file (``kuairec-big`` / ``kuairec-small``).
 
-How rows become interactions (the SS4Rec paper and its code take the rows as they are:
-``load_col`` reads ``user_id, item_id, timestamp``, no threshold is mentioned):
+How rows become interactions (the official SS4Rec code takes the rows as they are: its
+``load_col`` reads ``user_id, item_id, timestamp`` and no config filters on watch ratio):
 
 * every row is one interaction ``user_id -> user_id``, ``video_id -> item_id``,
   ``timestamp`` kept to the millisecond, ``watch_ratio`` kept as a float column (not
