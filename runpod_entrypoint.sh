@@ -4,12 +4,13 @@
 #   ./runpod_entrypoint.sh --model ss4rec-official --dataset ml-100k --debug --device cpu
 #   ./runpod_entrypoint.sh --test-ml1m --raw https://files.grouplens.org/datasets/movielens/ml-1m.zip
 #   ./runpod_entrypoint.sh --model sasrec --dataset ml-1m --data-dir data --production --wandb
+#   ./runpod_entrypoint.sh --dataset kuairec-small --raw https://zenodo.org/records/18164998/files/KuaiRec.zip
 #
 # One layer: every step is a direct call of the ss4rec CLI (python -m ss4rec ...), so its
 # messages and exit codes are the script's. Steps: environment block, optional conversion of
-# raw GroupLens files (--raw), `ss4rec preflight` (exits non-zero on any FAIL), then
-# `ss4rec train`. Everything of the run lands in one run folder, printed at start and end.
-# Run with --help for the options.
+# a raw download (--raw: MovieLens, KuaiRec, Amazon or RecBole files), `ss4rec preflight`
+# (exits non-zero on any FAIL), then `ss4rec train`. Everything of the run lands in one run
+# folder, printed at start and end. Run with --help for the options.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,10 +24,13 @@ Model and data
                      ss4rec (SS4Rec, package defaults), mamba4rec (SS4Rec model_type S6-only),
                      sasrec, gru4rec, bert4rec, neumf
   --dataset NAME     ml-100k (bundled, default), ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, or any
-                     NAME with DATA_DIR/NAME/NAME.inter
+                     NAME with DATA_DIR/NAME/NAME.inter. The paper's datasets ml-1m, kuairec-big,
+                     kuairec-small, amazon-sports, amazon-video-games train under their own
+                     paper preset (paper-NAME) wherever the paper config is used
   --data-dir DIR     folder holding NAME/NAME.inter (default: data)
-  --raw PATH|URL     GroupLens folder, .zip or its URL: downloaded (cached, resumable) and
-                     converted into DATA_DIR/NAME first
+  --raw PATH|URL     a MovieLens, KuaiRec 2.0, Amazon reviews or RecBole atomic download (file,
+                     folder, .zip or URL): downloaded (cached, resumable) and converted into
+                     DATA_DIR/NAME first (ss4rec convert; README, Data)
   --sha256 HEX, --md5 HEX   expected checksum of a --raw download
   --config FILE      YAML config or packaged config name (repeatable; later wins)
   --set KEY=VALUE    override one config key (repeatable; wins over everything)
@@ -38,8 +42,9 @@ Presets
   --debug            smoke run: users with <= 40 ratings, histories of 20, one epoch, batch 512,
                      small model (hidden 32; SS4Rec d_state 8, d_P 8, expand 1), autograd
                      anomaly detection. Changes nothing else (learning rate, split, metrics)
-  --production       the full paper schedule (config `ss4rec`: 200 epochs, early stop 10,
-                     batch 1024, lr 1e-3, 5-core, length 200) for any model; not with --debug
+  --production       the full paper schedule (config `ss4rec`, or paper-NAME for the paper's
+                     datasets: 200 epochs, early stop 10, batch 1024, lr 1e-3, 5-core, length
+                     200; 50 on Amazon) for any model; not with --debug
 
 Run
   --dry-run          print the plan and run preflight; train nothing
@@ -136,6 +141,7 @@ done
 
 PRESET_CONFIGS=()
 PRESET_SETS=()
+PAPER_DATASETS="ml-1m kuairec-big kuairec-small amazon-sports amazon-video-games"
 case "$MODEL" in
     ss4rec-official) MODEL_NAME="SS4Rec"; PRESET_CONFIGS+=("ss4rec") ;;
     ss4rec) MODEL_NAME="SS4Rec" ;;
@@ -157,6 +163,12 @@ if [[ "$PRODUCTION" == 1 || "$TEST_ML1M" == 1 ]]; then
     if [[ " ${PRESET_CONFIGS[*]-} " != *" ss4rec "* ]]; then
         PRESET_CONFIGS+=("ss4rec")
     fi
+fi
+# The paper's five datasets: the paper setting is the official config for that dataset.
+if [[ " $PAPER_DATASETS " == *" $DATASET "* ]]; then
+    for i in ${PRESET_CONFIGS[@]+"${!PRESET_CONFIGS[@]}"}; do
+        [[ "${PRESET_CONFIGS[$i]}" != "ss4rec" ]] || PRESET_CONFIGS[$i]="paper-$DATASET"
+    done
 fi
 [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || die "--nproc '$NPROC': use a whole number >= 1"
 [[ -z "$DEVICE" || "$DEVICE" == "cpu" || "$DEVICE" == "cuda" ]] || die "--device '$DEVICE': use cpu or cuda"
@@ -200,11 +212,20 @@ fi
 # ---- data: bundled, present, or converted from --raw ----------------------------------------
 
 if [[ -z "$RAW" && "$DATASET" != "ml-100k" && ! -f "$DATA_DIR/$DATASET/$DATASET.inter" ]]; then
-    if [[ "$DATASET" =~ ^ml-(1m|10m|20m|25m|32m)$ ]]; then
-        url="https://files.grouplens.org/datasets/movielens/$DATASET.zip"
-        die "dataset $DATASET not found at $DATA_DIR/$DATASET/$DATASET.inter: pass --raw PATH/TO/$DATASET.zip (the GroupLens zip, from $url) or --raw $url to download and convert it"
-    fi
-    die "dataset $DATASET not found at $DATA_DIR/$DATASET/$DATASET.inter: pass --raw PATH (a GroupLens folder, .zip or URL) to convert it, or --data-dir DIR holding $DATASET/$DATASET.inter"
+    missing="dataset $DATASET not found at $DATA_DIR/$DATASET/$DATASET.inter"
+    amazon="http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/ratings"
+    case "$DATASET" in
+        ml-1m|ml-10m|ml-20m|ml-25m|ml-32m)
+            url="https://files.grouplens.org/datasets/movielens/$DATASET.zip"
+            die "$missing: pass --raw PATH/TO/$DATASET.zip (the GroupLens zip, from $url) or --raw $url to download and convert it" ;;
+        kuairec-big|kuairec-small)
+            die "$missing: pass --raw PATH/TO/KuaiRec.zip or --raw https://zenodo.org/records/18164998/files/KuaiRec.zip (KuaiRec 2.0; --dataset picks the matrix)" ;;
+        amazon-sports)
+            die "$missing: pass --raw ${amazon}_Sports_and_Outdoors.csv (the Amazon 2014 ratings-only file) or a local path; 2018/2023 review files and RecBole's Amazon zips work too" ;;
+        amazon-video-games)
+            die "$missing: pass --raw ${amazon}_Video_Games.csv (the Amazon 2014 ratings-only file) or a local path; 2018/2023 review files and RecBole's Amazon zips work too" ;;
+    esac
+    die "$missing: pass --raw PATH (a MovieLens, KuaiRec, Amazon or RecBole download: file, folder, .zip or URL) to convert it, or --data-dir DIR holding $DATASET/$DATASET.inter"
 fi
 [[ -z "$RAW_SHA256$RAW_MD5" || -n "$RAW" ]] || die "--sha256/--md5 check a --raw download: add --raw URL or drop them"
 

@@ -9,7 +9,8 @@
 Writes ``OUTPUT/comparison.csv`` (a row per run) and ``OUTPUT/comparison.md`` (HR/NDCG/MRR
 at every ``topk`` as mean ± std over seeds, a paired per-user bootstrap 95% CI of each
 model's NDCG@10 difference from SS4Rec, epochs and the early-stopping epoch, seconds per
-epoch, peak memory; NDCG@10 by gap bucket; time-shift sensitivity), ``summary.json``, PNG
+epoch, peak memory; NDCG@10 by gap bucket; time-shift sensitivity; for the paper's datasets,
+the published numbers beside ours with the ratio), ``summary.json``, PNG
 plots, and ``OUTPUT/MODEL[/seed-N]/`` per run. A run that fails is listed as failed with
 its cause; the others still run. Running again into OUTPUT reuses finished runs.
 Exits 1 when any run failed (after writing the table), 0 otherwise.

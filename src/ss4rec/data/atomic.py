@@ -25,6 +25,11 @@ from pathlib import Path
 
 from ss4rec.errors import DataError
 
+# The field types of RecBole's atomic files (``name:type`` headers).
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+# Epoch seconds reach 1e11 in the year 5138; epoch milliseconds passed it in 1973.
+MILLISECONDS_ABOVE = 1e11
+
 # Characters that would break a tab-separated, one-record-per-line atomic file.
 _FIELD_BREAKERS = str.maketrans({"\t": " ", "\n": " ", "\r": " ", "\x00": " "})
 
@@ -36,6 +41,17 @@ def clean_field(text: str) -> str:
     'Les Misérables (1995)'
     """
     return " ".join(text.translate(_FIELD_BREAKERS).split())
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if it is a plain dataset name (it becomes a folder and file names), else DataError.
+
+    >>> check_dataset_name("ml-1m")
+    'ml-1m'
+    """
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.strip() != name:
+        raise DataError(f"--name {name!r}: expected a plain dataset name such as 'ml-1m' (no slashes)")
+    return name
 
 
 class StagedOutput:

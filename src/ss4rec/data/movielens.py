@@ -38,9 +38,6 @@ import csv
 import json
 import os
 import re
-import sys
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
@@ -48,7 +45,8 @@ from typing import IO, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from ss4rec.data.atomic import StagedOutput, clean_field
+from ss4rec.data.atomic import StagedOutput, check_dataset_name, clean_field
+from ss4rec.data.sources import DAMAGED, Source
 from ss4rec.errors import DataError
 
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
@@ -75,45 +73,9 @@ DEFAULT_PROGRESS_EVERY = 4_000_000
 
 
 # --------------------------------------------------------------------------- sources
-class Source:
-    """A MovieLens release as a folder or a zip: file listing and binary reads by name."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path).expanduser()
-        self._zip: zipfile.ZipFile | None = None
-        if not self.path.exists():
-            raise DataError(f"{self.path}: no such file or folder; expected a MovieLens "
-                            "folder or .zip from https://grouplens.org/datasets/movielens/")
-        if self.path.is_dir():
-            self.names = sorted(
-                p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()
-            )
-        else:
-            try:
-                self._zip = zipfile.ZipFile(self.path)
-                self.names = sorted(n for n in self._zip.namelist() if not n.endswith("/"))
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise DataError(f"{self.path}: not a readable zip archive ({exc}); expected a "
-                                "MovieLens folder or an intact .zip (download it again)") from exc
-
-    def open(self, name: str) -> IO[bytes]:
-        if self._zip is not None:
-            return self._zip.open(name)
-        return open(self.path / name, "rb")
-
-    def read_bytes(self, name: str) -> bytes:
-        with self.open(name) as handle:
-            return handle.read()
-
-    def display(self, name: str) -> str:
-        """How messages name a file: ``folder/ml-1m/ratings.dat`` or ``x.zip:ml-1m/ratings.dat``."""
-        if self._zip is not None:
-            return f"{self.path}:{name}"
-        return str(self.path / name)
-
-    def close(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
+def open_release(path: str | os.PathLike) -> Source:
+    """A MovieLens release (folder, zip, or its ratings file alone) as a :class:`Source`."""
+    return Source(path, expected="a MovieLens folder or .zip from https://grouplens.org/datasets/movielens/")
 
 
 @dataclass
@@ -452,9 +414,9 @@ def convert_movielens(
     ``progress_every`` ratings. Raises :class:`DataError` on any bad input, before anything
     in ``outdir`` changes.
     """
-    if name is not None and (not name or "/" in name or "\\" in name or name in (".", "..")):
-        raise DataError(f"--name {name!r}: expected a plain dataset name such as 'ml-1m' (no slashes)")
-    source = Source(src)
+    if name is not None:
+        check_dataset_name(name)
+    source = open_release(src)
     try:
         with StagedOutput(outdir) as stage:
             stats = _convert_into(source, stage.path, name, chunk_rows, progress, progress_every)
@@ -463,8 +425,9 @@ def convert_movielens(
             written = stage.commit(Path(outdir) / final_name, renames)
         stats["files"] = [str(p) for p in written]
         return stats
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise DataError(f"{source.path}: the zip archive is damaged ({exc}); download it again") from exc
+    except DAMAGED as exc:
+        what = "zip archive" if source.kind == "zip" else "compressed file"
+        raise DataError(f"{source.path}: the {what} is damaged ({exc}); download it again") from exc
     finally:
         source.close()
 
@@ -507,10 +470,6 @@ def _convert_into(source, stage: Path, name, chunk_rows, progress, progress_ever
         json.dump(stats, out, indent=2)
         out.write("\n")
     return stats
-
-
-def _stderr_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 __all__ = [

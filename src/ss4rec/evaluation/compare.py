@@ -50,6 +50,7 @@ from ss4rec.config.validation import check_values
 from ss4rec.data.modes import train_mode
 from ss4rec.errors import ConfigError, UserError
 from ss4rec.evaluation.compare_plots import plot_summary
+from ss4rec.evaluation.published import published_rows, published_section
 from ss4rec.evaluation.study import best_epoch, markdown_summary, summarise
 from ss4rec.models.losses import supports_windows
 from ss4rec.pipeline.settings import resolve_model
@@ -281,7 +282,19 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
             return row
 
     results = json.loads(results_file.read_text(encoding="utf-8"))
-    row.update(results["test"])
+    row.update(result_row(results, peak_rss_mb))
+    if not reuse or not (model_dir / "evaluate" / "user_ranks.csv").exists():
+        row["evaluate_error"] = _evaluate_run(results, settings, model_dir, device)
+    if not reuse:
+        # Written last: its presence says "trained and evaluated with settings.yaml".
+        usage_file.write_text(json.dumps({"peak_rss_mb": peak_rss_mb}), encoding="utf-8")
+    return row
+
+
+def result_row(results: dict, peak_rss_mb: float) -> dict:
+    """A finished run's table fields, from its ``results.json`` (and the measured peak RSS,
+    used when no GPU peak was recorded)."""
+    row = dict(results["test"])
     row.update(status="ok", seconds_per_epoch=results["seconds_per_epoch"],
                epochs_run=results["epochs_run"], best_epoch=best_epoch(results),
                train_mode=train_mode(results.get("config", {})),
@@ -290,11 +303,6 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
         row.update(peak_memory_mb=results["peak_gpu_memory_mb"], memory_kind="cuda")
     else:
         row.update(peak_memory_mb=peak_rss_mb, memory_kind="rss")
-    if not reuse or not (model_dir / "evaluate" / "user_ranks.csv").exists():
-        row["evaluate_error"] = _evaluate_run(results, settings, model_dir, device)
-    if not reuse:
-        # Written last: its presence says "trained and evaluated with settings.yaml".
-        usage_file.write_text(json.dumps({"peak_rss_mb": peak_rss_mb}), encoding="utf-8")
     return row
 
 
@@ -387,12 +395,14 @@ def write_tables(rows, out_dir, shared: dict, dataset: str, reference: str = "SS
             writer.writerow({c: row.get(c, "") for c in columns})
     summary = summarise(rows, topk, reference)
     summary["plots"] = plot_summary(summary, out_dir)
+    summary["published"] = published_rows(summary, dataset)  # the paper's numbers, ratio ours/published
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     text = [markdown_table(rows, shared, dataset)]
     if any(r["status"] == "ok" for r in rows):
         plots = "".join(f"![{name}]({Path(path).name})\n" for name, path in summary["plots"].items())
+        published = published_section(summary, dataset)
         text = [text[0].split("\n\n")[0], "", "## Summary over seeds", "", markdown_summary(summary, topk),
-                plots, "## Every run", "", text[0].split("\n\n", 1)[1]]
+                plots, *([published] if published else []), "## Every run", "", text[0].split("\n\n", 1)[1]]
     (out_dir / "comparison.md").write_text("\n".join(text), encoding="utf-8")
     return summary
 

@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 from recbole.utils import init_seed
 
+from ss4rec.data.atomic import ATOMIC_TYPES, MILLISECONDS_ABOVE
 from ss4rec.data.loaders import EXACT_TIME_MODELS, create_dataset, prepare_data
 from ss4rec.data.modes import train_mode
 from ss4rec.data.sequences import TARGET_MASK, count_windows, estimate_host_memory
@@ -64,9 +65,6 @@ from ss4rec.training.guards import baseline_loss, guard_settings
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 SECTIONS = ("environment", "config", "data", "model", "optimiser", "estimate")
 KNOWN_LEARNERS = ("adam", "sgd", "adagrad", "rmsprop", "sparse_adam", "adamw")
-ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
-# Epoch seconds reach 1e11 in the year 5138; epoch milliseconds passed it in 1973.
-MILLISECONDS_ABOVE = 1e11
 # CE loss at init counts as "near ln(n_items)" within this relative distance.
 INIT_LOSS_TOLERANCE = 0.25
 TIMED_BATCHES = 2

@@ -82,8 +82,9 @@ def dataset_location(dataset: str, data_path) -> Path:
     if not any(folder.glob(f"{dataset}*.inter")):
         raise DataError(
             f"dataset {dataset!r} not found: expected {folder / (dataset + '.inter')}. "
-            f"Convert the GroupLens files with `ss4rec convert PATH/TO/{dataset}.zip {root}` "
-            f"(or pass --data-path to the folder holding {dataset}/{dataset}.inter); "
+            f"Convert its download with `ss4rec convert PATH/TO/DOWNLOAD {root} --name {dataset}` (a MovieLens "
+            "or KuaiRec zip, an Amazon reviews or ratings file, RecBole atomic files; README, Data), "
+            f"or pass --data-path to the folder holding {dataset}/{dataset}.inter; "
             f"'{BUNDLED_DATASET}' is bundled and needs no files"
         )
     return folder
