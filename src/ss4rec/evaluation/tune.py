@@ -83,7 +83,7 @@ PRUNERS = ("median", "hyperband", "none")
 DEFAULT_TRIALS = 20
 HEARTBEAT_S = 30  # a running trial writes alive_at this often
 STALE_BEATS = 4  # a trial silent for this many heartbeats is taken for dead
-WAIT_POLL_S = 5.0  # how often a worker with nothing to start looks again
+WAIT_POLL_S = 2.0  # how often a worker with nothing to start looks again
 FAILURE_STREAK = 3  # a worker stops after this many failed trials in a row (the cause is shown)
 SUMMARY_FILE = "tune.json"
 # What a rerun or another worker may change without being another study: where the data and
@@ -673,6 +673,9 @@ def write_plots(study, spec: TuneSpec, out_dir: Path) -> tuple[dict, dict]:
             figure = np.ravel(axes)[0].figure if isinstance(axes, np.ndarray) else axes.figure
             if name == "top_param":
                 figure.suptitle(f"{spec.metric} against {top}, the most important parameter")
+            if name == "learning_curves":  # Optuna's steps are our 0-based epoch indices
+                axes.set_xlabel("epoch index (0-based)")
+                axes.set_ylabel(f"valid {spec.metric}")
             figure.set_size_inches(8, 4.5)
             figure.tight_layout()
             path = out_dir / f"{name}.png"
@@ -685,7 +688,7 @@ def write_plots(study, spec: TuneSpec, out_dir: Path) -> tuple[dict, dict]:
 
 
 def write_report(study, spec: TuneSpec, budget: Budget, out_dir: Path, url: str, name: str,
-                 pruner: str, seed: int) -> dict:
+                 pruner: str, seed: int, extra: dict | None = None) -> dict:
     """``trials.csv``, ``trials.md``, ``best.yaml``, the plots and ``tune.json``; returns the summary."""
     trials = study.get_trials(deepcopy=False)
     rows = trial_rows(study, spec)
@@ -702,7 +705,7 @@ def write_report(study, spec: TuneSpec, budget: Budget, out_dir: Path, url: str,
         "counts": {s: states.count(s) for s in ("complete", "pruned", "failed", "interrupted", "running")},
         "trial_seconds": sum(_seconds(t, now) for t in counted),
         "wall_seconds": (max(ends) - min(starts)) if starts and ends else 0.0,
-        "output": str(out_dir), "trials_table": str(out_dir / "trials.md"),
+        "output": str(out_dir), "trials_table": str(out_dir / "trials.md"), **(extra or {}),
     }
     best = _best_of(study)
     if best is not None:
@@ -837,9 +840,10 @@ def tune(model: str = "SS4Rec", dataset: str = "ml-100k", config_files=(), confi
             search(study, spec, budget, out_dir, device, pruner, seed, heartbeat, log)
         if not report:
             return {}
-        summary = write_report(study, spec, budget, out_dir, url, name, pruner, seed)
+        extra = {"workers": int(workers)}
         if workers > 1:
-            summary["workers_failed"] = sum(code != 0 for code in codes)
+            extra["workers_failed"] = sum(code != 0 for code in codes)
+        summary = write_report(study, spec, budget, out_dir, url, name, pruner, seed, extra)
     if log:
         best = summary.get("best")
         log(f"[tune] {_budget_line(spec, budget, summary)}", flush=True)
