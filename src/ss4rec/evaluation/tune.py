@@ -394,8 +394,9 @@ def _surplus(study, trial, budget: Budget) -> bool:
 def _suggest(trial, key: str, dist: dict):
     if dist["type"] == "categorical":
         return trial.suggest_categorical(key, dist["choices"])
-    suggest = trial.suggest_int if dist["type"] == "int" else trial.suggest_float
-    return suggest(key, dist["low"], dist["high"], log=dist.get("log", False), step=dist.get("step"))
+    if dist["type"] == "int":
+        return trial.suggest_int(key, dist["low"], dist["high"], log=dist["log"], step=dist.get("step", 1))
+    return trial.suggest_float(key, dist["low"], dist["high"], log=dist["log"], step=dist.get("step"))
 
 
 @contextlib.contextmanager
@@ -514,14 +515,14 @@ def search(study, spec: TuneSpec, budget: Budget, out_dir: Path, device=None, pr
         waiting = False
         study.sampler = _sampler(seed, len(study.get_trials(deepcopy=False)), budget)
         trial = study.ask()
-        params = suggest_params(trial, spec)
-        if _surplus(study, trial, budget):
-            trial.set_user_attr("surplus", True)
-            study.tell(trial, state=TrialState.FAIL)
-            if trial.user_attrs.get("retry_of") is not None:
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.user_attrs["retry_of"]})
-            continue
         try:
+            params = suggest_params(trial, spec)
+            if _surplus(study, trial, budget):
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.FAIL)
+                if trial.user_attrs.get("retry_of") is not None:
+                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.user_attrs["retry_of"]})
+                continue
             outcome = run_trial(study, trial, params, spec, out_dir, device, pruner, heartbeat)
         except KeyboardInterrupt:
             with contextlib.suppress(Exception):
@@ -530,6 +531,10 @@ def search(study, spec: TuneSpec, budget: Budget, out_dir: Path, device=None, pr
             if log:
                 log(f"[tune] trial {trial.number} interrupted: marked failed; rerun the same command to "
                     "continue (its settings run again)", flush=True)
+            raise
+        except BaseException:  # our own fault, not the trial's: leave no trial running behind
+            with contextlib.suppress(Exception):
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
         if log:
             log(progress_line(outcome, spec, study, budget), flush=True)
