@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from ss4rec.cli import main as cli_main
 from ss4rec.config.space import load_space, packaged_spaces
 from ss4rec.errors import ConfigError
-from ss4rec.evaluation.tune import tune
+from ss4rec.evaluation.tune import Budget, prepare, sampler_for, suggest_params, tune
 
 SPACE = {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 2.0e-2, "log": True},
          "hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5}}
@@ -78,6 +78,14 @@ def test_tune_writes_study_trials_best_table_and_plots(tuned):
     assert "| trial | state | learning_rate | hidden_dropout_prob | NDCG@10 |" in table
     assert "4 trials, each at most 2 epochs" in table and "(best)" in table
     assert summary["best"]["number"] == study.best_trial.number
+
+
+def test_the_sampler_is_seeded(tuned, tmp_path):
+    """The same seed proposes the same first settings (a rerun of a one-worker tune repeats them)."""
+    _, out = tuned
+    spec = prepare("SASRec", "ml-100k", ["tiny"], {"train_mode": "sequence", "epochs": 2}, _space(tmp_path))
+    fresh = optuna.create_study(direction="maximize", sampler=sampler_for(0, 0, Budget(4, None)))
+    assert suggest_params(fresh.ask(), spec) == _study(out).trials[0].params
 
 
 def test_best_yaml_reproduces_the_best_trial(tuned, tmp_path):

@@ -190,7 +190,7 @@ def _startup_trials(budget: Budget) -> int:
     return 10 if budget.trials is None else max(3, min(10, budget.trials // 3))
 
 
-def _sampler(seed: int, trials_so_far: int, budget: Budget):
+def sampler_for(seed: int, trials_so_far: int, budget: Budget):
     """TPE, seeded by the run's seed and the study's trial count: a one-worker tune proposes
     the same sequence when rerun, and a resumed one does not repeat its first proposals."""
     state = int(np.random.SeedSequence([int(seed), int(trials_so_far)]).generate_state(1)[0])
@@ -513,7 +513,7 @@ def search(study, spec: TuneSpec, budget: Budget, out_dir: Path, device=None, pr
             time.sleep(min(WAIT_POLL_S, heartbeat))
             continue
         waiting = False
-        study.sampler = _sampler(seed, len(study.get_trials(deepcopy=False)), budget)
+        study.sampler = sampler_for(seed, len(study.get_trials(deepcopy=False)), budget)
         trial = study.ask()
         try:
             params = suggest_params(trial, spec)
