@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 
 from ss4rec.cli import main as cli_main
 from ss4rec.config.space import load_space, packaged_spaces
-from ss4rec.errors import ConfigError
-from ss4rec.evaluation.tune import Budget, prepare, sampler_for, suggest_params, tune
+from ss4rec.errors import ConfigError, UserError
+from ss4rec.evaluation.tune import Budget, open_study, prepare, sampler_for, suggest_params, tune
 
 SPACE = {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 2.0e-2, "log": True},
          "hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5}}
@@ -180,6 +180,16 @@ def test_bad_space_on_the_command_line_is_one_line(tmp_path, capsys):
     assert cli_main(_tune_args(tmp_path / "tune", bad, 2)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "learning_rate" in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_a_study_refuses_other_settings_or_space(tmp_path):
+    """Continuing a study is for the same search: other settings are another study."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = _space(tmp_path)
+    open_study(url, "s", prepare("SASRec", "ml-100k", ["tiny"], {"epochs": 2}, space), "median")
+    open_study(url, "s", prepare("SASRec", "ml-100k", ["tiny"], {"epochs": 2}, space), "hyperband")  # same
+    with pytest.raises(UserError, match=r"other settings \(epochs\)"):
+        open_study(url, "s", prepare("SASRec", "ml-100k", ["tiny"], {"epochs": 3}, space), "median")
 
 
 def test_packaged_spaces_cover_the_models_and_pass_their_checks():

@@ -174,7 +174,7 @@ def open_storage(url: str):
         raise UserError(f"--storage {url}: cannot open it ({type(exc).__name__}: {exc})") from None
 
 
-def _pruner(name: str, settings: dict, budget: Budget):
+def _pruner(name: str, settings: dict):
     if name == "median":
         # Two complete trials before any pruning; the first evaluated epoch never prunes
         # (one epoch says little about a slow starter).
@@ -197,12 +197,12 @@ def sampler_for(seed: int, trials_so_far: int, budget: Budget):
     return optuna.samplers.TPESampler(seed=state, n_startup_trials=_startup_trials(budget), constant_liar=True)
 
 
-def open_study(url: str, name: str, spec: TuneSpec, pruner: str, budget: Budget):
+def open_study(url: str, name: str, spec: TuneSpec, pruner: str):
     """Create or load the study; refuse one that was started for another model, data or space."""
     storage = open_storage(url)
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction=spec.direction,
-                                    pruner=_pruner(pruner, spec.settings, budget), load_if_exists=True)
+                                    pruner=_pruner(pruner, spec.settings), load_if_exists=True)
     except Exception as exc:
         raise UserError(f"--storage {url}: cannot open study {name!r} ({type(exc).__name__}: {exc})") from None
     mine = spec.identity()
@@ -826,7 +826,7 @@ def tune(model: str = "SS4Rec", dataset: str = "ml-100k", config_files=(), confi
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our one line per trial instead
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = open_study(url, name, spec, pruner, budget)
+        study = open_study(url, name, spec, pruner)
         if report:
             _check_folder(out_dir, study)
         tally = Tally.of(study.get_trials(deepcopy=False))
