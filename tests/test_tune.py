@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 from ss4rec.cli import main as cli_main
 from ss4rec.config.space import load_space, packaged_spaces
 from ss4rec.errors import ConfigError, UserError
-from ss4rec.evaluation.tune import Budget, open_study, prepare, sampler_for, suggest_params, tune
+from ss4rec.evaluation.tune import prepare, suggest_params, tune
+from ss4rec.evaluation.tune_study import Budget, open_study, sampler_for
 
 SPACE = {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 2.0e-2, "log": True},
          "hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5}}
