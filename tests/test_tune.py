@@ -183,6 +183,13 @@ def test_bad_space_on_the_command_line_is_one_line(tmp_path, capsys):
     assert err[-1].startswith("error: ") and "learning_rate" in err[-1] and "Traceback" not in "".join(err)
 
 
+def test_a_storage_that_is_no_url_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "tune"
+    with pytest.raises(UserError, match="give an RDB URL"):
+        tune("SASRec", config_files=["tiny"], space=_space(tmp_path), storage="tune.db", output_dir=out, log=None)
+    assert not out.exists()
+
+
 def test_a_study_refuses_other_settings_or_space(tmp_path):
     """Continuing a study is for the same search: other settings are another study."""
     url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -80,6 +80,7 @@ from ss4rec.evaluation.tune_study import (
     Tally,
     TuneSpec,
     best_trial,
+    check_storage_url,
     counts,
     fail_stale_trials,
     is_surplus,
@@ -532,6 +533,8 @@ def tune(model: str = "SS4Rec", dataset: str = "ml-100k", config_files=(), confi
     if not heartbeat > 0:
         raise UserError(f"--heartbeat {heartbeat}: give the seconds between heartbeats, > 0")
     spec = prepare(model, dataset, config_files, config_dict, space)  # refused: nothing written
+    if storage is not None:
+        check_storage_url(storage)
     out_dir = Path(output_dir).resolve()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -94,21 +94,24 @@ def storage_url(storage, out_dir: Path) -> str:
     return storage or f"sqlite:///{out_dir / 'study.db'}"
 
 
+def check_storage_url(url: str) -> None:
+    """A UserError unless ``url`` has the form of a storage (checked before anything is written)."""
+    if not (url.startswith("journal:") and len(url) > len("journal:")) and "://" not in url:
+        raise UserError(f"--storage {url!r}: give an RDB URL (sqlite:///tune.db, postgresql://user@host/db, "
+                        "mysql://...) or a journal file on a shared filesystem (journal:/shared/tune.log)")
+
+
 def open_storage(url: str):
     """An Optuna storage for ``url``: an RDB URL (``...://``) or ``journal:PATH``."""
+    check_storage_url(url)
     try:
         if url.startswith("journal:"):
             path = Path(url[len("journal:"):]).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        if "://" not in url:
-            raise UserError(f"--storage {url!r}: give an RDB URL (sqlite:///tune.db, postgresql://user@host/db, "
-                            "mysql://...) or a journal file on a shared filesystem (journal:/shared/tune.log)")
         # Several workers on one SQLite file wait for its write lock instead of failing at once.
         engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-    except UserError:
-        raise
     except Exception as exc:  # a driver missing, a server unreachable, a bad URL
         raise UserError(f"--storage {url}: cannot open it ({type(exc).__name__}: {exc})") from None
 
