@@ -209,7 +209,8 @@ def default_output_dir(model: str, dataset: str) -> Path:
 
 
 def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), config_dict=None,
-        output_dir=None, device: str | None = None, saved: bool = True, resume=None) -> dict:
+        output_dir=None, device: str | None = None, saved: bool = True, resume=None,
+        epoch_hook=None) -> dict:
     """Train and test ``model`` on ``dataset`` through RecBole; return (and save) the results.
 
     Args:
@@ -223,6 +224,9 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         saved: save checkpoints and test the best one (else test the last model).
         resume: a ``checkpoints/MODEL-last.pth`` of an interrupted run: continue it from its
             next epoch (same settings expected; ``output_dir`` defaults to that run's folder).
+        epoch_hook: called after every evaluated epoch with ``(epoch_idx, valid_score,
+            valid_result)``; returning a reason (a non-empty string) ends training there, as
+            early stopping does (``results.json`` ``training.stopped_by`` records it).
 
     Returns:
         The contents of ``results.json``: model, dataset, best_valid, test, epochs_run,
@@ -241,17 +245,18 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     model_label = getattr(model, "__name__", model)
     out = Path(output_dir if output_dir is not None else default_output_dir(model_label, dataset)).resolve()
     if distributed.rank() == 0:
-        return _run(model, dataset, config_files, config_dict, out, device, saved, resume, out)
+        return _run(model, dataset, config_files, config_dict, out, device, saved, resume, out, epoch_hook)
     # A DDP rank other than 0 never touches the run folder (it may be on another machine, or
     # shared): RecBole's own files (tensorboard, its checkpoint folder) go to a scratch folder.
     scratch = Path(tempfile.mkdtemp(prefix=f"ss4rec-rank{distributed.rank()}-"))
     try:
-        return _run(model, dataset, config_files, config_dict, out, device, saved, resume, scratch)
+        return _run(model, dataset, config_files, config_dict, out, device, saved, resume, scratch, epoch_hook)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run(model, dataset, config_files, config_dict, out: Path, device, saved, resume, work: Path) -> dict:
+def _run(model, dataset, config_files, config_dict, out: Path, device, saved, resume, work: Path,
+         epoch_hook=None) -> dict:
     """:func:`run` in ``work``: the run folder ``out`` itself, or a DDP rank's scratch folder."""
 
 
@@ -297,6 +302,8 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
             trainer.batch_loss = functools.partial(window_loss, net)
         trainer.saved_model_file = str(Path(config["checkpoint_dir"]) / f"{config['model']}-best.pth")
         trainer.dataset_fingerprint = fingerprint
+        if epoch_hook is not None:
+            trainer.epoch_hooks.append(epoch_hook)
         if resume is not None:
             if writer:
                 _carry_best_checkpoint(resume, trainer.saved_model_file, logger)

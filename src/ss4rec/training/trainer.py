@@ -18,6 +18,10 @@
   config, the failing batch's ids, loss / LR / grad-norm history) in the checkpoint folder.
 - **W&B**: :class:`ss4rec.training.wandb_logging.WandbRunLogger` replaces RecBole's logger, so a run
   makes exactly one ``wandb.init``; :meth:`close` calls ``wandb.finish``.
+- **epoch hooks** (:attr:`SS4RecTrainer.epoch_hooks`): called after every evaluated epoch with
+  ``(epoch_idx, valid_score, valid_result)``; a hook that returns a reason (a non-empty
+  string) ends training there, as early stopping would (e.g. a tuner pruning a trial). The
+  trainer knows nothing of who listens.
 
     >>> trainer = SS4RecTrainer(config, model)  # doctest: +SKIP
     >>> trainer.resume_checkpoint("runs/demo/checkpoints/SS4Rec-last.pth")  # doctest: +SKIP
@@ -53,6 +57,10 @@ from ss4rec.training.runfolder import working_dir, write_json_atomic
 from ss4rec.training.wandb_logging import WandbRunLogger
 
 STEP_LOG_LENGTH = 1000  # optimiser steps of loss / LR / grad-norm history kept for debug bundles
+
+
+class _StopRequested(Exception):
+    """An epoch hook asked to end training after this epoch (see SS4RecTrainer.epoch_hooks)."""
 
 
 def _grad_scaler(enabled: bool):
@@ -143,6 +151,11 @@ class SS4RecTrainer(Trainer):
         self.dataset_fingerprint: dict | None = None  # set by the pipeline; saved in checkpoints
         self.earlier_train_seconds = 0.0  # training time of the legs before a resume
         self.history: list[dict] = []  # per epoch: train loss, valid metrics (every leg)
+        # After every evaluated epoch: hook(epoch_idx, valid_score, valid_result) -> a reason to
+        # stop training now (a non-empty string), or None. Under DDP every rank calls its hooks,
+        # which must then decide alike.
+        self.epoch_hooks: list = []
+        self.stopped_by: dict | None = None  # {"epoch", "reason"} when a hook ended training
         self.fit_started: float | None = None  # time.time() when this leg's fit began (_prepare_fit)
         self.last_checkpoint_file = os.path.join(self.checkpoint_dir, f"{config['model']}-last.pth")
         # The loss of one training batch: the model's calculate_loss, or (train_mode:
@@ -171,10 +184,18 @@ class SS4RecTrainer(Trainer):
                 self._save_last(epoch_idx)
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)
+            for hook in self.epoch_hooks:
+                reason = hook(epoch_idx, valid_score, self._latest_valid_result)
+                if reason:
+                    self.stopped_by = {"epoch": epoch_idx, "reason": str(reason)}
+                    self.logger.info(f"epoch {epoch_idx}: training stopped ({reason})")
+                    raise _StopRequested
 
         try:
             return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
                                show_progress=show_progress, callback_fn=after_evaluation)
+        except _StopRequested:  # as early stopping: the best epoch so far is the run's result
+            return self.best_valid_score, self.best_valid_result
         except TrainingGuardError as err:
             self._record_guard_stop(err)
             raise
@@ -514,6 +535,7 @@ class SS4RecTrainer(Trainer):
             "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule else None,
             "lr_last_steps": lrs[-3:],
             "last_checkpoint": self.last_checkpoint_file if os.path.exists(self.last_checkpoint_file) else None,
+            "stopped_by": self.stopped_by,
         }
 
     @torch.no_grad()
