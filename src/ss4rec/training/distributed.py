@@ -152,14 +152,20 @@ def _timeout_seconds(value) -> float:
 
 
 class DistributedConfig(Config):
-    """RecBole's ``Config`` with a device step that also runs on CPU and under torchrun.
+    """RecBole's ``Config`` with a device step that also runs on CPU and under torchrun, and
+    that leaves ``CUDA_VISIBLE_DEVICES`` alone.
 
-    In a single process (no launcher environment) it is RecBole's ``Config`` unchanged.
+    RecBole's own step writes ``gpu_id`` into ``CUDA_VISIBLE_DEVICES`` and then makes the
+    process's first CUDA call; the driver reads the variable once, at that call, so a user's
+    ``CUDA_VISIBLE_DEVICES=2`` would train on GPU 0. Here the variable is never written:
+    ``gpu_id`` picks a GPU among the visible ones (``cuda:gpu_id``; RecBole's default ``0``
+    is the first visible GPU, the one ``CUDA_VISIBLE_DEVICES`` names first), ``gpu_id: ''``
+    or ``use_gpu: false`` train on the CPU.
     """
 
     def _init_device(self):
         if not is_distributed():
-            return super()._init_device()
+            return self._init_single_device()
 
         cfg = self.final_config_dict
         local_rank = _env_int("LOCAL_RANK", 0)
@@ -186,6 +192,29 @@ class DistributedConfig(Config):
         if rank() != 0:
             cfg["show_progress"] = False
             cfg["verbose"] = False
+
+
+    def _init_single_device(self):
+        cfg = self.final_config_dict
+        gpu_id = cfg.get("gpu_id")
+        gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id or "")
+        cfg["gpu_id"] = gpu_id
+        cfg["single_spec"] = True
+        cfg["local_rank"] = 0
+        first = gpu_id.split(",")[0].strip()
+        if cfg.get("use_gpu", True) is False or not first or not torch.cuda.is_available():
+            cfg["device"] = torch.device("cpu")
+            return
+        visible = torch.cuda.device_count()
+        if not first.isdigit() or int(first) >= visible:
+            shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise ConfigError(
+                f"gpu_id={gpu_id!r}: torch sees {visible} GPU(s) here (CUDA_VISIBLE_DEVICES="
+                f"{shown!r}), numbered 0..{visible - 1}; gpu_id picks among those. Choose the GPU with "
+                "CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=2) and leave gpu_id at 0")
+        device = torch.device("cuda", int(first))
+        torch.cuda.set_device(device)  # code that uses "the current GPU" uses this one
+        cfg["device"] = device
 
 
 def is_writer(config=None) -> bool:

@@ -204,7 +204,7 @@ class SS4RecTrainer(Trainer):
                 )
         if self._pending_resume is not None:
             if self._pending_resume["rng"] is not None:
-                set_rng_state(self._pending_resume["rng"])
+                set_rng_state(self._pending_resume["rng"], self.device)
             generator_state = self._pending_resume["generator"]
             if generator_state is not None and getattr(train_data, "generator", None) is not None:
                 train_data.generator.set_state(generator_state)  # RecBole shuffles with its own generator
@@ -351,7 +351,7 @@ class SS4RecTrainer(Trainer):
                           "step": self.optim_step} if self.lr_schedule else None,
             "grad_accum_steps": self.grad_accum_steps,
             "guards": self.guards.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "rng_ranks": rng_ranks,  # under DDP: every rank's generators, by rank (else None)
             "dataloader_generator": generator.get_state() if generator is not None else None,
             "history": to_plain(self.history),
@@ -363,7 +363,7 @@ class SS4RecTrainer(Trainer):
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         # Every rank gets here at the same points (RecBole's fit and ours call it on all ranks):
         # collect their random generators, so a resumed DDP run continues each rank's streams.
-        rng_ranks = None if self.config["single_spec"] else distributed.all_gather_objects(rng_state())
+        rng_ranks = None if self.config["single_spec"] else distributed.all_gather_objects(rng_state(self.device))
         if not self.writer:
             return
         path = kwargs.pop("saved_model_file", self.saved_model_file)
