@@ -14,6 +14,6 @@ models, training or anything above).
 """
 
 from ss4rec.ssm.mamba import Mamba, mamba_kernels_available
-from ss4rec.ssm.s5 import S5, raise_deferred_errors
+from ss4rec.ssm.s5 import S5
 
-__all__ = ["S5", "Mamba", "mamba_kernels_available", "raise_deferred_errors"]
+__all__ = ["S5", "Mamba", "mamba_kernels_available"]
