@@ -19,6 +19,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from recbole.data.interaction import Interaction
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -208,3 +209,73 @@ def test_every_cuda_call_sees_the_users_cuda_visible_devices(tmp_path, monkeypat
     assert cuda_calls, "the run made no torch.cuda call: nothing was checked"
     assert {seen for _, seen in cuda_calls} == {visible}, cuda_calls[:5]
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == visible
+
+
+# ---- DDP: S5's complex gradients are averaged over ranks as real numbers ----
+
+def _tiny_ss4rec():
+    config, model_class = build_config("SS4Rec", "ml-100k", ["tiny"], {**TINY_SS4REC, "mamba_backend": "torch"},
+                                       device="cpu")
+    train, _, _ = prepare_data(config, create_dataset(config))
+    torch.manual_seed(0)
+    net = model_class(config, train._dataset).eval()  # no dropout: the ranks' maths is exact
+    return net, next(iter(train))
+
+
+def _halves(batch: dict) -> list:
+    half = len(next(iter(batch.values()))) // 2
+    return [Interaction({k: v[:half] for k, v in batch.items()}),
+            Interaction({k: v[half:2 * half] for k, v in batch.items()})]
+
+
+def _rank_gradients(rank: int, world: int, port: int, folder: str) -> None:
+    """One DDP rank: gloo group, the model wrapped as the trainer wraps it, one backward on this
+    rank's half of the batch, complex gradients averaged; its gradients saved in ``folder``.
+    Weights and batch come from the test process (``start.pt``)."""
+    import torch.distributed as dist
+
+    from ss4rec.training import distributed
+
+    torch.set_num_threads(1)
+    os.environ.update(distributed.rank_environment(world, rank, "127.0.0.1", port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        net, _ = _tiny_ss4rec()
+        start = torch.load(os.path.join(folder, "start.pt"), weights_only=True)
+        net.load_state_dict(start["weights"])
+        if rank == 1:  # a different start on rank 1: the wrap must give it rank 0's weights
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(1.0)
+        ddp = distributed.wrap_model(net, torch.device("cpu"))
+        forward, net.forward = net.forward, (lambda x: x)
+        ddp(torch.zeros(1, dtype=torch.long))  # what the trainer's set_reduce_hook does
+        net.forward = forward
+        sync = sum(torch.view_as_real(p).sum() * 0 if p.is_complex() else p.sum() * 0 for p in net.parameters())
+        (net.calculate_loss(_halves(start["batch"])[rank]) + sync).backward()
+        distributed.average_complex_gradients(net)
+        torch.save({n: p.grad for n, p in net.named_parameters()}, os.path.join(folder, f"rank-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_averages_complex_gradients_exactly_as_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    from ss4rec.training.distributed import free_port
+
+    net, batch = _tiny_ss4rec()
+    batch = dict(batch.interaction)
+    torch.save({"weights": net.state_dict(), "batch": batch}, tmp_path / "start.pt")
+    mp.spawn(_rank_gradients, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    expected = {}
+    for half in _halves(batch):
+        net.zero_grad()
+        net.calculate_loss(half).backward()
+        for name, p in net.named_parameters():
+            expected[name] = expected.get(name, 0) + p.grad / 2
+    assert any(g.is_complex() for g in expected.values())
+    for rank in (0, 1):
+        grads = torch.load(tmp_path / f"rank-{rank}.pt", weights_only=True)
+        for name, grad in grads.items():
+            assert torch.allclose(grad, expected[name], rtol=1e-4, atol=1e-7), (rank, name)

@@ -224,14 +224,55 @@ def is_writer(config=None) -> bool:
     return rank() == 0
 
 
+# Complex parameters (S5's Lambda and C) are kept out of DDP and summed here through their
+# real views (torch.view_as_real: the same memory), on every torch and backend:
+# - NCCL has no complex type (NVIDIA/nccl#539); torch's Python collectives view complex
+#   tensors as real since torch 1.8 (pytorch/pytorch#45879), but DDP calls the process group
+#   from C++: its initial broadcast and gradient all-reduce failed with "Input tensor data type
+#   is not supported for NCCL process group: ComplexFloat" (pytorch/pytorch#71613, the
+#   complex-buffer failure in karpathy/llama2.c#37 on torch 2.0) until the C++ path learnt
+#   the same trick (pytorch/pytorch#121045, March 2024);
+# - with that in place, DDP was still reported to drop the imaginary part of complex
+#   gradients on GPUs (pytorch/pytorch#158753, open since July 2025).
+# So no torch floor is needed for DDP on GPUs, and no DDP code path touches a complex tensor.
+
+
+def complex_parameter_names(model) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.is_complex()]
+
+
 def wrap_model(model, device):
     """``model`` in DistributedDataParallel: its parameters start as rank 0's, and its
-    gradients are averaged over all ranks during backward (RecBole's trainer drives it)."""
+    gradients are averaged over all ranks (during backward; complex ones by
+    :func:`average_complex_gradients`, which the trainer calls before each optimiser step)."""
 
+    complex_names = complex_parameter_names(model)
+    if complex_names:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, complex_names)
+        for name, param in model.named_parameters():
+            if param.is_complex():
+                dist.broadcast(torch.view_as_real(param.data), src=0)  # rank 0's, as DDP does
     if device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # as RecBole does
         return DistributedDataParallel(model, device_ids=[device.index])
     return DistributedDataParallel(model)  # CPU: no device_ids
+
+
+def average_complex_gradients(model) -> None:
+    """Average the complex parameters' gradients over all ranks, as real numbers (one
+    all-reduce of their real views, left on the device)."""
+
+    grads = [p.grad for p in model.parameters() if p.is_complex() and p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([torch.view_as_real(g).reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    at = 0
+    for grad in grads:
+        real = torch.view_as_real(grad)
+        real.copy_(flat[at:at + real.numel()].view_as(real))
+        at += real.numel()
 
 
 def broadcast_from_rank0(obj):

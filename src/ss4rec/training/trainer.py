@@ -317,6 +317,8 @@ class SS4RecTrainer(Trainer):
         return total_loss
 
     def _optimizer_step(self, step_loss: torch.Tensor) -> None:
+        if not self.config["single_spec"]:
+            distributed.average_complex_gradients(self.model)  # outside DDP (see distributed.py)
         scaled = self._scaler.is_enabled()
         if scaled:
             self._scaler.unscale_(self.optimizer)  # norms and clipping on true gradient values
@@ -628,6 +630,16 @@ class SS4RecTrainer(Trainer):
         result = self._evaluate_here(eval_data, load_best_model, model_file, show_progress) \
             if self.writer else None
         return distributed.broadcast_from_rank0(result)
+
+    def set_reduce_hook(self):
+        # RecBole's, without its per-batch host-to-device copy (a wait on GPUs): DDP's forward
+        # on a dummy batch made on the device prepares its gradient all-reduce for backward.
+        forward = self.model.forward
+        self.model.forward = lambda x: x
+        try:
+            self.distributed_model(torch.zeros(1, dtype=torch.long, device=self.device))
+        finally:
+            self.model.forward = forward
 
     def sync_grad_loss(self):
         # RecBole's sum(param) * 0, which ties every parameter to the loss so DDP all-reduces
