@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from recbole.data.interaction import Interaction
 from recbole.trainer import Trainer
 from torch.nn.utils.clip_grad import clip_grad_norm_
 
@@ -263,7 +264,7 @@ class SS4RecTrainer(Trainer):
         group_loss, group_size = None, 0
         self.optimizer.zero_grad()
         for batch_idx, interaction in enumerate(train_data):
-            interaction = interaction.to(self.device)
+            interaction = self._to_device(interaction)
             self._batch = interaction
             self._where = f"epoch {epoch_idx}, batch {batch_idx} (optimiser step {self.optim_step})"
             sync_loss = 0
@@ -395,6 +396,14 @@ class SS4RecTrainer(Trainer):
             return "?"
         finite = torch.isfinite(record.norms).tolist()
         return next((name for name, ok in zip(record.names, finite) if not ok), "?")
+
+    def _to_device(self, interaction):
+        """The batch on the training device. To a GPU through pinned memory, asynchronously: a
+        copy from ordinary (pageable) memory would wait for all queued GPU work first."""
+        if torch.device(self.device).type != "cuda":
+            return interaction.to(self.device)
+        return Interaction({k: v.pin_memory().to(self.device, non_blocking=True)
+                            for k, v in interaction.interaction.items()})
 
     def _ids_of(self, interaction) -> dict:
         """The user and item id tensors of a batch (kept, not copied, until its read-back)."""
