@@ -307,11 +307,12 @@ def test_positive_real_lambda_is_clamped_and_stays_finite():
 # ---------------------------------------------------------------- precision and input checks
 
 
-def test_bf16_autocast_keeps_the_scan_in_fp32():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_autocast_keeps_the_scan_in_fp32(dtype):
     ours, _ = make_pair(seed=6)
-    x, gaps = torch.randn(2, 20, WIDTH).bfloat16(), random_gaps(2, 20)
+    x, gaps = torch.randn(2, 20, WIDTH).to(dtype), random_gaps(2, 20)
     with torch.no_grad():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
             mixed = ours(x, gaps)
         full = ours(x.float(), gaps)
     assert mixed.dtype == torch.float32
