@@ -95,6 +95,24 @@ def test_inf_gradient_names_epoch_batch_and_first_bad_parameter(tmp_path):
     assert "GRU4Rec-lastgood.pth" in message and "GRU4Rec-guard-debug.json" in message
 
 
+def test_guards_reading_back_every_few_batches_still_name_the_failing_batch(tmp_path):
+    # What a GPU run does (guard_check_batches ~ = 100 there): losses and gradient norms stay on
+    # the device and are read back every 4 batches here. The run stops at the read-back after
+    # batch 3 (batch 4), naming batch 3, with batch 3's ids; the step at batch 3 already ran.
+    with pytest.raises(TrainingGuardError, match=r"non-finite training loss \(nan\) at epoch 0, batch 3 ") as err:
+        train(tmp_path, model=nan_loss_model(at_batch=3), guard_check_batches=4)
+    folder = tmp_path / "run" / "checkpoints"
+    bundle = json.loads((folder / "GRU4Rec-guard-debug.json").read_text())
+    assert bundle["where"].startswith("epoch 0, batch 3")
+    assert len(bundle["batch_ids"]["user_id"]) == 256
+    assert [r["step"] for r in bundle["step_history"]] == [0, 1, 2]  # the good steps before it
+    assert bundle["weights_finite"] is False and "lastgood" not in str(err.value)  # NaN step ran
+    with pytest.raises(TrainingGuardError) as err:
+        train(tmp_path / "grad", model=inf_grad_model(at_batch=2), guard_check_batches=4)
+    assert "non-finite gradient" in str(err.value) and "epoch 0, batch 2" in str(err.value)
+    assert "first parameter with a non-finite gradient: dense.weight" in str(err.value)
+
+
 def test_lr_schedule_ending_before_training_is_caught(tmp_path):
     # 11 batches, accumulation 2 -> 6 optimiser steps per epoch, 12 in 2 epochs. A schedule
     # sized for 6 steps (e.g. counted for one epoch, or in the wrong unit) hits LR 0 at step 5.

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from recbole.model.sequential_recommender.gru4rec import GRU4Rec as RecBoleGRU4Rec
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 from conftest import TINY_SS4REC
 from ss4rec.cli import main as cli_main
 from ss4rec.config.files import _recbole_dir
+from ss4rec.models.ss4rec import SS4Rec as OurSS4Rec
 from ss4rec.pipeline.preflight import FAIL, PASS, SECTIONS, SKIP, preflight
 
 BUNDLED_INTER = _recbole_dir() / "dataset_example" / "ml-100k" / "ml-100k.inter"
@@ -27,6 +29,20 @@ class SASRec(RecBoleSASRec):
 
     def calculate_loss(self, interaction):
         return super().calculate_loss(interaction) * float("nan")
+
+
+class SS4Rec(OurSS4Rec):
+    """SS4Rec whose loss is 1e-12 times too small: its gradients underflow in fp16."""
+
+    def calculate_loss(self, interaction):
+        return super().calculate_loss(interaction) * 1e-12
+
+
+class GRU4Rec(RecBoleGRU4Rec):
+    """RecBole's GRU4Rec whose loss does not depend on its parameters: every gradient is 0."""
+
+    def calculate_loss(self, interaction):
+        return super().calculate_loss(interaction) * 0.0
 
 
 def statuses(report) -> dict:
@@ -166,3 +182,29 @@ def test_host_memory_is_estimated_before_loading_and_fails_beyond_the_machine():
     _check_host_memory(huge, rows=10**13)
     assert not huge.ok
     assert "host RAM" in huge.first_failure and "filter the data harder" in huge.first_failure
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_runs_one_real_batch_and_keeps_fp32s_gradients(precision):
+    report = preflight("SS4Rec", "ml-100k", ["tiny"], {**TINY_SS4REC, "precision": precision}, device="cpu")
+    assert report.ok, report.table()
+    assert detail(report, "model", "precision").startswith(f"{precision} (set by precision)")
+    assert f"{precision}, every gradient entry fp32 has is there" in detail(report, "model", "backward")
+    saved = report.to_dict()
+    assert saved["precision"]["precision"] == precision
+    assert saved["precision"]["loss_scaling"] == (precision == "fp16")
+    assert saved["device_facts"]["device"] == "cpu" and saved["device_facts"]["type"] == "cpu"
+
+
+def test_gradients_lost_to_fp16_fail():
+    report = preflight(SS4Rec, "ml-100k", ["tiny"], {**TINY_SS4REC, "precision": "fp16"}, device="cpu")
+    assert statuses(report)[("model", "backward")] == FAIL
+    assert "fp16 turns gradient entries that fp32 has into exactly 0" in report.first_failure
+    assert "precision: bf16" in report.first_failure
+    assert statuses(report)[("estimate", "epoch time and memory")] == SKIP
+
+
+def test_all_zero_gradients_fail():
+    report = preflight(GRU4Rec, "ml-100k", ["tiny"], {}, device="cpu")
+    assert statuses(report)[("model", "backward")] == FAIL
+    assert "every gradient is 0 (fp32)" in report.first_failure

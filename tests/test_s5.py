@@ -6,7 +6,15 @@ import pytest
 import s5 as s5_pytorch
 import torch
 
-from ss4rec.ssm.s5 import LAMBDA_REAL_MAX, S5, s5_scan, s5_scan_reference, zoh_decay, zoh_scan
+from ss4rec.ssm.s5 import (
+    LAMBDA_REAL_MAX,
+    S5,
+    raise_deferred_errors,
+    s5_scan,
+    s5_scan_reference,
+    zoh_decay,
+    zoh_scan,
+)
 
 # Largest allowed relative error max|ours - oracle| / max|oracle|, per comparison.
 TOLERANCE = {
@@ -299,11 +307,12 @@ def test_positive_real_lambda_is_clamped_and_stays_finite():
 # ---------------------------------------------------------------- precision and input checks
 
 
-def test_bf16_autocast_keeps_the_scan_in_fp32():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_autocast_keeps_the_scan_in_fp32(dtype):
     ours, _ = make_pair(seed=6)
-    x, gaps = torch.randn(2, 20, WIDTH).bfloat16(), random_gaps(2, 20)
+    x, gaps = torch.randn(2, 20, WIDTH).to(dtype), random_gaps(2, 20)
     with torch.no_grad():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
             mixed = ours(x, gaps)
         full = ours(x.float(), gaps)
     assert mixed.dtype == torch.float32
@@ -345,3 +354,18 @@ def test_bad_signal_and_unsupported_options_are_rejected():
     for option in [{"bidir": True}, {"liquid": True}, {"block_count": 2}, {"degree": 2}, {"factor_rank": 4}]:
         with pytest.raises(ValueError, match="not supported"):
             S5(WIDTH, STATE, **option)
+
+
+def test_bad_step_scale_check_can_wait_for_the_next_read_back():
+    # On a GPU the check is deferred (no host-device sync per call): the bad values are counted
+    # on the device and raise_deferred_errors raises the same error at the next read-back.
+    ours, _ = make_pair()
+    ours.defer_step_checks = True  # what the GPU path does, here on the CPU
+    model = torch.nn.Sequential(ours)
+    ours(torch.randn(1, 3, WIDTH), torch.tensor([[1.0, -1.0, 2.0]]))  # no error yet
+    ours(torch.randn(1, 3, WIDTH), torch.tensor([[1.0, float("nan"), 2.0]]))
+    with pytest.raises(ValueError, match=r"finite and >= 0 .*found e.g. 2 values"):
+        raise_deferred_errors(model)
+    raise_deferred_errors(model)  # counted once: nothing left to report
+    ours(torch.randn(1, 3, WIDTH), torch.ones(1, 3))
+    raise_deferred_errors(model)  # good values: nothing to report

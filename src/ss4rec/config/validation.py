@@ -41,6 +41,7 @@ DATA_FILE = PROPERTIES_DIR / "data.yaml"
 DATA_DEFAULTS: dict = _defaults(DATA_FILE)
 TRAIN_MODES = ("prefix", "sequence")  # ss4rec.data.modes
 SCHEDULERS = ("none", "linear", "cosine")  # ss4rec.training.guards.LRSchedule
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # ss4rec.training.precision
 
 # Keys our own code reads (trainer guards and schedule, training mode, DDP's collective
 # timeout: ss4rec.training.distributed).
@@ -133,6 +134,7 @@ RULES: dict[str, Rule] = {
     "guard_frozen_metrics_evals": _int(2), "progress_interval": _float(0),
     **{k: Rule("bool") for k, v in GUARD_DEFAULTS.items() if isinstance(v, bool)},
     "train_mode": Rule("choice", choices=TRAIN_MODES),
+    "precision": Rule("choice", choices=PRECISIONS), "guard_check_batches": _int(1, optional=True),
     "ddp_timeout": _float(0, low_open=True, optional=True),
 }
 

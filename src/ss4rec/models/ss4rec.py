@@ -108,8 +108,28 @@ class SSBlock(nn.Module):
             step = 1.0 if self.model_type == "ignore-time" else dt
             x = self.LayerNorm(x + self.dropout(self.S5(x, step)))
         if self.model_type != "S5-only":
-            x = self.LayerNorm(x + self.dropout(self.S6(x)))
+            x = self.LayerNorm(x + self.dropout(self._mamba(x)))
         return x
+
+    def _mamba(self, x: torch.Tensor) -> torch.Tensor:
+        # Under fp16 autocast Mamba runs in fp32: its time-step path's gradients (dt_proj's
+        # ~1e-14 at init) lie below fp16's smallest number even with loss scaling, so they
+        # would be exactly 0. bf16 (fp32's range) keeps them: Mamba autocasts there.
+        if _autocast_dtype(x.device.type) == torch.float16:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return self.S6(x.float())
+        return self.S6(x)
+
+
+def _autocast_dtype(device_type: str):
+    """The dtype autocast casts to on ``device_type`` now, or None when autocast is off."""
+    if device_type not in ("cpu", "cuda"):
+        return None
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if device_type == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 class SS4Rec(TiedItemScoring, SequentialRecommender):

@@ -61,6 +61,8 @@ from ss4rec.pipeline.envinfo import environment_info
 from ss4rec.pipeline.settings import build_config
 from ss4rec.ssm.mamba import GPU_INSTALL_HINT, mamba_kernels_available
 from ss4rec.training.guards import baseline_loss, guard_settings
+from ss4rec.training.devices import device_facts
+from ss4rec.training.precision import autocast, loss_scaler, resolve_precision
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 SECTIONS = ("environment", "config", "data", "model", "optimiser", "estimate")
@@ -68,6 +70,10 @@ KNOWN_LEARNERS = ("adam", "sgd", "adagrad", "rmsprop", "sparse_adam", "adamw")
 # CE loss at init counts as "near ln(n_items)" within this relative distance.
 INIT_LOSS_TOLERANCE = 0.25
 TIMED_BATCHES = 2
+# bf16/fp16: a parameter fails when more than this share of the gradient entries fp32 gives
+# it are exactly 0 in the lower precision (fp16 unscaled at SS4Rec's init: all of dt_proj's).
+ZERO_GRAD_TOLERANCE = 0.01
+FP16_BACKOFFS = 8  # fp16: halvings of the loss scale tried before an overflow counts as a FAIL
 
 
 @dataclass
@@ -90,6 +96,8 @@ class PreflightReport:
     checks: list[Check] = field(default_factory=list)
     environment: dict = field(default_factory=dict)
     estimate: dict = field(default_factory=dict)
+    precision: dict = field(default_factory=dict)  # what training would run in (model check)
+    device_facts: dict = field(default_factory=dict)  # the device the run would use
 
     def add(self, section: str, name: str, status: str, detail: str) -> Check:
         check = Check(section, name, status, " ".join(str(detail).split()))
@@ -128,6 +136,7 @@ class PreflightReport:
         return {"ok": self.ok, "model": self.model, "dataset": self.dataset, "device": self.device,
                 "first_failure": self.first_failure, "counts": self.counts(),
                 "checks": [asdict(c) for c in self.checks], "estimate": self.estimate,
+                "precision": self.precision, "device_facts": self.device_facts,
                 "environment": self.environment}
 
 
@@ -149,6 +158,7 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
     if config is None:
         _skip_rest(report, "the config could not be built")
         return report
+    report.device_facts = device_facts(config["device"])
     _fast_checks(report, config, dataset, processes=processes)
     # Loading the data and running the model are the slow checks: only for a run that
     # can still go ahead (every failure so far is reported; fix those first).
@@ -578,16 +588,25 @@ def _check_model_and_estimate(report, config, model_class, data, train_data, val
     n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
     report.add("model", "build", PASS, f"{config['model']}: {n_params:,} trainable parameters on {device}")
 
+    try:
+        precision = resolve_precision(config, device)
+    except ConfigError as exc:
+        report.add("model", "precision", FAIL, str(exc))
+        _skip_rest(report, "the precision cannot run here")
+        return
+    report.precision = precision.to_dict()
+    report.add("model", "precision", PASS, f"{precision.precision} ({precision.why})")
+
     batches = iter(train_data)
     batch = next(batches).to(device)
     net.train()
+    initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
     try:
-        loss = _loss_of(net, batch)
+        value, grads = _one_backward(net, batch, precision.precision, device)
     except Exception as exc:
         report.add("model", "forward", FAIL, f"one real batch fails: {type(exc).__name__}: {exc}")
         _skip_rest(report, "the model check failed")
         return
-    value = float(loss.detach())
     if not math.isfinite(value):
         report.add("model", "forward", FAIL,
                    f"loss is {value} on the first real batch ({len(batch)} rows): check the data "
@@ -595,7 +614,8 @@ def _check_model_and_estimate(report, config, model_class, data, train_data, val
         report.add("model", "backward", SKIP, "not run: the loss is not finite")
         _skip_rest(report, "the model check failed")
         return
-    report.add("model", "forward", PASS, f"loss {value:.4f} on the first batch ({len(batch)} rows)")
+    report.add("model", "forward", PASS,
+               f"loss {value:.4f} on the first batch ({len(batch)} rows, {precision.precision})")
     baseline = baseline_loss(config["loss_type"], getattr(net, "n_items", None))
     if str(config["loss_type"]).upper() == "CE" and baseline:
         off = abs(value / baseline - 1)
@@ -603,19 +623,73 @@ def _check_model_and_estimate(report, config, model_class, data, train_data, val
                    f"{value:.3f} vs ln(n_items) = {baseline:.3f} ({off:.0%} off; tolerance "
                    f"{INIT_LOSS_TOLERANCE:.0%})" + ("" if off <= INIT_LOSS_TOLERANCE else
                                                     ": large init scores, check the init"))
-    loss.backward()
-    grads = [p.grad for p in net.parameters() if p.grad is not None]
-    bad = [name for name, p in net.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    if bad:
-        report.add("model", "backward", FAIL, f"non-finite gradient, first in {bad[0]} ({len(bad)} tensors)")
+    if not _check_gradients(report, net, batch, grads, precision.precision, device, initial):
         _skip_rest(report, "the model check failed")
         return
-    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
-    if not grads or norm == 0.0:
-        report.add("model", "backward", WARN, "gradient norm is 0: nothing would change in training")
-    else:
-        report.add("model", "backward", PASS, f"gradient norm {norm:.4g} over {len(grads)} tensors")
-    _estimate(report, config, net, train_data, batches, timed_batches)
+    _estimate(report, config, net, train_data, batches, timed_batches, precision.precision)
+
+
+def _one_backward(net, batch, precision: str, device, seed: int = 0) -> tuple[float, dict]:
+    """(loss, {name: true gradient}) of one batch in ``precision``, as the trainer computes it:
+    autocast, and for fp16 a loss scaler (backing off from an inf/NaN like a training step).
+    Dropout draws from ``seed``, so passes in two precisions see the same masks."""
+    scaler = loss_scaler(precision, device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # unscale_ needs one; never steps
+    for _ in range(FP16_BACKOFFS if scaler.is_enabled() else 1):
+        net.zero_grad()
+        with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+            torch.manual_seed(seed)
+            with autocast(precision, device):
+                loss = _loss_of(net, batch)
+            scaler.scale(loss).backward()
+        if not scaler.is_enabled():
+            break
+        scaler.unscale_(optimizer)
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        if all(bool(torch.isfinite(g).all()) for g in grads):
+            break
+        scaler.update(scaler.get_scale() / 2)  # what a training step does after an overflow
+    return float(loss.detach()), {n: p.grad.detach().clone() for n, p in net.named_parameters()
+                                  if p.grad is not None}
+
+
+def _check_gradients(report, net, batch, grads: dict, precision: str, device, initial: dict) -> bool:
+    """FAIL on a non-finite or all-zero gradient, and (bf16/fp16) on gradient entries that the
+    lower precision turns to exactly 0 where fp32 has them (underflow: silently no learning)."""
+    bad = [name for name, g in grads.items() if not bool(torch.isfinite(g).all())]
+    if bad:
+        report.add("model", "backward", FAIL,
+                   f"non-finite gradient, first in {bad[0]} ({len(bad)} tensors, {precision})")
+        return False
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))) \
+        if grads else 0.0
+    if precision != "fp32":
+        net.load_state_dict(initial)
+        _, reference = _one_backward(net, batch, "fp32", device)
+        net.load_state_dict(initial)
+        lost = []
+        for name, grad in grads.items():
+            if name not in reference:
+                continue
+            has = reference[name] != 0
+            zeroed = int((has & (grad == 0)).sum())
+            if zeroed > ZERO_GRAD_TOLERANCE * max(int(has.sum()), 1):
+                lost.append(f"{name} {zeroed}/{int(has.sum())}")
+        if lost:
+            report.add("model", "backward", FAIL,
+                       f"{precision} turns gradient entries that fp32 has into exactly 0 ({'; '.join(lost[:3])}"
+                       f"{'; ...' if len(lost) > 3 else ''}): they would not learn. Use "
+                       + ("precision: bf16 (fp32's range) or fp32" if precision == "fp16" else "precision: fp32"))
+            return False
+    if norm == 0.0:
+        report.add("model", "backward", FAIL,
+                   f"every gradient is 0 ({precision}): nothing would change in training; check that "
+                   "parameters require grad and that the loss depends on them")
+        return False
+    report.add("model", "backward", PASS,
+               f"gradient norm {norm:.4g} over {len(grads)} tensors ({precision}"
+               + (", every gradient entry fp32 has is there)" if precision != "fp32" else ")"))
+    return True
 
 
 def _peak_memory_mb(device) -> tuple[float, str]:
@@ -627,8 +701,9 @@ def _peak_memory_mb(device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, "peak process RSS"
 
 
-def _estimate(report, config, net, train_data, batches, timed_batches: int) -> None:
-    """Time a few optimiser steps: seconds per epoch and memory (lower bound: no evaluation)."""
+def _estimate(report, config, net, train_data, batches, timed_batches: int, precision: str = "fp32") -> None:
+    """Time a few optimiser steps in ``precision``: seconds per epoch and memory (lower bound:
+    no evaluation)."""
 
     lr = config["learning_rate"]
     if not isinstance(lr, (int, float)) or lr <= 0:
@@ -636,6 +711,7 @@ def _estimate(report, config, net, train_data, batches, timed_batches: int) -> N
         return
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     device = config["device"]
+    scaler = loss_scaler(precision, device)
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -646,8 +722,11 @@ def _estimate(report, config, net, train_data, batches, timed_batches: int) -> N
             break
         start = time.perf_counter()
         optimizer.zero_grad()
-        _loss_of(net, batch).backward()
-        optimizer.step()
+        with autocast(precision, device):
+            loss = _loss_of(net, batch)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if str(device).startswith("cuda"):
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)

@@ -51,6 +51,7 @@ from ss4rec.training.checkpoint import (
     load_checkpoint,
 )
 from ss4rec.training.curves import plot_curves
+from ss4rec.training.devices import device_facts, peak_gpu_memory_mb
 from ss4rec.training.runfolder import RunLock, working_dir, write_json_atomic
 from ss4rec.training.trainer import SS4RecTrainer
 
@@ -322,9 +323,11 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
         finally:  # W&B: test metrics, then wandb.finish (also after a crash)
             trainer.close(test_result=None if failed else test, failed=failed)
         epochs_run = trainer.epochs_trained()  # every leg, when resumed
-        # Every rank holds the whole dataset: record each one's host-memory peak (GB, Linux).
+        # Every rank holds the whole dataset: record each one's host-memory peak (GB, Linux),
+        # and on GPUs each one's peak GPU memory (MiB).
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        peak_rss_ranks = [peak_rss] if config["single_spec"] else distributed.all_gather_objects(peak_rss)
+        peak_gpu = peak_gpu_memory_mb(config["device"])
+        peaks = [(peak_rss, peak_gpu)] if config["single_spec"] else distributed.all_gather_objects((peak_rss, peak_gpu))
 
     result = {
         "model": config["model"],
@@ -336,19 +339,22 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(epochs_run, 1),
         "parameters": n_params,
-        "peak_host_memory_gb": [round(x, 3) for x in peak_rss_ranks],  # per process (DDP: by rank)
+        "peak_host_memory_gb": [round(rss, 3) for rss, _ in peaks],  # per process (DDP: by rank)
         "n_users": data.user_num,
         "n_items": data.item_num,
         "checkpoint": trainer.saved_model_file if saved else None,
         "run_dir": str(out),
         "device": str(config["device"]),
+        "device_facts": device_facts(config["device"]),  # GPU name, capability, bf16, CUDA_VISIBLE_DEVICES
+        "precision": trainer.precision.to_dict(),  # fp32 | bf16 | fp16, and why
         "config": config_to_plain(config),
         "versions": versions(),
         "training": trainer.training_summary(),  # epochs_ran (0-based), resumed_from, steps, LR
         "history": trainer.history,  # per epoch: train loss (mean per target), valid metrics
     }
-    if torch.cuda.is_available() and str(config["device"]).startswith("cuda"):
-        result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if peak_gpu is not None:  # the largest over the ranks, and each rank's
+        result["peak_gpu_memory_mb"] = max(gpu for _, gpu in peaks)
+        result["peak_gpu_memory_mb_by_rank"] = [round(gpu, 1) for _, gpu in peaks]
     if writer:  # one writer under DDP
         write_json_atomic(out / "results.json", result)
         plot_curves(trainer.history, out / "curves.png", title=f"{config['model']} on {dataset}")

@@ -11,7 +11,6 @@ and builds the ``Config`` blind to ``sys.argv``.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -168,14 +167,8 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
         merged["use_gpu"] = False
     check_train_mode(model_name, model_class, merged)
 
-    saved_cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
-    with _isolated_argv():
+    with _isolated_argv():  # its device step leaves CUDA_VISIBLE_DEVICES as the user set it
         config = DistributedConfig(model=model_class, dataset=dataset, config_dict=merged)
-    # RecBole's _init_device overwrites CUDA_VISIBLE_DEVICES with gpu_id: undo that.
-    if saved_cvd is None:
-        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = saved_cvd
     if device == "cpu" or not merged.get("use_gpu", True):
         config["device"] = torch.device("cpu")
     # RecBole forces ml-100k to its bundled copy whatever data_path says; honour ours.

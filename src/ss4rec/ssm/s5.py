@@ -26,10 +26,14 @@ Deliberate differences from s5-pytorch:
   s5-pytorch initialises ``Re(Λ) = -0.5``, so this changes nothing at init.
 * ``Λ̄`` is set to exactly 0 once ``Re(ΛΔ) < -UNDERFLOW_EXPONENT`` (``|Λ̄| < 5e-18``, below
   fp32 resolution; it keeps CPU arithmetic off the slow denormal path).
-* ``step_scale`` must be finite and ``>= 0`` (a negative gap means unsorted timestamps). The
-  check reads the values, which costs one host-device sync per call on GPU.
+* ``step_scale`` must be finite and ``>= 0`` (a negative gap means unsorted timestamps). On
+  the CPU a bad value raises ``ValueError`` at once. On a GPU, reading the values back would
+  stall the device at every call, so they are counted on the device instead and
+  :func:`raise_deferred_errors` raises the same error when the caller next reads results
+  back (the trainer does, at its periodic checks and at the end of each epoch).
 * Discretisation and scan always run in fp32/complex64 (fp64/complex128 for fp64 inputs),
-  with autocast disabled; the output is fp32 (fp64) whatever the input dtype.
+  with autocast disabled (bf16/fp16 mixed precision leaves them alone); the output is fp32
+  (fp64) whatever the input dtype.
 * Options SS4Rec does not use (``bidir``, ``liquid``, ``degree``, ``factor_rank``,
   ``block_count``, ``bcInit`` other than ``"dense"``) are rejected with a ``ValueError``.
 
@@ -48,6 +52,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -61,6 +66,7 @@ __all__ = [
     "S5",
     "S5StateSpace",
     "make_dplr_hippo",
+    "raise_deferred_errors",
     "s5_scan",
     "s5_scan_reference",
     "zoh_decay",
@@ -513,6 +519,10 @@ class S5(nn.Module):
         self.width = width
         self.state_width = state_width
         self.seq = S5StateSpace(width, state_width, dt_min, dt_max)
+        # Where bad step_scale values raise: None = at once on the CPU, deferred elsewhere
+        # (counted on the device until raise_deferred_errors); True/False force one way.
+        self.defer_step_checks: bool | None = None
+        self._bad_steps: torch.Tensor | None = None  # the deferred count
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         """Zero state ``[B P]`` complex64, for ``forward(..., state=...)``."""
@@ -532,7 +542,7 @@ class S5(nn.Module):
         batch, length, _ = signal.shape
         real_dtype = torch.float64 if signal.dtype == torch.float64 else torch.float32
         complex_dtype = torch.complex128 if real_dtype == torch.float64 else torch.complex64
-        with torch.autocast(device_type=signal.device.type, enabled=False):
+        with _autocast_off(signal.device.type):
             u = signal.to(real_dtype)  # [B L H]
             scale = self._step(step_scale, batch, length, u)  # [1 1 1], [B 1 1] or [B L 1]
             # zero-order hold: Λ̄ = exp(ΛΔ), B̄u = (Λ̄ - 1)/Λ ⊙ B̃u
@@ -552,9 +562,12 @@ class S5(nn.Module):
             return out, states[:, -1]
         return out
 
-    @staticmethod
-    def _step(step_scale, batch: int, length: int, u: torch.Tensor) -> torch.Tensor:
+    def _step(self, step_scale, batch: int, length: int, u: torch.Tensor) -> torch.Tensor:
         """``step_scale`` as a tensor broadcastable to ``[B L 1]``, checked finite and >= 0."""
+        if isinstance(step_scale, (int, float)) and not isinstance(step_scale, bool):
+            if not (math.isfinite(step_scale) and step_scale >= 0):
+                raise ValueError(_bad_step_message([step_scale]))
+            return u.new_full((1, 1, 1), float(step_scale))  # no host-to-device copy
         scale = torch.as_tensor(step_scale, dtype=u.dtype, device=u.device)
         if scale.dim() == 0:
             scale = scale.reshape(1, 1, 1)
@@ -568,10 +581,41 @@ class S5(nn.Module):
                 f"got shape {tuple(scale.shape)}"
             )
         # negative or non-finite gaps would make |exp(ΛΔ)| blow up (unsorted timestamps, NaNs)
-        if not bool(torch.all(torch.isfinite(scale) & (scale >= 0))):
-            bad = scale[~(torch.isfinite(scale) & (scale >= 0))].flatten()[:5].tolist()
-            raise ValueError(
-                f"S5.forward: step_scale must be finite and >= 0 (time gaps), found e.g. {bad}; "
-                "sort events by time and replace missing gaps by 0"
-            )
+        bad = ~(torch.isfinite(scale) & (scale >= 0))
+        defer = self.defer_step_checks
+        if not (scale.device.type != "cpu" if defer is None else defer):
+            if bool(bad.any()):
+                raise ValueError(_bad_step_message(scale[bad].flatten()[:5].tolist()))
+        else:  # counted on the device; raise_deferred_errors reads it (no sync per call)
+            count = bad.sum()
+            self._bad_steps = count if self._bad_steps is None else self._bad_steps + count
         return scale
+
+    def raise_deferred_error(self) -> None:
+        """Raise the ``ValueError`` for bad ``step_scale`` values counted on the device since the
+        last call (reads one number back from the device); nothing when there were none."""
+        count, self._bad_steps = self._bad_steps, None
+        if count is not None and int(count) > 0:
+            raise ValueError(_bad_step_message(f"{int(count)} values"))
+
+
+def _bad_step_message(found) -> str:
+    return (f"S5.forward: step_scale must be finite and >= 0 (time gaps), found e.g. {found}; "
+            "sort events by time and replace missing gaps by 0")
+
+
+def raise_deferred_errors(module: nn.Module) -> None:
+    """Raise the first error an :class:`S5` layer in ``module`` deferred on a GPU (see the
+    module docstring); call it where reading back from the device costs nothing extra."""
+    for layer in module.modules():
+        if isinstance(layer, S5):
+            layer.raise_deferred_error()
+
+
+def _autocast_off(device_type: str):
+    """Autocast disabled on ``device_type``; nothing to disable where autocast does not exist
+    (the ``meta`` device: models are checked there without data)."""
+    available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
+    if device_type in ("cpu", "cuda") or (available is not None and available(device_type)):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -3,6 +3,9 @@
 - :mod:`~ss4rec.training.trainer`: the epoch loop (guards, LR schedule, exact resume, W&B);
 - :mod:`~ss4rec.training.guards`: non-finite loss/grad, LR and plateau checks;
 - :mod:`~ss4rec.training.checkpoint`: plain-dict checkpoints, checksums, data fingerprints;
+- :mod:`~ss4rec.training.precision`: ``precision: auto | fp32 | bf16 | fp16`` (autocast, a loss
+  scaler for complex gradients);
+- :mod:`~ss4rec.training.devices`: the device's facts and peak memory for the results files;
 - :mod:`~ss4rec.training.runfolder`: one writer per run folder, atomic writes;
 - :mod:`~ss4rec.training.distributed`: DDP on CPU (gloo) and GPU (NCCL), ``--nproc``/torchrun;
 - :mod:`~ss4rec.training.threads`, :mod:`~ss4rec.training.progress`,

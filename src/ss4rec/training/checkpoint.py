@@ -149,9 +149,22 @@ def save_checkpoint(state: dict, path) -> Path:
     return path
 
 
+# Left on the CPU by ``map_location``: the random generators' states (torch and numpy take
+# them only from CPU tensors, wherever the run continues) and the optimiser's state, which
+# ``Optimizer.load_state_dict`` places itself (moments next to their parameters; Adam's step
+# counters stay on the CPU, where reading them costs no host-device sync).
+KEEP_ON_CPU = ("rng", "rng_ranks", "dataloader_generator", "optimizer")
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint with ``weights_only=True``; refuse pickled objects, damaged and
-    foreign files, each with its own message."""
+    foreign files, each with its own message.
+
+    The file is read and its checksum verified on the CPU; then every tensor but the random
+    generators' and the optimiser's states (:data:`KEEP_ON_CPU`) moves to ``map_location``.
+    So a checkpoint loaded for a GPU (or the ``meta`` device) still restores its RNG states,
+    and one written on any device loads on any other.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -160,7 +173,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UserError(f"checkpoint {path} is empty (0 bytes): it was never written completely; "
                         "use the run's other checkpoint (MODEL-best.pth / MODEL-last.pth) or retrain")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):  # not a pickled object: bytes that make no sense
             raise _damaged(path, size, exc) from exc
@@ -184,7 +197,20 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                 "with it (changed bytes after saving: disk, copy or transfer). Use an intact copy, or "
                 "the run's other checkpoint (MODEL-best.pth / MODEL-last.pth)"
             )
+    device = torch.device(map_location)
+    if device.type != "cpu":
+        state = {k: v if k in KEEP_ON_CPU else _to_device(v, device) for k, v in state.items()}
     return state
+
+
+def _to_device(value, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value
 
 
 def _damaged(path: Path, size: int, exc: Exception) -> UserError:
@@ -194,16 +220,16 @@ def _damaged(path: Path, size: int, exc: Exception) -> UserError:
                      "checkpoint (MODEL-best.pth / MODEL-last.pth)")
 
 
-def rng_state() -> dict:
+def rng_state(device=None) -> dict:
     """Every global random generator's state, as data ``weights_only`` loading accepts.
 
     Python's state is a tuple of ints (kept as a list); numpy's key array becomes a tensor,
-    since ``weights_only`` refuses numpy arrays.
+    since ``weights_only`` refuses numpy arrays. ``device``: the CUDA device this process
+    trains on; its generator is saved as ``cuda_device`` (only that one: reading or setting
+    every GPU's generator would open a CUDA context on each of them, in every DDP process).
 
         >>> state = rng_state(); set_rng_state(state)  # doctest: +SKIP
     """
-
-
     version, mt_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
@@ -212,20 +238,37 @@ def rng_state() -> dict:
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(_cuda_index(device)).cpu()
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` captured (CUDA only where this machine has CUDA)."""
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
+def set_rng_state(state: dict, device=None) -> None:
+    """Restore what :func:`rng_state` captured, from CPU copies of the saved tensors.
+
+    The CUDA generator of ``device`` (the GPU this process trains on) gets the saved one,
+    whatever the number of GPUs then and now (a checkpoint from 8 GPUs resumes on 1 and the
+    other way round). Older checkpoints hold every GPU's state (``cuda``, by index): the
+    entry of this device's index is used when there is one. Without a CUDA device here, the
+    saved CUDA states are not needed and are left alone.
+    """
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+    np.random.set_state((npy["kind"], npy["keys"].cpu().numpy().astype(np.uint32), npy["pos"],
                          npy["has_gauss"], npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(state["torch"].cpu())
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type != "cuda":
+        return
+    index = _cuda_index(device)
+    saved = state.get("cuda_device")
+    if saved is None and state.get("cuda") and index < len(state["cuda"]):
+        saved = state["cuda"][index]  # a checkpoint written before cuda_device
+    if saved is not None:
+        torch.cuda.set_rng_state(saved.cpu(), index)

@@ -152,14 +152,20 @@ def _timeout_seconds(value) -> float:
 
 
 class DistributedConfig(Config):
-    """RecBole's ``Config`` with a device step that also runs on CPU and under torchrun.
+    """RecBole's ``Config`` with a device step that also runs on CPU and under torchrun, and
+    that leaves ``CUDA_VISIBLE_DEVICES`` alone.
 
-    In a single process (no launcher environment) it is RecBole's ``Config`` unchanged.
+    RecBole's own step writes ``gpu_id`` into ``CUDA_VISIBLE_DEVICES`` and then makes the
+    process's first CUDA call; the driver reads the variable once, at that call, so a user's
+    ``CUDA_VISIBLE_DEVICES=2`` would train on GPU 0. Here the variable is never written:
+    ``gpu_id`` picks a GPU among the visible ones (``cuda:gpu_id``; RecBole's default ``0``
+    is the first visible GPU, the one ``CUDA_VISIBLE_DEVICES`` names first), ``gpu_id: ''``
+    or ``use_gpu: false`` train on the CPU.
     """
 
     def _init_device(self):
         if not is_distributed():
-            return super()._init_device()
+            return self._init_single_device()
 
         cfg = self.final_config_dict
         local_rank = _env_int("LOCAL_RANK", 0)
@@ -188,6 +194,29 @@ class DistributedConfig(Config):
             cfg["verbose"] = False
 
 
+    def _init_single_device(self):
+        cfg = self.final_config_dict
+        gpu_id = cfg.get("gpu_id")
+        gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id or "")
+        cfg["gpu_id"] = gpu_id
+        cfg["single_spec"] = True
+        cfg["local_rank"] = 0
+        first = gpu_id.split(",")[0].strip()
+        if cfg.get("use_gpu", True) is False or not first or not torch.cuda.is_available():
+            cfg["device"] = torch.device("cpu")
+            return
+        visible = torch.cuda.device_count()
+        if not first.isdigit() or int(first) >= visible:
+            shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise ConfigError(
+                f"gpu_id={gpu_id!r}: torch sees {visible} GPU(s) here (CUDA_VISIBLE_DEVICES="
+                f"{shown!r}), numbered 0..{visible - 1}; gpu_id picks among those. Choose the GPU with "
+                "CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=2) and leave gpu_id at 0")
+        device = torch.device("cuda", int(first))
+        torch.cuda.set_device(device)  # code that uses "the current GPU" uses this one
+        cfg["device"] = device
+
+
 def is_writer(config=None) -> bool:
     """True for the one process that writes the run folder (always, outside DDP)."""
     if config is not None and not config["single_spec"]:
@@ -195,14 +224,55 @@ def is_writer(config=None) -> bool:
     return rank() == 0
 
 
+# Complex parameters (S5's Lambda and C) are kept out of DDP and summed here through their
+# real views (torch.view_as_real: the same memory), on every torch and backend:
+# - NCCL has no complex type (NVIDIA/nccl#539); torch's Python collectives view complex
+#   tensors as real since torch 1.8 (pytorch/pytorch#45879), but DDP calls the process group
+#   from C++: its initial broadcast and gradient all-reduce failed with "Input tensor data type
+#   is not supported for NCCL process group: ComplexFloat" (pytorch/pytorch#71613, the
+#   complex-buffer failure in karpathy/llama2.c#37 on torch 2.0) until the C++ path learnt
+#   the same trick (pytorch/pytorch#121045, March 2024);
+# - with that in place, DDP was still reported to drop the imaginary part of complex
+#   gradients on GPUs (pytorch/pytorch#158753, open since July 2025).
+# So no torch floor is needed for DDP on GPUs, and no DDP code path touches a complex tensor.
+
+
+def complex_parameter_names(model) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.is_complex()]
+
+
 def wrap_model(model, device):
     """``model`` in DistributedDataParallel: its parameters start as rank 0's, and its
-    gradients are averaged over all ranks during backward (RecBole's trainer drives it)."""
+    gradients are averaged over all ranks (during backward; complex ones by
+    :func:`average_complex_gradients`, which the trainer calls before each optimiser step)."""
 
+    complex_names = complex_parameter_names(model)
+    if complex_names:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, complex_names)
+        for name, param in model.named_parameters():
+            if param.is_complex():
+                dist.broadcast(torch.view_as_real(param.data), src=0)  # rank 0's, as DDP does
     if device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # as RecBole does
         return DistributedDataParallel(model, device_ids=[device.index])
     return DistributedDataParallel(model)  # CPU: no device_ids
+
+
+def average_complex_gradients(model) -> None:
+    """Average the complex parameters' gradients over all ranks, as real numbers (one
+    all-reduce of their real views, left on the device)."""
+
+    grads = [p.grad for p in model.parameters() if p.is_complex() and p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([torch.view_as_real(g).reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    at = 0
+    for grad in grads:
+        real = torch.view_as_real(grad)
+        real.copy_(flat[at:at + real.numel()].view_as(real))
+        at += real.numel()
 
 
 def broadcast_from_rank0(obj):
@@ -219,12 +289,13 @@ def all_gather_objects(obj) -> list:
     return out
 
 
-def mean_over_ranks(values, device) -> tuple:
-    """The mean over all ranks of each float in ``values`` (one small all-reduce)."""
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean over all ranks of each number in ``values`` (one small all-reduce), left on
+    the device: on GPUs nothing waits for it until the caller reads it back."""
 
-    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tuple((tensor / dist.get_world_size()).tolist())
+    total = values.to(torch.float64, copy=True)
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 class RankFailed(UserError):

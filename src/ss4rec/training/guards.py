@@ -140,11 +140,12 @@ class TrainingGuards:
                 "turns this check off)"
             )
 
-    def check_grads(self, named_parameters, grad_norm: float, where: str) -> None:
+    def check_grads(self, grad_norm: float, where: str, first_bad) -> None:
+        """``grad_norm``: the norm of all gradients together; ``first_bad()``: the name of the
+        first parameter whose gradient is not finite (asked only when the norm is not)."""
         if not self.settings["guard_nonfinite"] or math.isfinite(grad_norm):
             return
-        first = next((name for name, p in named_parameters
-                      if p.grad is not None and not bool(p.grad.isfinite().all())), "?")
+        first = first_bad()
         raise TrainingGuardError(
             f"non-finite gradient (norm {grad_norm}) at {where}; first parameter with a non-finite "
             f"gradient: {first}. Fix: lower learning_rate, set clip_grad_norm, or check that "

@@ -5,6 +5,10 @@
     ...     progress.update(loss=loss.item(), lr=lr)
     >>> progress.close()  # doctest: +SKIP
 
+A trainer that reads losses back from the GPU only now and then passes them with
+:meth:`EpochProgress.add_loss` when it has them (:meth:`EpochProgress.line_due` says a line
+is about to be written: the moment to read them back) and calls ``update(lr=lr)`` per batch.
+
 Log lines (files, pipes, pods) come after the first batch, then every ``interval`` seconds:
 ``epoch 3: batch 120/480 (25%), 0.41 s/batch, ETA 2m27s, loss 6.1234 (mean per target),
 lr 0.001``. The loss is the mean of the batch losses since the previous line; each batch loss
@@ -39,20 +43,36 @@ class EpochProgress:
         self.start = self.last_line = time.monotonic()
         self.done = 0
         self._losses: list[float] = []
+        self._latest_loss: float | None = None
         self._bar = None
         if bar:
             self._bar = tqdm(total=total, desc=what, ncols=100, leave=False)
 
+    def add_loss(self, loss: float) -> None:
+        """One batch's loss, read back after its ``update`` (or before it)."""
+        self._losses.append(loss)
+        self._latest_loss = loss
+
+    def line_due(self) -> bool:
+        """Whether the next :meth:`update` writes a progress line (or refreshes the bar)."""
+        if self._bar is not None:
+            return time.monotonic() - self.last_line >= 1.0
+        done = self.done + 1
+        if self.interval <= 0 or done == self.total:
+            return False
+        return done == 1 or time.monotonic() - self.last_line >= self.interval
+
     def update(self, loss: float | None = None, lr: float | None = None) -> None:
         self.done += 1
         if loss is not None:
-            self._losses.append(loss)
+            self.add_loss(loss)
         now = time.monotonic()
         if self._bar is not None:
             self._bar.update(1)
-            if loss is not None:
-                self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}" if lr is not None else "-",
-                                      refresh=False)
+            if self._latest_loss is not None and (loss is not None or now - self.last_line >= 1.0):
+                self.last_line = now
+                self._bar.set_postfix(loss=f"{self._latest_loss:.4f}", lr=f"{lr:.3g}" if lr is not None
+                                      else "-", refresh=False)
             return
         if self.interval <= 0 or self.done == self.total:
             return

@@ -34,13 +34,16 @@ import collections
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from recbole.data.interaction import Interaction
 from recbole.trainer import Trainer
 from torch.nn.utils.clip_grad import clip_grad_norm_
 
 from ss4rec.errors import TrainingGuardError, UserError
+from ss4rec.ssm.s5 import raise_deferred_errors
 from ss4rec.training import distributed
 from ss4rec.training.checkpoint import (
     config_to_plain,
@@ -52,29 +55,43 @@ from ss4rec.training.checkpoint import (
     to_plain,
 )
 from ss4rec.training.guards import LRSchedule, TrainingGuards, baseline_loss, guard_settings, optimizer_steps
+from ss4rec.training.precision import autocast, loss_scaler, resolve_precision
 from ss4rec.training.progress import EpochProgress
 from ss4rec.training.runfolder import working_dir, write_json_atomic
 from ss4rec.training.wandb_logging import WandbRunLogger
 
 STEP_LOG_LENGTH = 1000  # optimiser steps of loss / LR / grad-norm history kept for debug bundles
+# guard_check_batches: ~ on a GPU: batches between reads of the losses and gradient norms.
+GPU_CHECK_BATCHES = 100
 
 
 class _StopRequested(Exception):
     """An epoch hook asked to end training after this epoch (see SS4RecTrainer.epoch_hooks)."""
 
 
-def _grad_scaler(enabled: bool):
-    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3; torch.cuda.amp's is deprecated
-        return torch.amp.GradScaler("cuda", enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled)
-
-
-def _total_norm(grads, norm_type: float) -> float:
-    """The norm of all gradients together, as ``clip_grad_norm_`` computes it (before clipping)."""
-    if not grads:
-        return 0.0
+def _grad_norms(grads, norm_type: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each gradient's norm, the norm of all together as ``clip_grad_norm_`` computes it before
+    clipping), on the gradients' device: nothing is read back here."""
     norms = torch.stack([torch.linalg.vector_norm(g.detach(), norm_type) for g in grads])
-    return float(torch.linalg.vector_norm(norms, norm_type))
+    return norms, torch.linalg.vector_norm(norms, norm_type)
+
+
+@dataclass
+class _Pending:
+    """One batch's losses or one optimiser step's (loss, grad norm), still on the device, with
+    what the guards and logs need to report them once they are read back."""
+
+    kind: str  # "batch" or "step"
+    where: str  # "epoch 0, batch 3 (optimiser step 3)"
+    values: torch.Tensor  # batch: its loss parts; step: [mean loss, pre-clip grad norm]
+    tuple_loss: bool = False  # batch: the model returned a tuple of losses
+    ids: dict | None = None  # batch: its user / item id tensors, for the debug bundle
+    norms: torch.Tensor | None = None  # step: each parameter's gradient norm
+    names: list | None = None  # step: the parameters of those norms
+    step: int = 0
+    epoch: int = 0
+    lr: float = 0.0
+    scaled: bool = False  # step: fp16 with a loss scaler (which skips inf steps itself)
 
 
 # Settings a resume may change; they are applied and recorded (results.json
@@ -85,6 +102,7 @@ RESUME_MAY_CHANGE = {
     "progress_interval", "worker", "use_gpu", "gpu_id", "log_wandb",
     "wandb_project", "nproc", "world_size", "ip", "port", "offset", "local_rank",
     "guard_nonfinite", "guard_lr_zero", "guard_baseline_loss", "guard_frozen_metrics",
+    "guard_check_batches", "precision",
 }
 
 
@@ -116,6 +134,9 @@ class SS4RecTrainer(Trainer):
                 config[key] = value
         # RecBole's __init__ starts its own W&B run when log_wandb is on; ours replaces it,
         # so hide the flag from it: exactly one wandb.init per run.
+        # fp32 / bf16 / fp16 (and RecBole's enable_amp / enable_scaler mapped onto it): ours
+        # replaces RecBole's AMP code, whose GradScaler cannot unscale S5's complex gradients.
+        self.precision = resolve_precision(config, config["device"])
         log_wandb = config["log_wandb"]
         config["log_wandb"] = False
         # RecBole's __init__ also opens a tensorboard writer under ./log_tensorboard: put it
@@ -132,6 +153,8 @@ class SS4RecTrainer(Trainer):
         finally:
             config["log_wandb"] = log_wandb
             config["single_spec"] = single_spec
+        self.enable_amp = self.enable_scaler = False  # RecBole's switches: see self.precision
+        self.logger.info(f"precision: {self.precision.precision} ({self.precision.why})")
         self.writer = distributed.is_writer(config)  # rank 0 (or no DDP): saves and evaluates
         if not single_spec:
             self.distributed_model = distributed.wrap_model(self.model, self.device)
@@ -161,7 +184,17 @@ class SS4RecTrainer(Trainer):
         # The loss of one training batch: the model's calculate_loss, or (train_mode:
         # sequence) ss4rec.models.losses.window_loss, set by the pipeline.
         self.batch_loss = None
-        self._scaler = None
+        self._scaler = loss_scaler(self.precision.precision, self.device)  # active for fp16 only
+        # Batches between reads of the losses and gradient norms (guard_check_batches): on the CPU
+        # and under --debug every batch (the guards stop at the failing batch, before its update);
+        # on a GPU every GPU_CHECK_BATCHES batches, each progress line and each epoch's end, so the
+        # GPU never waits for the host (a failure is still named by its own epoch and batch).
+        every = self.guard_config["guard_check_batches"]
+        if every is None:
+            every = 1 if torch.device(self.device).type == "cpu" or torch.is_anomaly_enabled() else GPU_CHECK_BATCHES
+        self.check_batches = int(every)
+        self._pending: list[_Pending] = []  # numbers on the device, not yet read back
+        self._batch_losses: list = []  # this epoch's batch losses, read back (floats or tuples)
         self._pending_resume = None
         self._train_data = None
         self._has_valid = False
@@ -170,6 +203,7 @@ class SS4RecTrainer(Trainer):
         self._epoch = 0
         self._where = None
         self._batch = None
+        self._failing_ids = None  # ids of the batch whose loss failed a guard
 
     # ---- fit: RecBole's loop, with a per-epoch "last" checkpoint and guard bookkeeping ----
 
@@ -225,7 +259,7 @@ class SS4RecTrainer(Trainer):
                 )
         if self._pending_resume is not None:
             if self._pending_resume["rng"] is not None:
-                set_rng_state(self._pending_resume["rng"])
+                set_rng_state(self._pending_resume["rng"], self.device)
             generator_state = self._pending_resume["generator"]
             if generator_state is not None and getattr(train_data, "generator", None) is not None:
                 train_data.generator.set_state(generator_state)  # RecBole shuffles with its own generator
@@ -240,89 +274,167 @@ class SS4RecTrainer(Trainer):
         self.model.train()
         loss_func = loss_func or self.batch_loss or self.model.calculate_loss
         self._epoch = epoch_idx
-        total_loss = None
         progress = EpochProgress(f"epoch {epoch_idx}", len(train_data), self.guard_config["progress_interval"],
                                  bar=show_progress and sys.stderr.isatty())
-        if not self.config["single_spec"] and train_data.shuffle:
+        distributed_run = not self.config["single_spec"]
+        if distributed_run and train_data.shuffle:
             train_data.sampler.set_epoch(epoch_idx)
-        if self._scaler is None:
-            self._scaler = _grad_scaler(self.enable_scaler)
         n_batches = len(train_data)
         first_step = self.optim_step
-        group_loss, group_size = 0.0, 0
+        self._batch_losses = []
+        group_loss, group_size = None, 0
         self.optimizer.zero_grad()
         for batch_idx, interaction in enumerate(train_data):
-            interaction = interaction.to(self.device)
+            interaction = self._to_device(interaction)
             self._batch = interaction
             self._where = f"epoch {epoch_idx}, batch {batch_idx} (optimiser step {self.optim_step})"
             sync_loss = 0
-            if not self.config["single_spec"]:
+            if distributed_run:
                 self.set_reduce_hook()
                 sync_loss = self.sync_grad_loss()
-            with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
+            with autocast(self.precision.precision, self.device):
                 losses = loss_func(interaction)
             parts = losses if isinstance(losses, tuple) else (losses,)
             loss = sum(parts)
-            values = tuple(part.item() for part in parts)
-            if not self.config["single_spec"]:
+            values = torch.stack([part.detach().float() for part in parts])  # [parts], on the device
+            if distributed_run:
                 # The mean over all ranks: every rank logs, and every guard decides on, the
-                # same number, so a guard stops all ranks at the same step.
-                values = distributed.mean_over_ranks(values, self.device)
-            loss_value = sum(values)
-            if isinstance(losses, tuple):
-                total_loss = values if total_loss is None else tuple(map(sum, zip(total_loss, values)))
-            else:
-                total_loss = loss_value if total_loss is None else total_loss + loss_value
-            self.guards.check_loss(loss_value, self._where)
+                # same numbers, so a guard stops all ranks at the same step.
+                values = distributed.mean_over_ranks(values)
+            self._pending.append(_Pending("batch", self._where, values, tuple_loss=isinstance(losses, tuple),
+                                          ids=self._ids_of(interaction)))
+            if self.check_batches == 1:  # a non-finite loss stops the run before its backward
+                self._read_back(progress)
             # Gradients of a group of batches add up: scale each so the group's is their mean.
             group_start = batch_idx - batch_idx % self.grad_accum_steps
             group_len = min(self.grad_accum_steps, n_batches - group_start)
             self._scaler.scale((loss + sync_loss) / group_len).backward()
-            group_loss, group_size = group_loss + loss_value, group_size + 1
+            group_loss = values.sum() if group_loss is None else group_loss + values.sum()
+            group_size += 1
             if group_size == group_len:
                 self._optimizer_step(group_loss / group_size)
-                group_loss, group_size = 0.0, 0
-            progress.update(loss=loss_value, lr=max(g["lr"] for g in self.optimizer.param_groups))
+                group_loss, group_size = None, 0
+            # Read back at fixed batches (the same on every DDP rank, so all stop together) and,
+            # in a single process, for each progress line.
+            if (self.check_batches > 1 and batch_idx % self.check_batches == 0) or \
+                    (not distributed_run and progress.line_due()):
+                self._read_back(progress)
+            progress.update(lr=max(g["lr"] for g in self.optimizer.param_groups))
+        self._read_back(progress)  # the epoch's end: every number is on the host now
         progress.close()
         self.epochs_ran.append(epoch_idx)
         # Mean over batches of the per-batch losses (each a mean over its targets): comparable
         # across epochs, batch sizes and train modes, unlike RecBole's sum over batches.
-        if isinstance(total_loss, tuple):
-            total_loss = tuple(part / max(n_batches, 1) for part in total_loss)
-        elif total_loss is not None:
-            total_loss = total_loss / max(n_batches, 1)
-        self.history.append({"epoch": epoch_idx, "train_loss": sum(total_loss) if isinstance(total_loss, tuple)
-                             else total_loss})
+        losses = self._batch_losses
+        if losses and isinstance(losses[0], tuple):
+            total_loss = tuple(sum(part) / max(n_batches, 1) for part in zip(*losses))
+            mean = sum(total_loss)
+        else:
+            total_loss = sum(losses) / max(n_batches, 1) if losses else None
+            mean = total_loss
+        self.history.append({"epoch": epoch_idx, "train_loss": mean})
         self._log_epoch_steps(epoch_idx, first_step)
         if self._saved and not self._is_eval_epoch(epoch_idx):
             self._save_last(epoch_idx)  # no evaluation follows: this epoch's state is final
         return total_loss
 
-    def _optimizer_step(self, step_loss: float) -> None:
-        if self.enable_scaler:
+    def _optimizer_step(self, step_loss: torch.Tensor) -> None:
+        if not self.config["single_spec"]:
+            distributed.average_complex_gradients(self.model)  # outside DDP (see distributed.py)
+        scaled = self._scaler.is_enabled()
+        if scaled:
             self._scaler.unscale_(self.optimizer)  # norms and clipping on true gradient values
         named = [(name, p) for name, p in self.model.named_parameters() if p.grad is not None]
         clip = dict(self.clip_grad_norm or {})
-        grad_norm = _total_norm([p.grad for _, p in named], float(clip.get("norm_type", 2.0)))
-        if not self.enable_scaler:  # a GradScaler expects inf gradients now and then: it skips those steps
-            self.guards.check_grads(named, grad_norm, self._where)
+        norms, grad_norm = _grad_norms([p.grad for _, p in named], float(clip.get("norm_type", 2.0))) \
+            if named else (None, step_loss.new_zeros(()))
+        lr = self._apply_lr_schedule()
+        self._pending.append(_Pending("step", self._where, torch.stack([step_loss.float(), grad_norm.float()]),
+                                      norms=norms, names=[name for name, _ in named], step=self.optim_step,
+                                      epoch=self._epoch, lr=lr, scaled=scaled))
+        if self.check_batches == 1:  # a non-finite gradient stops the run before this update
+            self._read_back()
+        self.guards.check_lr(lr, self.optim_step, self.total_optim_steps, self._where)
         if clip:
             clip_grad_norm_([p for _, p in named], **clip)
-        lr = self._apply_lr_schedule()
-        self.guards.check_lr(lr, self.optim_step, self.total_optim_steps, self._where)
-        self._scaler.step(self.optimizer)
+        self._scaler.step(self.optimizer)  # fp16: skipped when a gradient is inf/NaN (one read)
         self._scaler.update()
         self.optimizer.zero_grad()
-
-        record = {"step": self.optim_step, "epoch": self._epoch, "loss": step_loss, "lr": lr,
-                  "grad_norm": grad_norm}
-        self.step_log.append(record)
-        self.tensorboard.add_scalar("Train/step_loss", step_loss, self.optim_step)
-        self.tensorboard.add_scalar("Train/lr", lr, self.optim_step)
-        self.tensorboard.add_scalar("Train/grad_norm", grad_norm, self.optim_step)
-        self.wandblogger.log_step({"loss": step_loss, "lr": lr, "grad_norm": grad_norm}, self.optim_step)
         self.optim_step += 1
-        self.guards.check_baseline(step_loss, self.optim_step, self._where)
+
+    def _read_back(self, progress: EpochProgress | None = None) -> None:
+        """Read every pending number back from the device at once (one sync), then run the
+        guards and the logs on them in the order they were produced.
+
+        A failure names its own batch and step, also when it is read back later (GPU runs): the
+        run then stops at the read-back, after the steps in between (whose weights are then
+        likely non-finite: the debug bundle says so, and the epoch checkpoint is the resume point).
+        """
+        pending, self._pending = self._pending, []
+        if pending:
+            numbers = torch.cat([p.values.reshape(-1).double() for p in pending]).tolist()  # the one sync
+            at = 0
+            for record in pending:
+                size = record.values.numel()
+                values, at = numbers[at:at + size], at + size
+                if record.kind == "batch":
+                    self._after_batch(record, values, progress)
+                else:
+                    self._after_step(record, values[0], values[1])
+        raise_deferred_errors(self.model)  # S5's time-gap checks counted on the device
+
+    def _after_batch(self, record: _Pending, values: list, progress: EpochProgress | None) -> None:
+        loss_value = sum(values)
+        try:
+            self.guards.check_loss(loss_value, record.where)
+        except TrainingGuardError:
+            self._where, self._failing_ids = record.where, record.ids
+            raise
+        self._batch_losses.append(tuple(values) if record.tuple_loss else loss_value)
+        if progress is not None:
+            progress.add_loss(loss_value)
+
+    def _after_step(self, record: _Pending, step_loss: float, grad_norm: float) -> None:
+        if not record.scaled:  # a loss scaler expects inf gradients now and then: it skips those steps
+            try:
+                self.guards.check_grads(grad_norm, record.where, lambda: self._first_bad(record))
+            except TrainingGuardError:
+                self._where = record.where
+                raise
+        entry = {"step": record.step, "epoch": record.epoch, "loss": step_loss, "lr": record.lr,
+                 "grad_norm": grad_norm}
+        self.step_log.append(entry)
+        self.tensorboard.add_scalar("Train/step_loss", step_loss, record.step)
+        self.tensorboard.add_scalar("Train/lr", record.lr, record.step)
+        self.tensorboard.add_scalar("Train/grad_norm", grad_norm, record.step)
+        self.wandblogger.log_step({"loss": step_loss, "lr": record.lr, "grad_norm": grad_norm}, record.step)
+        self.guards.check_baseline(step_loss, record.step + 1, record.where)
+
+    @staticmethod
+    def _first_bad(record: _Pending) -> str:
+        """The first parameter whose gradient norm (kept per parameter) was not finite."""
+        if record.norms is None:
+            return "?"
+        finite = torch.isfinite(record.norms).tolist()
+        return next((name for name, ok in zip(record.names, finite) if not ok), "?")
+
+    def _to_device(self, interaction):
+        """The batch on the training device. To a GPU through pinned memory, asynchronously: a
+        copy from ordinary (pageable) memory would wait for all queued GPU work first."""
+        if torch.device(self.device).type != "cuda":
+            return interaction.to(self.device)
+        return Interaction({k: v.pin_memory().to(self.device, non_blocking=True)
+                            for k, v in interaction.interaction.items()})
+
+    def _ids_of(self, interaction) -> dict:
+        """The user and item id tensors of a batch (kept, not copied, until its read-back)."""
+        ids = {}
+        for key in ("USER_ID_FIELD", "ITEM_ID_FIELD"):
+            field = self.config[key]
+            values = interaction.interaction.get(field) if field else None
+            if values is not None:
+                ids[field] = values
+        return ids
 
     def _apply_lr_schedule(self) -> float:
         """Set this step's LR on every parameter group; return the largest."""
@@ -349,6 +461,7 @@ class SS4RecTrainer(Trainer):
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        raise_deferred_errors(self.model)  # S5's time-gap checks of the evaluation, on a GPU
         self._latest_valid_result = valid_result
         if self.history and self.history[-1]["epoch"] == self._epoch:
             self.history[-1]["valid"] = {k: float(v) for k, v in valid_result.items()}
@@ -372,9 +485,11 @@ class SS4RecTrainer(Trainer):
                           "step": self.optim_step} if self.lr_schedule else None,
             "grad_accum_steps": self.grad_accum_steps,
             "guards": self.guards.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "rng_ranks": rng_ranks,  # under DDP: every rank's generators, by rank (else None)
             "dataloader_generator": generator.get_state() if generator is not None else None,
+            "loss_scaler": to_plain(self._scaler.state_dict()) if self._scaler.is_enabled() else None,
+            "precision": self.precision.precision,
             "history": to_plain(self.history),
             "train_seconds": self.train_seconds(),
             "config": config_to_plain(self.config),
@@ -384,7 +499,7 @@ class SS4RecTrainer(Trainer):
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         # Every rank gets here at the same points (RecBole's fit and ours call it on all ranks):
         # collect their random generators, so a resumed DDP run continues each rank's streams.
-        rng_ranks = None if self.config["single_spec"] else distributed.all_gather_objects(rng_state())
+        rng_ranks = None if self.config["single_spec"] else distributed.all_gather_objects(rng_state(self.device))
         if not self.writer:
             return
         path = kwargs.pop("saved_model_file", self.saved_model_file)
@@ -441,6 +556,8 @@ class SS4RecTrainer(Trainer):
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base
         self.guards.load_state_dict(checkpoint.get("guards") or {})
+        if checkpoint.get("loss_scaler") and self._scaler.is_enabled():  # fp16: the scale reached
+            self._scaler.load_state_dict(checkpoint["loss_scaler"])
         self.earlier_train_seconds = float(checkpoint.get("train_seconds", 0.0))
         self.history = [entry for entry in checkpoint.get("history") or [] if entry["epoch"] < self.start_epoch]
         rng = checkpoint.get("rng")
@@ -502,15 +619,10 @@ class SS4RecTrainer(Trainer):
         self.logger.error(str(err))
 
     def _batch_ids(self) -> dict:
-        if self._batch is None:
-            return {}
-        ids = {}
-        for key in ("USER_ID_FIELD", "ITEM_ID_FIELD"):
-            field = self.config[key]
-            values = self._batch.interaction.get(field) if field else None
-            if values is not None:
-                ids[field] = values.tolist()
-        return ids
+        """The ids of the batch that failed (or of the latest one), as lists for the bundle."""
+        ids = self._failing_ids if self._failing_ids is not None else (
+            self._ids_of(self._batch) if self._batch is not None else {})
+        return {field: values.tolist() for field, values in ids.items()}
 
     # ---- results and shutdown ----
 
@@ -534,6 +646,8 @@ class SS4RecTrainer(Trainer):
             "grad_accum_steps": self.grad_accum_steps,
             "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule else None,
             "lr_last_steps": lrs[-3:],
+            "precision": self.precision.to_dict(),
+            "guard_check_batches": self.check_batches,
             "last_checkpoint": self.last_checkpoint_file if os.path.exists(self.last_checkpoint_file) else None,
             "stopped_by": self.stopped_by,
         }
@@ -547,6 +661,16 @@ class SS4RecTrainer(Trainer):
         result = self._evaluate_here(eval_data, load_best_model, model_file, show_progress) \
             if self.writer else None
         return distributed.broadcast_from_rank0(result)
+
+    def set_reduce_hook(self):
+        # RecBole's, without its per-batch host-to-device copy (a wait on GPUs): DDP's forward
+        # on a dummy batch made on the device prepares its gradient all-reduce for backward.
+        forward = self.model.forward
+        self.model.forward = lambda x: x
+        try:
+            self.distributed_model(torch.zeros(1, dtype=torch.long, device=self.device))
+        finally:
+            self.model.forward = forward
 
     def sync_grad_loss(self):
         # RecBole's sum(param) * 0, which ties every parameter to the loss so DDP all-reduces
