@@ -46,6 +46,7 @@ from pathlib import Path
 import yaml
 
 from ss4rec.config.files import known_defaults, known_keys, load_config_file, model_config_file
+from ss4rec.config.safe_yaml import load_yaml
 from ss4rec.config.validation import check_values
 from ss4rec.data.modes import train_mode
 from ss4rec.errors import ConfigError, UserError
@@ -106,7 +107,7 @@ def parse_models(text) -> list[ModelSpec]:
             key, sep, value = pair.partition("=")
             if not sep or not key.strip():
                 raise UserError(f"--models entry {entry!r}: settings go as NAME:KEY=VALUE, e.g. BERT4Rec:epochs=10")
-            own[key.strip()] = yaml.safe_load(value)
+            own[key.strip()] = load_yaml(value, f"--models {entry}")
         label = name if not own else f"{name} ({', '.join(f'{k}={v}' for k, v in own.items())})"
         ablation = next((a for a in ABLATIONS if a.lower() == name.lower()), None)
         if ablation:

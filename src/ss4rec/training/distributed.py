@@ -43,6 +43,7 @@ import torch.multiprocessing as mp
 from recbole.config import Config
 from torch.nn.parallel import DistributedDataParallel
 
+from ss4rec.config.files import load_config_file
 from ss4rec.errors import ConfigError, UserError
 
 # ddp_timeout (seconds; a known key with its range in ss4rec.config.validation): how long a rank
@@ -152,10 +153,30 @@ def _timeout_seconds(value) -> float:
 
 
 class DistributedConfig(Config):
-    """RecBole's ``Config`` with a device step that also runs on CPU and under torchrun.
+    """RecBole's ``Config`` with a device step that also runs on CPU and under torchrun, and
+    settings that are data, never code.
 
-    In a single process (no launcher environment) it is RecBole's ``Config`` unchanged.
+    RecBole 1.2.1's ``_convert_config_dict`` runs ``eval()`` on every string value of
+    ``config_dict`` and of ``sys.argv``'s ``--key=value`` pairs, so a setting such as
+    ``wandb_project: "__import__('os').system(...)"`` from a shared YAML file, ``--set`` or a
+    checkpoint's run settings would run. Here values arrive already typed (YAML and
+    :mod:`ss4rec.config.validation`) and stay as they are; ``sys.argv`` is never read (our CLI
+    parses its own flags) and config files go through ss4rec's bounded safe YAML loader.
+    RecBole's own defaults (its ``properties/`` YAML) load as before. Apart from the device
+    step (only under a launcher), it is otherwise RecBole's ``Config`` unchanged.
     """
+
+    def _convert_config_dict(self, config_dict):
+        return dict(config_dict)  # typed values stay; strings stay strings (no eval)
+
+    def _load_cmd_line(self):
+        return {}
+
+    def _load_config_files(self, file_list):
+        merged = {}
+        for file in file_list or ():
+            merged.update(load_config_file(file))
+        return merged
 
     def _init_device(self):
         if not is_distributed():
