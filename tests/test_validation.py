@@ -154,6 +154,6 @@ def test_config_and_guards_no_longer_import_each_other():
         names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         return names | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
 
-    assert "ss4rec.training.guards" not in imports(src / "config.py")
-    assert "ss4rec.config.files" not in imports(src / "guards.py")
-    assert "ss4rec.config.files" not in imports(src / "validation.py")
+    assert "ss4rec.training.guards" not in imports(src / "config" / "files.py")
+    assert "ss4rec.config.files" not in imports(src / "training" / "guards.py")
+    assert "ss4rec.config.files" not in imports(src / "config" / "validation.py")

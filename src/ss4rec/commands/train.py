@@ -109,6 +109,9 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--resume", default=None, metavar="CKPT",
                         help="continue an interrupted run from its checkpoints/MODEL-last.pth "
                              "(same --model/--config/--set; --output defaults to that run's folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run in --output (by default a folder holding a run "
+                             "or other files is refused, and nothing in it changes)")
     parser.add_argument("--notify", default=None, metavar="URL",
                         help="Slack/Discord webhook for start / finish / failure messages "
                              "(default: $SS4REC_NOTIFY_URL; a failing webhook never fails the run)")
@@ -187,6 +190,7 @@ def main(args) -> int:
     from ss4rec.pipeline.runner import default_output_dir
     from ss4rec.training import distributed
     from ss4rec.training.notify import Notifier
+    from ss4rec.training.runfolder import check_run_folder
     from ss4rec.training.threads import apply_threads
 
     layout = check_nproc(args.nproc, args.device)
@@ -204,12 +208,14 @@ def main(args) -> int:
         run_dir = (Path(args.resume).resolve().parent.parent if args.resume
                    else default_output_dir(model_label, args.dataset))
     run_dir = Path(run_dir).resolve()
+    if writer:  # before any process starts: an earlier run there stays unless --overwrite
+        check_run_folder(run_dir, args.resume, args.overwrite)
     notifier = Notifier(args.notify if writer else "")  # None: $SS4REC_NOTIFY_URL, else silent
     notifier.start(model=str(args.model), dataset=args.dataset, device=args.device or "auto",
                    run_dir=run_dir)
     run_kwargs = {"model": args.model, "dataset": args.dataset, "config_files": args.config,
                   "config_dict": config_dict_from_args(args), "device": args.device,
-                  "resume": args.resume}
+                  "resume": args.resume, "overwrite": args.overwrite}
     if args.debug:  # the op that first produces a NaN/Inf gradient is named in the traceback
         torch.autograd.set_detect_anomaly(True)
     try:

@@ -445,8 +445,11 @@ def convert_movielens(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Callable[[str], None] | None = None,
     progress_every: int = DEFAULT_PROGRESS_EVERY,
+    overwrite: bool = False,
 ) -> dict:
     """Convert the MovieLens release at ``src`` into ``outdir/NAME/`` and return its stats.
+
+    An existing dataset of that name is refused unless ``overwrite`` (nothing is changed).
 
     ``progress`` (e.g. ``lambda m: print(m, file=sys.stderr)``) gets a line every
     ``progress_every`` ratings. Raises :class:`DataError` on any bad input, before anything
@@ -456,7 +459,7 @@ def convert_movielens(
         raise DataError(f"--name {name!r}: expected a plain dataset name such as 'ml-1m' (no slashes)")
     source = Source(src)
     try:
-        with StagedOutput(outdir) as stage:
+        with StagedOutput(outdir, overwrite=overwrite) as stage:
             stats = _convert_into(source, stage.path, name, chunk_rows, progress, progress_every)
             final_name = stats["name"]
             renames = {f"part{ext}": f"{final_name}{ext}" for ext in (".inter", ".item", ".user", ".stats.json")}

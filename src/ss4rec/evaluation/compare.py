@@ -270,7 +270,8 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
             if stale.exists():
                 stale.unlink()  # a stale file must not pass for this run's result
         command = [sys.executable, "-m", "ss4rec", "train", "--model", spec.model, "--dataset", dataset,
-                   "--config", str(settings_file), "--output", str(model_dir)]
+                   "--config", str(settings_file), "--output", str(model_dir),
+                   "--overwrite"]  # compare owns MODEL/: a run with other settings replaces the old
         if device:
             command += ["--device", device]
         returncode, peak_rss_mb, timed_out = _run_subprocess(command, model_dir / "train.out", timeout_s)

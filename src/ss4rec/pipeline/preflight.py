@@ -251,7 +251,8 @@ def _build(report, model, dataset, config_files, config_dict, device):
     except DataError as exc:
         report.add("data", "files exist", FAIL, str(exc))
     except ConfigError as exc:
-        report.add("config", "keys and values", FAIL, str(exc))
+        loss_vs_sampling = "loss_type is CE" in str(exc)
+        report.add("config", "loss vs sampling" if loss_vs_sampling else "keys and values", FAIL, str(exc))
     except UserError as exc:
         if device == "cuda" and any(c.name == "device" and c.status == FAIL for c in report.checks):
             pass  # already reported by the environment checks

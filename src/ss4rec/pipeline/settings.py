@@ -19,6 +19,7 @@ import torch
 from recbole.utils import get_model
 
 from ss4rec.config.files import _recbole_dir, check_keys, known_defaults, load_config_file, model_config_file
+from ss4rec.config.shapes import combination_problem
 from ss4rec.config.validation import check_values
 from ss4rec.data.modes import train_mode
 from ss4rec.errors import ConfigError, DataError, UserError
@@ -169,12 +170,20 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
 
     saved_cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
     with _isolated_argv():
-        config = DistributedConfig(model=model_class, dataset=dataset, config_dict=merged)
+        try:
+            config = DistributedConfig(model=model_class, dataset=dataset, config_dict=merged)
+        except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as exc:
+            if isinstance(exc, UserError):
+                raise
+            raise ConfigError(recbole_rejection(exc)) from None
     # RecBole's _init_device overwrites CUDA_VISIBLE_DEVICES with gpu_id: undo that.
     if saved_cvd is None:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = saved_cvd
+    problem = combination_problem(config)  # keys that must agree (valid_metric vs metrics x topk, ...)
+    if problem:
+        raise ConfigError(problem)
     if device == "cpu" or not merged.get("use_gpu", True):
         config["device"] = torch.device("cpu")
     # RecBole forces ml-100k to its bundled copy whatever data_path says; honour ours.
@@ -183,6 +192,15 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
     config["run_settings"] = {"model": model_name, "dataset": dataset, "device": device,
                               "config_dict": to_plain(merged)}
     return config, model_class
+
+
+def recbole_rejection(exc: Exception) -> str:
+    """One line for an error RecBole's ``Config`` raised about settings we passed on."""
+    text = " ".join(str(exc).split()).strip("'\"")
+    if "loss_type is CE" in text:
+        return (f"{text} Fix: --set train_neg_sample_args=~ (CE scores every item), "
+                "or --set loss_type=BPR")
+    return f"RecBole rejects the config: {text}"
 
 
 def check_train_mode(model_name: str, model_class, settings: dict) -> None:

@@ -8,6 +8,11 @@ each other's ``results.json`` and checkpoints. The lock is an ``flock`` on
 ``RUN/.ss4rec.lock``: the second run fails at once with the first one's pid and start time,
 and a killed run (even ``kill -9``) leaves no stale lock, since the kernel drops it with
 the process.
+
+A new run never replaces an earlier one unasked (:func:`check_run_folder`): a folder that
+holds a finished or an interrupted run, or other files, is refused with what is there and
+the ways on (``--resume``, another ``--output``, or ``--overwrite``, which removes the
+earlier run's files first: :func:`clear_earlier_run`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -23,6 +29,83 @@ from pathlib import Path
 from ss4rec.errors import UserError
 
 LOCK_NAME = ".ss4rec.lock"
+# What a run writes into its folder (ss4rec.pipeline.runner, RecBole's tensorboard logs, the
+# trainer's guard bundles under checkpoints/); preflight.json is written there beforehand by
+# `ss4rec preflight --output` for the run to come.
+RUN_OUTPUTS = ("results.json", "train.log", "curves.png", "checkpoints", "log_tensorboard", LOCK_NAME)
+BEFORE_A_RUN = ("preflight.json", "plan.txt")  # plan.txt: runpod_entrypoint.sh
+
+
+def _lock_holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s run lock now (its pid line), or None when nobody does."""
+    path = Path(folder) / LOCK_NAME
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "a+", encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                return f.read().strip() or "another process"
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
+
+
+def check_run_folder(folder, resume=None, overwrite: bool = False) -> None:
+    """Refuse to start a run in ``folder`` if that would replace anything, unless asked to.
+
+    Fine: a folder that does not exist, is empty, or holds only ``preflight.json``; the
+    run's own folder when ``resume`` is one of its checkpoints; anything with ``overwrite``
+    (never while another process runs there). Otherwise a UserError says what is there and
+    the ways on. A path that is a file is left to the caller's "cannot create" error.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    holder = _lock_holder(folder)
+    if holder is not None:
+        raise UserError(f"run folder {folder} is in use by {holder}: wait for it to finish, or give "
+                        "another --output")
+    if resume is not None and Path(resume).resolve().parent.parent == folder.resolve():
+        return  # continuing the run that lives here
+    present = sorted(p.name for p in folder.iterdir() if p.name not in BEFORE_A_RUN)
+    if not present or overwrite:
+        return
+    last = sorted(folder.glob("checkpoints/*-last.pth"))
+    if (folder / "results.json").is_file():
+        what = "a finished run (results.json"
+        what += f", {len(list(folder.glob('checkpoints/*.pth')))} checkpoint(s))"
+    elif last or (folder / "train.log").is_file() or (folder / LOCK_NAME).exists():
+        what = "an earlier run that did not finish" + (f" (last checkpoint {last[0].name})" if last else "")
+    else:
+        shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+        what = f"{len(present)} other file(s) that are not a run ({shown})"
+    ways = [f"--resume {last[0]} to continue it"] if last else []
+    ways += ["a new --output folder", "--overwrite to replace it" if "run" in what.split("(")[0]
+             else "--overwrite to train into it anyway (its files stay)"]
+    raise UserError(f"--output {folder} already holds {what}; nothing was changed. Use "
+                    + ", ".join(ways[:-1]) + f" or {ways[-1]}")
+
+
+def clear_earlier_run(folder) -> list[str]:
+    """Remove what an earlier run wrote in ``folder`` (``--overwrite``); other files stay.
+
+    Returns the names removed.
+    """
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = Path(folder) / name
+        if name == LOCK_NAME or not (path.exists() or path.is_symlink()):
+            continue  # the lock file is this run's own by now
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(name)
+    return removed
 
 
 class RunLock:
