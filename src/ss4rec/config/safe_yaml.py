@@ -14,11 +14,28 @@ counting costs what the text costs). Files must be UTF-8; a bad byte is named by
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
 
 from ss4rec.errors import ConfigError
+
+class SettingsLoader(yaml.SafeLoader):
+    """YAML's safe loader, reading ``1e-8`` as a float as RecBole's own loader does (plain
+    YAML 1.1 needs ``1.0e-8``); nothing else is added."""
+
+
+SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
 
 MAX_YAML_BYTES = 1 << 20  # 1 MiB: a settings file is a few KB
 MAX_VALUES = 100_000  # scalars, lists and mappings, aliases expanded
@@ -31,7 +48,7 @@ def load_yaml(text: str, source: str):
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{source}: {len(text):,} characters of YAML, over the {MAX_YAML_BYTES:,} a "
                           "settings text may have: give only the settings, not data")
-    loader = yaml.SafeLoader(text)
+    loader = SettingsLoader(text)
     try:
         try:
             node = loader.get_single_node()

@@ -12,7 +12,7 @@ so a setting that passes here cannot crash RecBole later (after a full epoch, fo
   (``valid_metric`` among ``metrics`` x ``topk``; attention heads dividing the hidden size).
 
     >>> shape_problem("clip_grad_norm", {"max_norm": -1})
-    'max_norm must be a number > 0 (a negative one turns training into gradient ascent)'
+    'max_norm: use a number > 0 (a negative one turns training into gradient ascent)'
 """
 
 from __future__ import annotations
@@ -48,31 +48,31 @@ def _clip_grad_norm(value) -> str | None:
         return "use a mapping such as {max_norm: 5}, or ~"
     unknown = sorted(set(map(str, value)) - CLIP_KEYS)
     if unknown:
-        return f"unknown key(s) {unknown}; use max_norm (and optionally norm_type, error_if_nonfinite, foreach)"
+        return f"unknown key(s) {unknown}: use max_norm (and optionally norm_type, error_if_nonfinite, foreach)"
     if "max_norm" not in value:
         return "max_norm is missing: use e.g. {max_norm: 5}"
     if not _number(value["max_norm"]) or value["max_norm"] <= 0:
-        return "max_norm must be a number > 0 (a negative one turns training into gradient ascent)"
+        return "max_norm: use a number > 0 (a negative one turns training into gradient ascent)"
     norm = value.get("norm_type", 2)
     if not (norm in ("inf", float("inf")) or (_number(norm) and norm > 0)):
-        return "norm_type must be a number > 0 or inf"
+        return "norm_type: use a number > 0 or inf"
     for key in ("error_if_nonfinite", "foreach"):
         if value.get(key) is not None and not isinstance(value[key], bool):
-            return f"{key} must be true or false"
+            return f"{key}: use true or false"
     return None
 
 
 def _split(split) -> str | None:
     if not isinstance(split, dict) or len(split) != 1:
-        return "split must be one of {RS: [0.8, 0.1, 0.1]} or {LS: valid_and_test}"
+        return "split: use {RS: [0.8, 0.1, 0.1]} or {LS: valid_and_test}"
     (kind, args), = split.items()
     # Runs need a train, a valid and a test part (training selects on valid, reports test).
     if kind == "RS":
         ok = isinstance(args, list) and len(args) == 3 and all(_number(a) and a > 0 for a in args)
-        return None if ok else "split RS takes 3 ratios > 0 (train, valid, test), e.g. [0.8, 0.1, 0.1]"
+        return None if ok else "split RS: use 3 ratios > 0 (train, valid, test), e.g. [0.8, 0.1, 0.1]"
     if kind == "LS":
         return None if args == "valid_and_test" else \
-            "split LS must be valid_and_test (a run needs both a valid and a test part)"
+            "split LS: use valid_and_test (a run needs both a valid and a test part)"
     return f"split {kind!r} is unknown: use RS (ratios) or LS (leave-one-out)"
 
 
@@ -81,19 +81,19 @@ def _eval_args(value) -> str | None:
         return "use a mapping such as {split: {LS: valid_and_test}, order: TO, mode: full}"
     unknown = sorted(set(map(str, value)) - EVAL_KEYS)
     if unknown:
-        return f"unknown key(s) {unknown}; use split, order, group_by and mode"
+        return f"unknown key(s) {unknown}: use split, order, group_by and mode"
     if "split" in value and (problem := _split(value["split"])):
         return problem
     if value.get("order", "RO") not in ("RO", "TO"):
-        return "order must be RO (random) or TO (time order)"
+        return "order: use RO (random) or TO (time order)"
     if value.get("group_by", "user") not in ("user", "none", None):
-        return "group_by must be user or none"
+        return "group_by: use user or none"
     mode = value.get("mode", "full")
     modes = mode if isinstance(mode, dict) else {"valid": mode}
     if isinstance(mode, dict) and (not mode or set(map(str, mode)) - {"valid", "test"}):
-        return "mode must be a string or a mapping with valid and/or test"
+        return "mode: use a string, or a mapping with valid and/or test"
     if not all(isinstance(m, str) and _EVAL_MODE.match(m) for m in modes.values()):
-        return "mode must be full, labeled, uniN or popN (e.g. uni100)"
+        return "mode: use full, labeled, uniN or popN (e.g. uni100)"
     return None
 
 
@@ -111,9 +111,9 @@ def _metrics(value) -> str | None:
         return "use a metric name or a list of them, e.g. [Hit, NDCG, MRR]"
     unknown = [m for m in names if m.lower() not in metric_types]
     if unknown:
-        return f"unknown metric(s) {unknown}; RecBole has {', '.join(sorted(metric_types))}"
+        return f"unknown metric(s) {unknown}: use RecBole's ({', '.join(sorted(metric_types))})"
     if len({metric_types[m.lower()] for m in names}) > 1:
-        return "ranking metrics (Hit, NDCG, ...) and value metrics (AUC, RMSE, ...) cannot be mixed"
+        return "ranking metrics (Hit, NDCG, ...) and value metrics (AUC, RMSE, ...) cannot be mixed: use one kind"
     return None
 
 
@@ -124,20 +124,20 @@ def _neg_sample_args(value) -> str | None:
         return "use a mapping such as {distribution: uniform, sample_num: 1}, or ~"
     unknown = sorted(set(map(str, value)) - NEG_SAMPLE_KEYS)
     if unknown:
-        return f"unknown key(s) {unknown}; use {', '.join(sorted(NEG_SAMPLE_KEYS))}"
+        return f"unknown key(s) {unknown}: use {', '.join(sorted(NEG_SAMPLE_KEYS))}"
     if value.get("distribution", "uniform") not in ("uniform", "popularity", "none"):
-        return "distribution must be uniform, popularity or none"
+        return "distribution: use uniform, popularity or none"
     sample_num = value.get("sample_num", 1)
     if sample_num != "none" and not (isinstance(sample_num, int) and not isinstance(sample_num, bool)
                                      and sample_num >= 1):
-        return "sample_num must be an integer >= 1"
+        return "sample_num: use an integer >= 1"
     if not _number(value.get("alpha", 1.0)):
-        return "alpha must be a number"
+        return "alpha: use a number"
     if not isinstance(value.get("dynamic", False), bool):
-        return "dynamic must be true or false"
+        return "dynamic: use true or false"
     candidates = value.get("candidate_num", 0)
     if not (isinstance(candidates, int) and not isinstance(candidates, bool) and candidates >= 0):
-        return "candidate_num must be an integer >= 0"
+        return "candidate_num: use an integer >= 0"
     return None
 
 
@@ -195,7 +195,7 @@ def combination_problem(settings) -> str | None:
         computed = computed_metrics(metrics, topk)
         if str(valid_metric).lower() not in computed:
             shown = ", ".join(computed[:8]) + (" ..." if len(computed) > 8 else "")
-            return (f"valid_metric={valid_metric!r} is not among the metrics computed ({shown}): pick one "
+            return (f"valid_metric={valid_metric!r} is not among the metrics computed ({shown}): use one "
                     "of those, or add its metric to metrics and its cut-off to topk")
     heads, hidden = get("n_heads"), get("hidden_size")
     if isinstance(heads, int) and isinstance(hidden, int) and heads > 0 and hidden % heads:

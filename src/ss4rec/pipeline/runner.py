@@ -51,7 +51,15 @@ from ss4rec.training.checkpoint import (
     load_checkpoint,
 )
 from ss4rec.training.curves import plot_curves
-from ss4rec.training.runfolder import RunLock, check_run_folder, clear_earlier_run, working_dir, write_json_atomic
+from ss4rec.training.runfolder import (
+    RunLock,
+    check_run_folder,
+    clear_earlier_run,
+    discard_refused_run,
+    is_fresh,
+    working_dir,
+    write_json_atomic,
+)
 from ss4rec.training.trainer import SS4RecTrainer
 
 
@@ -269,7 +277,13 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     model_label = getattr(model, "__name__", model)
     out = Path(output_dir if output_dir is not None else default_output_dir(model_label, dataset)).resolve()
     if distributed.rank() == 0:
-        return _run(model, dataset, config_files, config_dict, out, device, saved, resume, out, overwrite)
+        fresh = is_fresh(out)
+        try:
+            return _run(model, dataset, config_files, config_dict, out, device, saved, resume, out, overwrite)
+        except UserError:
+            if fresh:  # refused before it began (e.g. while loading the data): leave nothing behind
+                discard_refused_run(out)
+            raise
     # A DDP rank other than 0 never touches the run folder (it may be on another machine, or
     # shared): RecBole's own files (tensorboard, its checkpoint folder) go to a scratch folder.
     scratch = Path(tempfile.mkdtemp(prefix=f"ss4rec-rank{distributed.rank()}-"))

@@ -125,6 +125,10 @@ def check_world(nproc: int = 1, device: str | None = None) -> str:
                         "or train with --nproc 1")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "cpu":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if nproc > cpus:
+            raise UserError(f"--nproc {nproc} --device cpu: this machine gives this process {cpus} CPU(s); "
+                            f"more processes than CPUs only wait for each other: use --nproc {cpus} or fewer")
         if not dist.is_gloo_available():
             raise UserError("CPU training over several processes needs torch's gloo backend, which "
                             "this torch build lacks: install a standard torch wheel")

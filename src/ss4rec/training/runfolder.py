@@ -90,6 +90,32 @@ def check_run_folder(folder, resume=None, overwrite: bool = False) -> None:
                     + ", ".join(ways[:-1]) + f" or {ways[-1]}")
 
 
+def is_fresh(folder) -> bool:
+    """Whether ``folder`` holds nothing of a run yet (missing, empty, or only files made for it)."""
+    folder = Path(folder)
+    return not folder.is_dir() or all(p.name in BEFORE_A_RUN for p in folder.iterdir())
+
+
+def discard_refused_run(folder) -> None:
+    """Remove what a run refused before its first checkpoint left in a folder that was fresh.
+
+    A run refused while loading its data (filters that leave nothing, a split without test
+    users) has written only its log lock and tensorboard stub: nothing half-written stays.
+    Anything a guard saved (``checkpoints/``) stays as evidence.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or any((folder / "checkpoints").glob("*")):
+        return
+    for name in ("train.log", LOCK_NAME, "log_tensorboard", "checkpoints"):
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when nothing else is there
+
+
 def clear_earlier_run(folder) -> list[str]:
     """Remove what an earlier run wrote in ``folder`` (``--overwrite``); other files stay.
 
