@@ -256,3 +256,85 @@ def test_convert_output_with_quoted_titles_reads_the_same_in_checks_and_loader(t
     dataset = create_dataset(config)
     assert len(dataset.item_feat) == len(items) + 1  # every item row, plus padding
     capsys.readouterr()
+
+
+# ---- the other commands: one clear line (exit 2) where a traceback or an unclear message was ----
+
+def _refused(argv, capsys) -> str:
+    code = cli_main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    return err.strip().splitlines()[-1]
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(ss4rec_ce_run, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x", encoding="utf-8")
+    checkpoint = ss4rec_ce_run["checkpoint"]
+    line = _refused(["evaluate", "--checkpoint", checkpoint, "--output", str(a_file)], capsys)
+    assert line == f"error: --output {a_file} is a file: give a folder path"
+    line = _refused(["evaluate", "--checkpoint", checkpoint, "--output", str(a_file / "below")], capsys)
+    assert f"lies under the file {a_file}" in line
+    line = _refused(["preflight", *SMALL, "--output", str(a_file)], capsys)
+    assert line == f"error: --output {a_file} is a file: give a folder path"
+    run_dir = ss4rec_ce_run["run_dir"]
+    line = _refused(["report", run_dir, "--plot", str(tmp_path)], capsys)
+    assert f"--plot {tmp_path} is a folder: give a file path" in line
+    line = _refused(["drift", "--past", "p.inter", "--future", "f.inter", "--output", str(a_file)], capsys)
+    assert "is a file" in line
+    assert a_file.read_text(encoding="utf-8") == "x"
+
+
+def test_report_names_the_file_it_writes_and_refuses_damaged_results(ss4rec_ce_run, tmp_path, capsys):
+    plot = tmp_path / "summary"
+    assert cli_main(["report", ss4rec_ce_run["run_dir"], "--plot", str(plot)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"plot: {plot}.png" and plot.with_suffix(".png").is_file()
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "results.json").write_text('{"model": "SS4Rec", "test": {', encoding="utf-8")
+    line = _refused(["report", str(damaged), "--plot", str(tmp_path / "r.png")], capsys)
+    assert f"{damaged / 'results.json'} is damaged (line 1, column" in line
+    (damaged / "results.json").write_text("[1, 2]", encoding="utf-8")
+    assert "is not the results.json of an `ss4rec train` run" in _refused(["report", str(damaged)], capsys)
+
+
+def test_a_binary_users_file_is_refused(ss4rec_ce_run, tmp_path, capsys):
+    users = tmp_path / "users.bin"
+    users.write_bytes(bytes(range(256)))
+    line = _refused(["recommend", "--checkpoint", ss4rec_ce_run["checkpoint"], "--users-file", str(users)], capsys)
+    assert f"--users-file {users}: line 1: control character 0x00" in line or "is not UTF-8 text" in line
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_earlier_checkpoints_stay(tmp_path):
+    """A full disk (here: a file-size limit, which fails the write the same way) while saving."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write (EFBIG), do not kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "ss4rec", "train", "--model", "GRU4Rec", "--config", "tiny",
+                           "--set", "hidden_size=64", "--set", "MAX_ITEM_LIST_LENGTH=10", "--device", "cpu",
+                           "--output", str(run)], capture_output=True, text=True, timeout=600,
+                          preexec_fn=limit_file_size)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: cannot write checkpoint {run / 'checkpoints'}") and "(File too large" in line
+    assert "the checkpoints written before it are intact" in line
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # nothing half-written
+
+
+def test_the_python_api_takes_one_config_name_and_refuses_wrong_types():
+    from ss4rec.pipeline.settings import build_config
+
+    config, _ = build_config("SASRec", "ml-100k", "tiny", {"hidden_size": 16}, device="cpu")
+    assert config["user_inter_num_interval"] == "[0,40]"  # "tiny" is one file, not ['t', 'i', 'n', 'y']
+    with pytest.raises(ConfigError, match=r"model=123: use a model name"):
+        build_config(123, "ml-100k", ["tiny"], device="cpu")
+    with pytest.raises(ConfigError, match=r"config_dict=\['epochs'\]: use a dict"):
+        build_config("SASRec", "ml-100k", ["tiny"], ["epochs"], device="cpu")

@@ -45,6 +45,10 @@ def main(args) -> int:
     from ss4rec.training.runfolder import write_json_atomic
     from ss4rec.training.threads import apply_threads
 
+    if args.output:  # before the checks run: an output that cannot be written is refused first
+        from ss4rec.training.runfolder import check_writable_folder
+
+        check_writable_folder(Path(args.output), "--output")
     threads = apply_threads(args.threads)
     environment = environment_info()
     if not args.no_env:

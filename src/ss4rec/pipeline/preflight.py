@@ -166,6 +166,19 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
     return report
 
 
+def check_settings(config, model_label: str, dataset: str) -> None:
+    """Preflight's checks of the settings alone (no data read): the first FAIL as a UserError.
+
+    For ``compare``, which checks every model's settings before the first one trains.
+    """
+    report = PreflightReport(model=model_label, dataset=dataset, device=str(config["device"]))
+    _check_config(report, config)
+    _check_batch_memory(report, config)
+    _check_optimiser(report, config)
+    if not report.ok:
+        raise UserError(report.first_failure)
+
+
 def check_before_building(config, model_label: str, dataset: str, processes: int | None = None) -> list[str]:
     """Preflight's fast checks (settings, optimiser, the .inter file, host memory) for a run
     about to start: the first FAIL is raised as a UserError, the same verdict preflight gives.

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import get_model
 
 from ss4rec.config.files import _recbole_dir, check_keys, known_defaults, load_config_file, model_config_file
@@ -118,6 +119,29 @@ def _negative_sampling(merged: dict, model_defaults: dict, user: dict) -> dict:
     return {}
 
 
+def _check_arguments(model, dataset, config_files, config_dict) -> tuple[list, dict]:
+    """The Python API's arguments as the CLI would give them; a ConfigError for the wrong types.
+
+    ``config_files="tiny"`` is one file (not the list of its letters).
+    """
+    if not (isinstance(model, str) or (isinstance(model, type) and issubclass(model, AbstractRecommender))):
+        raise ConfigError(f"model={model!r}: use a model name such as 'SS4Rec' or 'SASRec', or a RecBole "
+                          "model class")
+    if not isinstance(dataset, str) or not dataset:
+        raise ConfigError(f"dataset={dataset!r}: use a dataset name such as 'ml-100k'")
+    if isinstance(config_files, (str, os.PathLike)):
+        config_files = [config_files]
+    config_files = list(config_files or ())
+    bad = [f for f in config_files if not isinstance(f, (str, os.PathLike))]
+    if bad:
+        raise ConfigError(f"config_files={config_files!r}: use file paths or packaged config names, e.g. ['tiny']")
+    if config_dict is not None and not isinstance(config_dict, dict):
+        raise ConfigError(f"config_dict={config_dict!r}: use a dict of settings, e.g. {{'epochs': 5}}")
+    if config_dict and any(not isinstance(k, str) for k in config_dict):
+        raise ConfigError(f"config_dict keys must be setting names (strings), not {list(config_dict)!r}")
+    return config_files, config_dict
+
+
 def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(),
                  config_dict=None, device: str | None = None, output_dir=None):
     """Merge and check settings, then build RecBole's ``Config``. Returns (config, model_class).
@@ -128,6 +152,7 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
 
 
 
+    config_files, config_dict = _check_arguments(model, dataset, config_files, config_dict)
     model_name, model_class = resolve_model(model)
     defaults_file = model_config_file(model_name)
     model_defaults = load_config_file(defaults_file) if defaults_file else {}

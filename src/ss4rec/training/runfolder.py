@@ -169,12 +169,52 @@ class RunLock:
         return False
 
 
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not (path.exists() or path.is_symlink()) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_writable_folder(path, flag: str) -> Path:
+    """``path`` as a folder that can be created or written, checked before any work; nothing
+    is created here. A UserError names ``flag`` (``--output``) and the fix."""
+    path = Path(path)
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        what = "is a file" if base == path.absolute() else f"lies under the file {base}"
+        raise UserError(f"{flag} {path} {what}: give a folder path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {base} is not writable (permission denied): give a folder you can write to")
+    return path
+
+
+def check_writable_file(path, flag: str, suffix: str | None = None) -> Path:
+    """The file ``path`` will be written to (``suffix`` added when it has none, as matplotlib
+    does), checked before any work: its folder must be writable and it must not be a folder."""
+    path = Path(path)
+    if suffix and not path.suffix and not path.is_dir():
+        path = path.with_name(path.name + suffix)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder: give a file path, e.g. {path / ('report' + (suffix or ''))}")
+    check_writable_folder(path.parent, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path} is not writable (permission denied): give another path")
+    return path
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write ``data`` as JSON via a temp file and a rename: readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a file-size limit, a read-only folder
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}): free disk space or give a writable "
+                        "folder; nothing was half-written there") from None
 
 
 @contextlib.contextmanager
