@@ -115,3 +115,15 @@ def test_yaml_bombs_and_oversized_files_are_refused(tmp_path, capsys):
     assert cli_main(["train", *SMALL, "--config", str(big), "--output", str(out)]) == 2
     assert "bytes, over the" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_yaml_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    config_file = tmp_path / "latin1.yaml"
+    config_file.write_bytes("epochs: 1\nwandb_project: caf\xe9\n".encode("latin-1"))
+    out = tmp_path / "run"
+    assert cli_main(["train", *SMALL, "--config", str(config_file), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"error: config file {config_file}: line 2, column 18: byte 0xe9 is "
+                                            "not UTF-8: save the file as UTF-8")
+    assert not out.exists()
