@@ -36,7 +36,7 @@ def test_a_planted_string_in_a_yaml_file_stays_a_string(tmp_path, capsys):
     config, _ = build_config("SS4Rec", "ml-100k", ["tiny", str(config_file)], {"d_state": 8}, device="cpu")
     _nothing_ran(marker)
     assert config["wandb_project"] == code and isinstance(config["wandb_project"], str)
-    assert config["user_inter_num_interval"] == "[0,40]"  # RecBole parses the interval text itself
+    assert config["user_inter_num_interval"] == [0, 40]  # a literal: typed as RecBole types it, never run
     assert cli_main(["preflight", "--no-env", *SMALL, "--config", str(config_file)]) == 0
     _nothing_ran(marker)
     capsys.readouterr()
@@ -84,6 +84,16 @@ def test_a_planted_string_in_a_checkpoint_and_its_run_folder_stays_a_string(ss4r
     capsys.readouterr()
 
 
+def test_only_literals_are_typed_and_code_stays_a_string():
+    from ss4rec.training.distributed import literal_setting
+
+    assert literal_setting("[0,40]") == [0, 40] and literal_setting("1e-8") == 1e-8
+    assert literal_setting("true") is True and literal_setting("[5,inf)") == "[5,inf)"
+    for code in ("__import__('os').system('x')", "open('/etc/passwd').read()", "(lambda: 1)()",
+                 "[x for x in ().__class__.__base__.__subclasses__()]", "9**9**9", "exit()"):
+        assert literal_setting(code) == code
+
+
 def test_a_planted_string_in_a_compare_model_setting_is_refused_or_kept(tmp_path):
     from ss4rec.evaluation.compare import parse_models
 
@@ -124,6 +134,6 @@ def test_a_yaml_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
     assert cli_main(["train", *SMALL, "--config", str(config_file), "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (f"error: config file {config_file}: line 2, column 18: byte 0xe9 is "
+    assert err.strip().splitlines()[-1] == (f"error: config file {config_file}: line 2, column 19: byte 0xe9 is "
                                             "not UTF-8: save the file as UTF-8")
     assert not out.exists()

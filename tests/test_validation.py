@@ -333,7 +333,7 @@ def test_the_python_api_takes_one_config_name_and_refuses_wrong_types():
     from ss4rec.pipeline.settings import build_config
 
     config, _ = build_config("SASRec", "ml-100k", "tiny", {"hidden_size": 16}, device="cpu")
-    assert config["user_inter_num_interval"] == "[0,40]"  # "tiny" is one file, not ['t', 'i', 'n', 'y']
+    assert config["user_inter_num_interval"] == [0, 40]  # "tiny" is one file, not ['t', 'i', 'n', 'y']
     with pytest.raises(ConfigError, match=r"model=123: use a model name"):
         build_config(123, "ml-100k", ["tiny"], device="cpu")
     with pytest.raises(ConfigError, match=r"config_dict=\['epochs'\]: use a dict"):

@@ -46,9 +46,9 @@ class StagedOutput:
     and existing files are untouched.
     """
 
-    def __init__(self, parent: str | os.PathLike, overwrite: bool = False):
+    def __init__(self, parent: str | os.PathLike, overwrite: bool = True):
         self.parent = Path(parent)
-        self.overwrite = overwrite  # may commit replace files that exist? (else refused)
+        self.overwrite = overwrite  # False: commit refuses to replace a file that exists
         self.path: Path | None = None
         self._created: list[Path] = []  # deepest first
         self._committed = False

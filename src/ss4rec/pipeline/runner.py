@@ -277,12 +277,12 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     model_label = getattr(model, "__name__", model)
     out = Path(output_dir if output_dir is not None else default_output_dir(model_label, dataset)).resolve()
     if distributed.rank() == 0:
-        fresh = is_fresh(out)
+        existed, fresh = out.exists(), is_fresh(out)
         try:
             return _run(model, dataset, config_files, config_dict, out, device, saved, resume, out, overwrite)
         except UserError:
             if fresh:  # refused before it began (e.g. while loading the data): leave nothing behind
-                discard_refused_run(out)
+                discard_refused_run(out, remove_folder=not existed)
             raise
     # A DDP rank other than 0 never touches the run folder (it may be on another machine, or
     # shared): RecBole's own files (tensorboard, its checkpoint folder) go to a scratch folder.

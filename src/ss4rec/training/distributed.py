@@ -29,6 +29,7 @@ and its weights after training there (:func:`note_pid`, :func:`dump_parameters`)
 
 from __future__ import annotations
 
+import ast
 import datetime
 import os
 import pickle
@@ -156,6 +157,28 @@ def _timeout_seconds(value) -> float:
     return float(value)
 
 
+# The types RecBole keeps from its eval() of a string setting (else it keeps the string).
+_LITERAL_TYPES = (str, int, float, list, tuple, dict, bool)
+
+
+def literal_setting(value):
+    """RecBole's typing of a string setting, without running it: a Python literal
+    (``"[0,40]"``, ``"1e-8"``, ``"{'a': 1}"``) becomes its value, ``true``/``false`` a bool;
+    anything else (a name, a call, code) stays the string. Non-strings pass unchanged.
+
+    >>> literal_setting("[0,40]"), literal_setting("[5,inf)"), literal_setting("__import__('os')")
+    ([0, 40], '[5,inf)', "__import__('os')")
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        converted = ast.literal_eval(value)  # literals only: never calls, names or attributes
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        lowered = value.strip().lower()
+        return {"true": True, "false": False}.get(lowered, value)
+    return converted if converted is None or isinstance(converted, _LITERAL_TYPES) else value
+
+
 class DistributedConfig(Config):
     """RecBole's ``Config`` with a device step that also runs on CPU and under torchrun, and
     settings that are data, never code.
@@ -164,14 +187,17 @@ class DistributedConfig(Config):
     ``config_dict`` and of ``sys.argv``'s ``--key=value`` pairs, so a setting such as
     ``wandb_project: "__import__('os').system(...)"`` from a shared YAML file, ``--set`` or a
     checkpoint's run settings would run. Here values arrive already typed (YAML and
-    :mod:`ss4rec.config.validation`) and stay as they are; ``sys.argv`` is never read (our CLI
-    parses its own flags) and config files go through ss4rec's bounded safe YAML loader.
-    RecBole's own defaults (its ``properties/`` YAML) load as before. Apart from the device
-    step (only under a launcher), it is otherwise RecBole's ``Config`` unchanged.
+    :mod:`ss4rec.config.validation`), and a string is converted only where it is a Python
+    *literal* (:func:`literal_setting`: ``"[0,40]"`` becomes ``[0, 40]``, as RecBole's eval
+    made it, so old runs' settings compare equal); anything else, code included, stays the
+    plain string it was. ``sys.argv`` is never read (our CLI parses its own flags) and config
+    files go through ss4rec's bounded safe YAML loader. RecBole's own defaults (its
+    ``properties/`` YAML) load as before. Apart from the device step (only under a
+    launcher), it is otherwise RecBole's ``Config`` unchanged.
     """
 
     def _convert_config_dict(self, config_dict):
-        return dict(config_dict)  # typed values stay; strings stay strings (no eval)
+        return {key: literal_setting(value) for key, value in config_dict.items()}
 
     def _load_cmd_line(self):
         return {}

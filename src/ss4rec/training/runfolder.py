@@ -96,7 +96,7 @@ def is_fresh(folder) -> bool:
     return not folder.is_dir() or all(p.name in BEFORE_A_RUN for p in folder.iterdir())
 
 
-def discard_refused_run(folder) -> None:
+def discard_refused_run(folder, remove_folder: bool = True) -> None:
     """Remove what a run refused before its first checkpoint left in a folder that was fresh.
 
     A run refused while loading its data (filters that leave nothing, a split without test
@@ -112,8 +112,9 @@ def discard_refused_run(folder) -> None:
             shutil.rmtree(path, ignore_errors=True)
         elif path.exists():
             path.unlink()
-    with contextlib.suppress(OSError):
-        folder.rmdir()  # only when nothing else is there
+    if remove_folder:  # the run created it
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when nothing else is there
 
 
 def clear_earlier_run(folder) -> list[str]:
