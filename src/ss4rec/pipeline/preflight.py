@@ -341,8 +341,9 @@ def _check_batch_memory(report: PreflightReport, config) -> None:
 
     The lower bound used is one float32 tensor of [batch, MAX_ITEM_LIST_LENGTH, width] (the
     embedded batch every sequential model makes first), for the larger of the training and
-    evaluation batches, against the memory of the device that trains (GPU free memory, else
-    the host memory available).
+    evaluation batches, against the memory of the device that trains (the GPU's memory, else
+    the host memory available): a lower bound against an upper one, so it refuses only what
+    cannot fit.
     """
     if not str(config["MODEL_TYPE"]).endswith("SEQUENTIAL"):
         return
@@ -352,7 +353,9 @@ def _check_batch_memory(report: PreflightReport, config) -> None:
     need = batch * length * width * 4
     device = config["device"]
     if str(device).startswith("cuda") and torch.cuda.is_available():
-        have, where = float(torch.cuda.mem_get_info(device)[0]), f"free on {device}"
+        # The GPU's whole memory (no CUDA context needed: --nproc's parent checks before it
+        # starts the processes and must not hold one), an upper bound of what is free.
+        have, where = float(torch.cuda.get_device_properties(device).total_memory), f"the memory of {device}"
     else:
         have, where = available_memory(), "of host memory available"
     if have is None or need <= have:
