@@ -295,7 +295,8 @@ echo "run folder: $RUN_DIR"
 
 if [[ -n "$RAW" ]]; then
     "$PYTHON" -m ss4rec.pipeline.envinfo  # the environment block comes first, before any download
-    CONVERT_CMD=("$PYTHON" -m ss4rec convert "$RAW" "$DATA_DIR" --name "$DATASET")
+    # --raw with --dataset NAME asks for exactly this conversion: it replaces an earlier DATA_DIR/NAME.
+    CONVERT_CMD=("$PYTHON" -m ss4rec convert "$RAW" "$DATA_DIR" --name "$DATASET" --overwrite)
     [[ -z "$RAW_SHA256" ]] || CONVERT_CMD+=(--sha256 "$RAW_SHA256")
     [[ -z "$RAW_MD5" ]] || CONVERT_CMD+=(--md5 "$RAW_MD5")
     "${CONVERT_CMD[@]}"

@@ -6,11 +6,13 @@ measures, each in its own process:
 
 * ``prep``: loading plus preparation (dataset, splits, dataloaders) -- wall and CPU
   seconds, CPU-µs per row, peak RSS;
+* ``scan``: the data checks' format scan of the ``.inter`` file (``--modes -``);
 * ``train``: a training epoch of each mode end to end (the loader building batches,
   forward, backward, Adam): seconds and targets/s; ``--batches N`` times only the first N
   batches and scales to the epoch (the table marks it ``whole_epoch: False``).
 
     python scripts/bench_data.py prep --rows 2000000 --max-len 200
+    python scripts/bench_data.py scan --rows 4000000 --modes -
     python scripts/bench_data.py all --rows 200000 --max-len 50 --batches 5   # both, one table each
     python scripts/bench_data.py train --rows 1000000 --items 3400 --max-len 200 --modes sequence
     python scripts/bench_data.py train --dataset ml-100k --max-len 50 --batch-size 2048  # bundled real data
@@ -171,7 +173,21 @@ def measure_train(args, mode: str) -> dict:
             "whole_epoch": done == len(train), "threads": torch.get_num_threads()}
 
 
-MEASURES = {"prep": measure_prep, "train": measure_train}
+def measure_scan(args, mode: str) -> dict:
+    """The format scan of the data checks (ss4rec.data.reading.scan_atomic_file): one streamed
+    pass checking encoding, control characters, the header and every line's field count."""
+    from ss4rec.data.reading import scan_atomic_file
+
+    path = Path(args.data_path) / args.dataset / f"{args.dataset}.inter"
+    start, cpu = time.time(), time.process_time()
+    _, rows = scan_atomic_file(path)
+    wall, cpu = time.time() - start, time.process_time() - cpu
+    return {"what": "scan", "mode": "-", "rows": rows, "mib": path.stat().st_size / 2**20, "wall_s": wall,
+            "cpu_s": cpu, "cpu_us_per_row": cpu / rows * 1e6,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10}
+
+
+MEASURES = {"prep": measure_prep, "train": measure_train, "scan": measure_scan}
 
 
 # ---- driver: one subprocess per (measure, mode) ----
@@ -199,7 +215,8 @@ def _table(rows) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=[*sorted(MEASURES), "all"], help="prep, train, or all (prep then train)")
+    parser.add_argument("what", choices=[*sorted(MEASURES), "all"],
+                        help="prep, scan, train, or all (prep then train)")
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic log size (ignored with --dataset)")
     parser.add_argument("--items", type=int, default=27_000, help="synthetic catalogue size")
     parser.add_argument("--dataset", default=None, help="a real dataset instead (ml-100k is bundled)")
@@ -227,7 +244,7 @@ def main(argv=None) -> int:
               f"{time.time() - t0:.0f} s)", flush=True)
         args.dataset, args.data_path = name, str(folder)
     rows = []
-    jobs = [(what, mode) for what in (sorted(MEASURES) if args.what == "all" else [args.what])
+    jobs = [(what, mode) for what in (["prep", "train"] if args.what == "all" else [args.what])
             for mode in args.modes.split(",") if not (what == "train" and mode == "recbole")]
     for what, mode in jobs:
         command = [sys.executable, __file__, what, "--child", "--modes", mode, "--dataset", args.dataset,

@@ -301,6 +301,7 @@ def test_bad_inputs_are_clear_errors(splits, tmp_path):
 
 def test_model_drift_finite_metrics_per_window(splits, sasrec_past_run):
     report = compute_model_drift(sasrec_past_run["checkpoint"], splits["past"], splits["future"], topk=[10, 20])
+    assert report["training_data"]["checked"] and "trained on --past itself" in report["training_data"]["detail"]
     assert report["reference"]["source"].endswith("results.json")
     assert report["reference"]["metrics"]["hit@10"] == sasrec_past_run["test"]["hit@10"]
     assert [w["label"] for w in report["windows"]] == ["1998-02", "1998-03", "1998-04"]
@@ -370,3 +371,19 @@ def test_ss4rec_model_drift_and_cli(splits, tmp_path):
     assert "## Model drift" in (out / "drift.md").read_text()
     assert main(["drift", "--past", str(splits["past"]), "--future", str(splits["future"]),
                  "--window", "weekly", "--output", str(out)]) == 2
+
+
+def test_a_model_that_saw_the_future_is_refused(splits, tmp_path, capsys):
+    """drift --checkpoint checks that the model saw only data up to --past: one trained on all of
+    ML-100K (the future included) would be scored on interactions it was trained on."""
+    import ss4rec
+    from ss4rec.cli import main
+
+    run = ss4rec.run(model="SASRec", dataset="ml-100k", config_files=["tiny"], config_dict={"hidden_size": 16},
+                     output_dir=tmp_path / "run", device="cpu")
+    out = tmp_path / "drift"
+    assert main(["drift", "--past", str(splits["past"]), "--future", str(splits["future"]),
+                 "--checkpoint", run["checkpoint"], "--output", str(out)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "at or after the first interaction of --future" in line and "it would be scored on interactions it saw" in line
+    assert not out.exists()  # nothing half-written

@@ -253,10 +253,11 @@ def test_convert_accepts_a_url_with_checksum_and_cache(file_server, tmp_path):
     assert (tmp_path / "data" / "mini" / "mini.inter").is_file()
     assert list((tmp_path / "cache").glob("*/mini.zip"))
     zip_path.unlink()  # second time: from the cache, no server file needed
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = [str(tmp_path / "data2") if part == str(tmp_path / "data") else part for part in cmd]
+    proc = subprocess.run(again, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "using cached" in proc.stderr
     grouplens_zip(zip_path)
-    bad = subprocess.run(cmd[:-4] + ["--sha256", "0" * 64, "--cache-dir", str(tmp_path / "c2")],
+    bad = subprocess.run(again[:-4] + ["--sha256", "0" * 64, "--cache-dir", str(tmp_path / "c2"), "--overwrite"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "checksum mismatch" in bad.stderr
 

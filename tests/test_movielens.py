@@ -287,7 +287,7 @@ def test_bad_input_fails_cleanly_and_keeps_the_old_output(case, good_output, tmp
     src = _write_source(tmp_path / "src", files)
     capsys.readouterr()
 
-    code = main(["convert", str(src), str(out), "--name", "demo"])
+    code = main(["convert", str(src), str(out), "--name", "demo", "--overwrite"])  # even asked to replace it
     err = capsys.readouterr().err
     assert code == 2
     message = err.strip().splitlines()[-1]
@@ -319,7 +319,7 @@ def test_broken_zips_fail_cleanly(good_output, tmp_path, capsys):
 
     for bad in (truncated, not_a_zip, corrupted):
         capsys.readouterr()
-        assert main(["convert", str(bad), str(out), "--name", "demo"]) == 2
+        assert main(["convert", str(bad), str(out), "--name", "demo", "--overwrite"]) == 2
         message = capsys.readouterr().err.strip().splitlines()[-1]
         assert message.startswith(f"error: {bad}") and "zip" in message, message
         assert snapshot(out) == before

@@ -48,8 +48,9 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--seeds", default=None, metavar="N|S1,S2,...",
                         help="train every model with N seeds (2020, 2021, ...) or with the listed seeds; the "
                              "table gets mean ± std and paired bootstrap CIs against --reference")
-    parser.add_argument("--reference", default="SS4Rec", metavar="MODEL",
-                        help="model the per-user paired CIs compare against (default: SS4Rec)")
+    parser.add_argument("--reference", default=None, metavar="MODEL",
+                        help="model the per-user paired CIs compare against (one of --models; default: "
+                             "SS4Rec when compared, else the first model)")
     parser.add_argument("--no-train", action="store_true",
                         help="train nothing: tabulate the runs already finished in OUTPUT (others: missing)")
     parser.add_argument("--output", required=True, metavar="DIR",
@@ -64,7 +65,7 @@ def main(args) -> int:
     from ss4rec.errors import UserError
     from ss4rec.evaluation.compare import compare
 
-    timeout_s = args.timeout_minutes * 60 if args.timeout_minutes else None
+    timeout_s = args.timeout_minutes * 60 if args.timeout_minutes is not None else None
     if args.tuned is not None:
         from ss4rec.evaluation.tune import compare_tuned
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_subparser(subparsers) -> None:
@@ -42,6 +43,8 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--md5", default=None, help="expected MD5 of a downloaded SRC (GroupLens publishes these)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="download cache for a URL SRC (default: $SS4REC_CACHE or ~/.cache/ss4rec/downloads)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing dataset OUTDIR/NAME (by default it is refused and kept)")
     parser.set_defaults(func=run_convert)
 
 
@@ -54,6 +57,12 @@ def run_convert(args: argparse.Namespace) -> int:
     if not is_url(args.src) and (args.sha256 or args.md5):
         raise UserError("--sha256/--md5 check a downloaded file: give SRC as an http(s) URL, "
                         "or drop the checksum for a local path")
+    if args.name and not args.overwrite:  # before any download or conversion work
+        from ss4rec.data.atomic import existing_dataset_files, refusal_to_replace
+
+        existing = existing_dataset_files(Path(args.outdir) / args.name, args.name)
+        if existing:
+            raise UserError(refusal_to_replace(Path(args.outdir) / args.name, existing))
     src = resolve(args.src, cache_dir=args.cache_dir, sha256=args.sha256, md5=args.md5)
     kind = detect_format(src)
     options = {}
@@ -61,7 +70,8 @@ def run_convert(args: argparse.Namespace) -> int:
         if kind != "kuairec":
             raise UserError(f"--min-watch-ratio applies to KuaiRec only; {args.src} is {kind} data: drop it")
         options["min_watch_ratio"] = args.min_watch_ratio
-    stats = CONVERTERS[kind](src, args.outdir, name=args.name, progress=stderr_progress, **options)
+    stats = CONVERTERS[kind](src, args.outdir, name=args.name, progress=stderr_progress,
+                             overwrite=args.overwrite, **options)
 
     name = stats["name"]
     what = "ratings" if kind == "movielens" else "interactions"

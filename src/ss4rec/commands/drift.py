@@ -76,6 +76,8 @@ def run_drift(args: argparse.Namespace) -> int:
     model = report["model_drift"]
     if model:
         k = model["verdict_k"]
+        training = model.get("training_data") or {}
+        print(("training data: " if training.get("checked") else "warning: ") + training.get("detail", ""))
         print(f"model drift ({model['model']}, HR@{k} / NDCG@{k}; test {model['reference']['metrics'][f'hit@{k}']:.4f} / "
               f"{model['reference']['metrics'][f'ndcg@{k}']:.4f}): " + ", ".join(
                   f"{w['label']} {_num(w['metrics'][f'hit@{k}'])}/{_num(w['metrics'][f'ndcg@{k}'])} {w['verdict']}"

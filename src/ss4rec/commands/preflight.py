@@ -45,6 +45,10 @@ def main(args) -> int:
     from ss4rec.training.runfolder import write_json_atomic
     from ss4rec.training.threads import apply_threads
 
+    if args.output:  # before the checks run: an output that cannot be written is refused first
+        from ss4rec.training.runfolder import check_writable_folder
+
+        check_writable_folder(Path(args.output), "--output")
     threads = apply_threads(args.threads)
     environment = environment_info()
     if not args.no_env:
@@ -58,13 +62,17 @@ def main(args) -> int:
         notifier.start(model=str(args.model), dataset=args.dataset, device=args.device or "auto", run_dir=run_dir)
         notifier.failure(f"preflight: {exc}")
         raise
-    report = preflight(args.model, args.dataset, args.config, config_dict, args.device,
-                       environment=environment, processes=max(args.nproc, 1))
     try:  # the process layout: backend (gloo/nccl), world size, GPUs per process, torchrun env
-        layout = check_nproc(args.nproc, args.device)
-        report.add("environment", "processes (DDP)", PASS, layout)
+        layout, layout_error = check_nproc(args.nproc, args.device), None
     except UserError as exc:
-        report.add("environment", "processes (DDP)", FAIL, str(exc))
+        layout, layout_error = None, exc
+    # A refused layout is the cause train gives: size the other checks for one process.
+    report = preflight(args.model, args.dataset, args.config, config_dict, args.device,
+                       environment=environment, processes=max(args.nproc, 1) if layout else 1)
+    if layout_error is None:
+        report.add("environment", "processes (DDP)", PASS, layout)
+    else:
+        report.add("environment", "processes (DDP)", FAIL, str(layout_error))
     print()
     print(report.table(), flush=True)
     if args.output:

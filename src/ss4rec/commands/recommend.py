@@ -64,9 +64,19 @@ def read_users_file(path) -> list[str]:
     """User ids from a text file: one per line, blank lines and ``#`` comments skipped."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read --users-file {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserError(f"--users-file {path}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 text: "
+                        "give a text file with one user id per line") from None
+    control = next((n for n, c in enumerate(text) if ord(c) < 32 and c not in "\t\r\n"), None)
+    if control is not None:
+        raise UserError(f"--users-file {path}: line {text.count(chr(10), 0, control) + 1}: control character "
+                        f"0x{ord(text[control]):02x}: not a text file of user ids (one per line)")
     users = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()

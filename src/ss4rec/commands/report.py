@@ -21,7 +21,10 @@ def add_subparser(subparsers) -> None:
 def main(args) -> int:
     from ss4rec.evaluation.report import load_runs, markdown_table, plot_comparison
 
+    from ss4rec.training.runfolder import check_writable_file
+
+    plot = check_writable_file(args.plot, "--plot", suffix=".png")  # before reading any run
     rows = load_runs(args.runs)
     print(markdown_table(rows))
-    print(f"\nplot: {plot_comparison(rows, args.plot).resolve()}")
+    print(f"\nplot: {plot_comparison(rows, plot).resolve()}")
     return 0

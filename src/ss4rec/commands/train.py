@@ -109,6 +109,9 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--resume", default=None, metavar="CKPT",
                         help="continue an interrupted run from its checkpoints/MODEL-last.pth "
                              "(same --model/--config/--set; --output defaults to that run's folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run in --output (by default a folder holding a run "
+                             "or other files is refused, and nothing in it changes)")
     parser.add_argument("--notify", default=None, metavar="URL",
                         help="Slack/Discord webhook for start / finish / failure messages "
                              "(default: $SS4REC_NOTIFY_URL; a failing webhook never fails the run)")
@@ -118,9 +121,23 @@ def add_subparser(subparsers) -> None:
                              "machines: start each with torchrun (README)")
     parser.add_argument("--ip", default="127.0.0.1",
                         help="--nproc rendezvous address (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None,
+    parser.add_argument("--port", type=port_number, default=None,
                         help="--nproc rendezvous port (default: a free port)")
     parser.set_defaults(func=main)
+
+
+def port_number(text: str) -> int:
+    """argparse type of ``--port``: a TCP port, 1-65535."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port: use a number from 1 to 65535 "
+                                         "(or leave --port out for a free one)")
+    return value
 
 
 def check_nproc(nproc: int, device: str | None = None) -> str:
@@ -180,6 +197,17 @@ def _run_distributed(run_kwargs: dict, nproc: int, addr: str, port: int | None, 
     return json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
 
 
+def _check_before_spawning(run_kwargs: dict, nproc: int) -> None:
+    """The run's settings, data and host memory for ``nproc`` copies of the dataset, checked
+    once here before any process starts (each process checks again as it starts)."""
+    from ss4rec.pipeline.preflight import check_before_building
+    from ss4rec.pipeline.settings import build_config
+
+    config, _ = build_config(run_kwargs["model"], run_kwargs["dataset"], run_kwargs["config_files"],
+                             run_kwargs["config_dict"], run_kwargs["device"])
+    check_before_building(config, str(config["model"]), run_kwargs["dataset"], processes=nproc)
+
+
 def main(args) -> int:
     import torch
 
@@ -187,6 +215,7 @@ def main(args) -> int:
     from ss4rec.pipeline.runner import default_output_dir
     from ss4rec.training import distributed
     from ss4rec.training.notify import Notifier
+    from ss4rec.training.runfolder import check_run_folder
     from ss4rec.training.threads import apply_threads
 
     layout = check_nproc(args.nproc, args.device)
@@ -204,16 +233,19 @@ def main(args) -> int:
         run_dir = (Path(args.resume).resolve().parent.parent if args.resume
                    else default_output_dir(model_label, args.dataset))
     run_dir = Path(run_dir).resolve()
+    if writer:  # before any process starts: an earlier run there stays unless --overwrite
+        check_run_folder(run_dir, args.resume, args.overwrite)
     notifier = Notifier(args.notify if writer else "")  # None: $SS4REC_NOTIFY_URL, else silent
     notifier.start(model=str(args.model), dataset=args.dataset, device=args.device or "auto",
                    run_dir=run_dir)
     run_kwargs = {"model": args.model, "dataset": args.dataset, "config_files": args.config,
                   "config_dict": config_dict_from_args(args), "device": args.device,
-                  "resume": args.resume}
+                  "resume": args.resume, "overwrite": args.overwrite}
     if args.debug:  # the op that first produces a NaN/Inf gradient is named in the traceback
         torch.autograd.set_detect_anomaly(True)
     try:
         if args.nproc > 1:
+            _check_before_spawning(run_kwargs, args.nproc)
             result = _run_distributed({**run_kwargs, "output_dir": run_dir}, args.nproc, args.ip,
                                       args.port, run_dir)
         elif world > 1:  # one process of a torchrun job

@@ -2,7 +2,9 @@
 
 - :mod:`ss4rec.config.files`: packaged configs (``--config tiny``) and per-model defaults
   (``properties/``), YAML loading, ``--set key=value`` parsing, unknown-key checks;
-- :mod:`ss4rec.config.validation`: the keys ss4rec owns and the type and range of every value.
+- :mod:`ss4rec.config.validation`: the keys ss4rec owns and the type and range of every value;
+- :mod:`ss4rec.config.shapes`: nested and textual settings, and the keys that must agree;
+- :mod:`ss4rec.config.safe_yaml`: every settings text read as bounded, safe YAML (never code);
 - :mod:`ss4rec.config.space`: search spaces for ``ss4rec tune`` (``properties/MODEL.space.yaml``,
   ``--space FILE``), checked key by key with the two modules above.
 

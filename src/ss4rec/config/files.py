@@ -24,6 +24,7 @@ import yaml
 from recbole.utils import argument_list
 
 from ss4rec.config import CONFIGS_DIR, PROPERTIES_DIR
+from ss4rec.config.safe_yaml import load_yaml, read_yaml_file
 from ss4rec.config.validation import DATA_DEFAULTS, GUARD_DEFAULTS, SS4REC_KEYS
 from ss4rec.errors import ConfigError
 
@@ -107,23 +108,22 @@ def resolve_config_file(name_or_path) -> Path:
 
 
 def load_config_file(path) -> dict:
-    """Read one YAML config file into a dict; a malformed file is a ConfigError naming it."""
+    """Read one YAML config file into a dict; a malformed, oversized or non-UTF-8 file is a
+    ConfigError naming it (see :func:`ss4rec.config.safe_yaml.load_yaml`)."""
     path = resolve_config_file(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    data = read_yaml_file(path, what="config file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of key: value, not {type(data).__name__}")
     return data
 
 
-def parse_value(text: str):
+def parse_value(text: str, source: str = "--set"):
     """Type a ``--set`` value as YAML does, plus plain floats like ``1e-3``."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, source)
+    except ConfigError as exc:
+        if not isinstance(exc.__cause__, yaml.YAMLError):
+            raise  # too large or too many aliases: never fall back to the raw text
         return text
     if isinstance(value, str):
         try:
@@ -140,5 +140,5 @@ def parse_sets(pairs) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {pair!r} is not of the form key=value (e.g. --set epochs=5)")
-        result[key.strip()] = parse_value(value.strip())
+        result[key.strip()] = parse_value(value.strip(), f"--set {key.strip()}")
     return result

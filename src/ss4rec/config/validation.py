@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from ss4rec.config import PROPERTIES_DIR
+from ss4rec.config.shapes import shape_problem
 from ss4rec.errors import ConfigError
 
 
@@ -115,9 +116,9 @@ RULES: dict[str, Rule] = {
     # RecBole: training and evaluation
     "epochs": _int(1), "train_batch_size": _int(1), "eval_batch_size": _int(1),
     "learning_rate": _float(0),  # 0 is the lr guard's business (guard_lr_zero)
-    "weight_decay": _float(0), "stopping_step": _int(1), "eval_step": _int(1), "seed": _int(),
+    "weight_decay": _float(0), "stopping_step": _int(1), "eval_step": _int(1),
+    "seed": _int(0, high=2**32 - 1),  # numpy's seed range
     "MAX_ITEM_LIST_LENGTH": _int(2), "topk": Rule("int_list", 1), "worker": _int(0),
-    "clip_grad_norm": Rule("mapping", optional=True),
     "reproducibility": Rule("bool"), "use_gpu": Rule("bool"), "shuffle": Rule("bool"),
     "show_progress": Rule("bool"), "saved": Rule("bool"),
     # model widths, depths and dropout (SS4Rec, TiSASRec and RecBole's models alike)
@@ -162,5 +163,7 @@ def check_values(settings: dict, source: str = "config_dict", defaults: dict | N
     for key, value in settings.items():
         rule = RULES.get(key)
         need = rule.problem(value) if rule is not None else _default_type_problem(value, (defaults or {}).get(key))
+        if need is None:
+            need = shape_problem(key, value)  # nested and textual keys (ss4rec.config.shapes)
         if need is not None:
             raise ConfigError(f"{key}={value!r} (from {source}): {need}")

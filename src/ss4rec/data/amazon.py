@@ -116,6 +116,7 @@ def convert_amazon(
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    overwrite: bool = False,
 ) -> dict:
     """Convert the Amazon reviews or ratings file at ``src`` into ``outdir/NAME/``; return its stats.
 
@@ -141,7 +142,7 @@ def convert_amazon(
         if not chunks:
             raise DataError(f"{display}: no reviews or ratings in the file; expected {EXPECTED}")
         return write_interactions(chunks, outdir, name or default_name(member), source=display,
-                                  source_format=fmt, progress=progress)
+                                  source_format=fmt, progress=progress, overwrite=overwrite)
 
 
 def _single_member(source: Source) -> str:

@@ -62,8 +62,9 @@ class StagedOutput:
     and existing files are untouched.
     """
 
-    def __init__(self, parent: str | os.PathLike):
+    def __init__(self, parent: str | os.PathLike, overwrite: bool = True):
         self.parent = Path(parent)
+        self.overwrite = overwrite  # False: commit refuses to replace a file that exists
         self.path: Path | None = None
         self._created: list[Path] = []  # deepest first
         self._committed = False
@@ -81,6 +82,10 @@ class StagedOutput:
         """Move every staged file into ``final_dir`` (renamed per ``renames``); return the paths."""
         final_dir = Path(final_dir)
         renames = renames or {}
+        targets = [final_dir / renames.get(f.name, f.name) for f in sorted(self.path.iterdir())]
+        existing = [t for t in targets if t.exists() or t.is_symlink()]
+        if existing and not self.overwrite:
+            raise DataError(refusal_to_replace(final_dir, [t.name for t in existing]))
         if not final_dir.exists():
             final_dir.mkdir(parents=True)
             self._created.insert(0, final_dir)
@@ -98,6 +103,19 @@ class StagedOutput:
             for folder in self._created:  # only removed while still empty
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def refusal_to_replace(folder: Path, names: list[str]) -> str:
+    """The message for a dataset folder whose files a new conversion would replace."""
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return (f"{folder} already holds {shown}; nothing was changed. Use another --name or output "
+            "folder, or --overwrite to replace that dataset")
+
+
+def existing_dataset_files(folder: str | os.PathLike, name: str) -> list[str]:
+    """The atomic files of dataset ``name`` already in ``folder`` (NAME.inter, NAME.item, ...)."""
+    folder = Path(folder)
+    return sorted(p.name for p in folder.glob(f"{name}.*")) if folder.is_dir() else []
 
 
 def _missing_dirs(path: Path) -> list[Path]:

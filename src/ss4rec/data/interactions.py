@@ -89,6 +89,7 @@ def write_interactions(
     dropped: dict[str, int] | None = None,
     notes: dict | None = None,
     progress: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Apply the shared rules to ``chunks`` and commit ``outdir/name/name.{inter,stats.json}``.
 
@@ -137,7 +138,7 @@ def write_interactions(
         stats.update(notes)
     if progress:
         progress(f"convert: writing {len(out):,} interactions")
-    with StagedOutput(outdir) as stage:
+    with StagedOutput(outdir, overwrite=overwrite) as stage:
         with open(stage.path / "part.inter", "w", encoding="utf-8", newline="\n") as handle:
             handle.write("\t".join(header) + "\n")
             out.to_csv(handle, sep="\t", header=False, index=False, lineterminator="\n", na_rep="")

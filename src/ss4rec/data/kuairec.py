@@ -86,6 +86,7 @@ def convert_kuairec(
     min_watch_ratio: float | None = None,
     progress: Callable[[str], None] | None = None,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    overwrite: bool = False,
 ) -> dict:
     """Convert a KuaiRec 2.0 matrix at ``src`` into ``outdir/NAME/`` and return its stats.
 
@@ -123,7 +124,7 @@ def convert_kuairec(
         notes = {"min_watch_ratio": min_watch_ratio} if min_watch_ratio is not None else None
         return write_interactions(chunks, outdir, name or default, source=display,
                                   source_format=f"kuairec ({matrix})", dropped=dropped, notes=notes,
-                                  progress=progress)
+                                  progress=progress, overwrite=overwrite)
 
 
 __all__ = ["convert_kuairec", "is_kuairec_header", "pick_matrix", "MATRICES", "HEADER"]

@@ -28,7 +28,9 @@ from recbole.utils import ModelType
 
 from ss4rec.data.dataset import SS4RecDataset
 from ss4rec.data.modes import train_mode
+from ss4rec.data.reading import recbole_reading
 from ss4rec.data.sequences import NEG_TARGETS, TARGET_ITEMS, TARGET_MASK, FlatSequentialDataset
+from ss4rec.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +93,27 @@ def exact_time_dataset(config):
 
 
 def _load(cls, config):
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), recbole_reading():  # fields read as the data checks read them
         # RecBole 1.2.1's _fill_nan uses pandas' chained fillna(inplace=True); pandas 2.2+
         # warns about it on every run. Under pandas < 3 (our pin) it still works.
         warnings.filterwarnings("ignore", message="A value is trying to be set on a copy",
                                 category=FutureWarning)
-        return cls(config)
+        try:
+            return cls(config)
+        except ValueError as exc:
+            if "Some feat is empty" not in str(exc):
+                raise
+            raise DataError(_filtered_away(config)) from None
+
+
+def _filtered_away(config) -> str:
+    """RecBole's "Some feat is empty": the filters left a file of the dataset without rows."""
+    filters = {k: config[k] for k in ("user_inter_num_interval", "item_inter_num_interval", "val_interval",
+                                      "rm_dup_inter") if config[k] not in (None, "[0,inf)")}
+    shown = ", ".join(f"{k}={v!r}" for k, v in filters.items()) or "no filter settings"
+    return (f"dataset {config['dataset']!r} ({config['data_path']}): the filters ({shown}) leave no rows in "
+            "its .inter file or in a .item/.user file it loads: loosen them, or check that those files "
+            "hold rows")
 
 
 def prepare_data(config, dataset):
@@ -108,6 +125,7 @@ def prepare_data(config, dataset):
         config["checkpoint_dir"], f'{config["dataset"]}-for-{config["model"]}-dataloader.pth'), "dataloader")
     built = dataset.build()
     train_dataset, valid_dataset, test_dataset = built
+    _check_split(config, dataset, built)
     sequence = train_mode(config) == "sequence"
     if sequence and not isinstance(dataset, FlatSequentialDataset):
         raise TypeError(f"train_mode: sequence needs a FlatSequentialDataset, not {type(dataset).__name__}")
@@ -136,6 +154,20 @@ def prepare_data(config, dataset):
             f"{len(train_data)} batches an epoch"
         )
     return train_data, valid_data, test_data
+
+
+def _check_split(config, dataset, parts) -> None:
+    """Refuse a split that leaves the train, valid or test part without interactions, before
+    any training (else: an epoch, then a crash or metrics of nothing)."""
+    empty = [name for name, part in zip(("train", "valid", "test"), parts) if len(part) == 0]
+    if not empty:
+        return
+    counts = np.bincount(dataset.inter_feat[dataset.uid_field].numpy())[1:]
+    raise DataError(
+        f"dataset {config['dataset']!r}: the split eval_args.split={config['eval_args']['split']} leaves no "
+        f"{' and no '.join(empty)} interactions ({len(dataset):,} interactions, {int((counts > 0).sum()):,} users, "
+        f"{int((counts >= 3).sum()):,} with 3 or more): leave-one-out needs users with at least 3 "
+        "interactions; loosen the filters, or use more data")
 
 
 class WindowTrainDataLoader(TrainDataLoader):

@@ -40,7 +40,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -407,8 +407,11 @@ def convert_movielens(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Callable[[str], None] | None = None,
     progress_every: int = DEFAULT_PROGRESS_EVERY,
+    overwrite: bool = False,
 ) -> dict:
     """Convert the MovieLens release at ``src`` into ``outdir/NAME/`` and return its stats.
+
+    An existing dataset of that name is refused unless ``overwrite`` (nothing is changed).
 
     ``progress`` (e.g. ``lambda m: print(m, file=sys.stderr)``) gets a line every
     ``progress_every`` ratings. Raises :class:`DataError` on any bad input, before anything
@@ -418,7 +421,7 @@ def convert_movielens(
         check_dataset_name(name)
     source = open_release(src)
     try:
-        with StagedOutput(outdir) as stage:
+        with StagedOutput(outdir, overwrite=overwrite) as stage:
             stats = _convert_into(source, stage.path, name, chunk_rows, progress, progress_every)
             final_name = stats["name"]
             renames = {f"part{ext}": f"{final_name}{ext}" for ext in (".inter", ".item", ".user", ".stats.json")}

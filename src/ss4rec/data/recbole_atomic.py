@@ -67,6 +67,7 @@ def convert_atomic(
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    overwrite: bool = False,
 ) -> dict:
     """Check the atomic files at ``src`` and copy them to ``outdir/NAME/``; return the stats."""
     with Source(src, expected=EXPECTED) as source:
@@ -95,7 +96,7 @@ def convert_atomic(
             _check_side_file(source, member, block_bytes)
         stats = {"name": name, "source": source.display(inter), "format": "recbole atomic files (passed through)",
                  **stats}
-        with StagedOutput(outdir) as stage:
+        with StagedOutput(outdir, overwrite=overwrite) as stage:
             for ext, member in [(".inter", inter), *siblings.items()]:
                 with source.read_errors(member), contextlib.closing(source.open(member)) as handle, \
                         open(stage.path / f"part{ext}", "wb") as out:

@@ -25,13 +25,13 @@ Loading reads the atomic file with pandas' C parser instead of RecBole's
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
 from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
 from ss4rec.data.modes import train_mode
+from ss4rec.data.reading import read_atomic_csv
 from ss4rec.errors import ConfigError
 
 FLAT_POS = "_flat_pos"  # [N] a row's target position in flat_feat
@@ -130,8 +130,8 @@ class FlatSequentialDataset(SequentialDataset):
             self.logger.warning(f"No columns has been loaded from [{source}]")
             return None
         dtype = {column: np.float64 if type_name == "float" else str for _, type_name, column in fields}
-        df = pd.read_csv(filepath, sep=sep, usecols=list(dtype), dtype=dtype, encoding=encoding,
-                         engine="c")
+        df = read_atomic_csv(filepath, sep=sep, usecols=list(dtype), dtype=dtype, encoding=encoding,
+                             engine="c")  # fields read literally, as the data checks read them
         df = df[[column for _, _, column in fields]]
         df.columns = [field for field, _, _ in fields]
         return df

@@ -24,7 +24,7 @@ from ss4rec.drift.model_drift import compute_model_drift
 from ss4rec.drift.reader import InterColumns
 from ss4rec.drift.report import write_markdown, write_plots
 from ss4rec.drift.windows import WindowSpec
-from ss4rec.training.runfolder import write_json_atomic
+from ss4rec.training.runfolder import check_writable_folder, write_json_atomic
 
 __all__ = ["drift_report", "compute_data_drift", "compute_model_drift", "DEFAULT_THRESHOLDS", "WindowSpec"]
 
@@ -43,8 +43,7 @@ def drift_report(past, future, output_dir, checkpoint=None, window: str = "month
     spec = WindowSpec.parse(window)
     if spec.kind == "days":  # one anchor for both parts: the future's first timestamp
         spec = spec.with_anchor(InterColumns(future).time_range()[0])
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_folder(Path(output_dir), "--output")  # created once there is a report to write
     minimums = {name: value for name, value in (("min_window_rows", min_window_rows),
                                                  ("min_window_users", min_window_users)) if value is not None}
     report = {"window": spec.name, "data_drift": compute_data_drift(past, future, spec, thresholds, **minimums),
@@ -52,6 +51,7 @@ def drift_report(past, future, output_dir, checkpoint=None, window: str = "month
     if checkpoint is not None:
         report["model_drift"] = compute_model_drift(checkpoint, past, future, spec, topk=topk, device=device,
                                                     max_predictions=max_predictions, config_dict=config_dict)
+    out.mkdir(parents=True, exist_ok=True)
     report["plots"] = write_plots(report, out) if plots else []
     report["files"] = {"json": str(out / "drift.json"), "markdown": str(out / "drift.md")}
     write_json_atomic(out / "drift.json", report)

@@ -48,7 +48,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from ss4rec.drift.reader import CHUNK_ROWS, InterColumns, TokenVocab
 from ss4rec.drift.windows import WindowSpec
-from ss4rec.errors import UserError
+from ss4rec.errors import DataError, UserError
 from ss4rec.pipeline.runner import restore
 from ss4rec.training.trainer import SS4RecTrainer
 
@@ -156,6 +156,7 @@ def compute_model_drift(checkpoint, past_path, future_path, window: str | Window
     if not isinstance(run.model, SequentialRecommender):
         raise UserError(f"model drift needs a sequential model (SS4Rec, SASRec, GRU4Rec, ...); "
                         f"{checkpoint} holds {type(run.model).__name__}")
+    training_data = check_trained_before(run, past_path, future_path)
     spec = window if isinstance(window, WindowSpec) else WindowSpec.parse(window)
     if spec.kind == "days" and spec.anchor is None:
         spec = spec.with_anchor(InterColumns(future_path).time_range()[0])
@@ -245,7 +246,38 @@ def compute_model_drift(checkpoint, past_path, future_path, window: str | Window
         "future_interactions": int(len(f_users)), "sampled": max_predictions is not None and max_predictions < len(f_users),
         "unknown_users": int((user_internal == 0).sum()), "future_users": int(n_future_users),
         "reference": reference, "overall": overall_entry, "windows": windows,
+        "training_data": training_data,
     }
+
+
+def check_trained_before(run, past_path, future_path) -> dict:
+    """Did the model see only data up to ``--past``? Refused when it did not; said when unknown.
+
+    The run's training file is the one :func:`~ss4rec.pipeline.runner.restore` found matching
+    the checkpoint's data fingerprint. It is ``--past`` itself, or every timestamp in it comes
+    before the future's first interaction; otherwise its scores on the future windows would
+    include interactions it was trained on, and a UserError says so. Without a time column in
+    either file nothing can be checked: ``checked`` is False and ``detail`` says why.
+    """
+    trained_on = Path(run.config["data_path"]) / f"{run.config['dataset']}.inter"
+    past, future = Path(past_path), Path(future_path)
+    if trained_on.is_file() and past.is_file() and os.path.samefile(trained_on, past):
+        return {"checked": True, "file": str(trained_on), "detail": "the model was trained on --past itself"}
+    try:
+        trained_last = InterColumns(trained_on).time_range()[1]
+        future_first = InterColumns(future).time_range()[0]
+    except (DataError, AttributeError, TypeError) as exc:
+        return {"checked": False, "file": str(trained_on),
+                "detail": f"cannot check that the model saw only data up to --past: {exc}"}
+    if trained_last >= future_first:
+        raise UserError(
+            f"the checkpoint's model was trained on {trained_on}, whose interactions run to {trained_last:.0f}, "
+            f"at or after the first interaction of --future {future} ({future_first:.0f}): it would be scored "
+            "on interactions it saw. Train on the past side of the split (ss4rec split, then ss4rec train "
+            "--dataset NAME-past) and pass that run's checkpoint")
+    return {"checked": True, "file": str(trained_on),
+            "detail": f"every training interaction ({trained_on.name}, up to {trained_last:.0f}) comes before "
+                      f"the future's first ({future_first:.0f})"}
 
 
 def _verdict(entry: dict, reference: dict, k: int, max_drop: float, min_predictions: int) -> dict:

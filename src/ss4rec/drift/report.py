@@ -119,6 +119,8 @@ def markdown(report: dict) -> str:
             f"{_fmt(ref.get(f'ndcg@{k}'))}. Drift when HR@{k} or NDCG@{k} is more than "
             f"{model['max_relative_drop']:.0%} below it. Unknown target items are excluded and counted; "
             f"{model['unknown_users']:,} of {model['future_users']:,} future users are unknown to the model.", "",
+            "Training data: " + (model.get("training_data") or {}).get(
+                "detail", "not checked (a report from an older version)") + ".", "",
             f"| window | predictions | HR@{k} | NDCG@{k} | unknown-item targets | no context | unknown-user predictions | verdict |",
             "|---|---:|---:|---:|---:|---:|---:|---|",
         ]

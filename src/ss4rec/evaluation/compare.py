@@ -34,6 +34,7 @@ columns, the time diagnostics, then every run), ``summary.json``, the plots
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -45,7 +46,8 @@ from pathlib import Path
 
 import yaml
 
-from ss4rec.config.files import known_defaults, known_keys, load_config_file, model_config_file
+from ss4rec.config.files import check_keys, known_defaults, known_keys, load_config_file, model_config_file
+from ss4rec.config.safe_yaml import load_yaml
 from ss4rec.config.validation import check_values
 from ss4rec.data.modes import train_mode
 from ss4rec.errors import ConfigError, UserError
@@ -53,7 +55,8 @@ from ss4rec.evaluation.compare_plots import plot_summary
 from ss4rec.evaluation.published import published_rows, published_section
 from ss4rec.evaluation.study import best_epoch, markdown_summary, summarise
 from ss4rec.models.losses import supports_windows
-from ss4rec.pipeline.settings import resolve_model
+from ss4rec.pipeline.preflight import check_settings
+from ss4rec.pipeline.settings import build_config, dataset_location, resolve_model
 
 # Settings every compared model shares unless the config files say otherwise: the
 # leave-one-out, time-ordered, full-ranking protocol and the cut-offs of the table.
@@ -89,8 +92,8 @@ def parse_models(text) -> list[ModelSpec]:
 
     An entry may carry settings of its own: ``BERT4Rec:epochs=10`` (``NAME:KEY=VALUE:...``,
     values read as YAML), e.g. an epoch cap for a model too slow to converge; the label
-    shows them (``BERT4Rec (epochs=10)``). Names are not checked here: an unknown name fails
-    in its own subprocess and is reported in the table like any other failure.
+    shows them (``BERT4Rec (epochs=10)``). Names and settings are checked by :func:`check_specs`
+    before anything trains.
     """
     names = text.split(",") if isinstance(text, str) else list(text)
     names = [n.strip() for n in names if n.strip()]
@@ -107,7 +110,7 @@ def parse_models(text) -> list[ModelSpec]:
             key, sep, value = pair.partition("=")
             if not sep or not key.strip():
                 raise UserError(f"--models entry {entry!r}: settings go as NAME:KEY=VALUE, e.g. BERT4Rec:epochs=10")
-            own[key.strip()] = yaml.safe_load(value)
+            own[key.strip()] = load_yaml(value, f"--models {entry}")
         label = name if not own else f"{name} ({', '.join(f'{k}={v}' for k, v in own.items())})"
         ablation = next((a for a in ABLATIONS if a.lower() == name.lower()), None)
         if ablation:
@@ -155,6 +158,35 @@ def shared_settings(config_files=(), config_dict=None, epochs=None) -> dict:
 
     check_values(merged, "the shared settings", known_defaults(""))
     return merged
+
+
+def check_specs(specs, shared: dict, dataset: str, device=None) -> None:
+    """Refuse an unknown model name or a bad per-model setting now, not after the models before
+    it have trained: each model's whole config is built and its settings checked as its run
+    will (:func:`ss4rec.pipeline.preflight.check_settings`; the data is checked by each run)."""
+    for spec in specs:
+        name, _ = resolve_model(spec.model)
+        source = f"--models {spec.label}"
+        check_keys(spec.overrides, name, source=source)
+        check_values(spec.overrides, source, known_defaults(name))
+        try:
+            config, _ = build_config(spec.model, dataset, (), settings_for(spec, shared, specs), device)
+            check_settings(config, spec.label, dataset)
+        except UserError as exc:
+            raise type(exc)(f"--models {spec.label}: {exc}") from None
+
+
+def check_reference(reference: str | None, specs) -> str:
+    """The model the paired CIs compare against: ``reference`` if it is compared, the default
+    SS4Rec when it is, else the first model; an explicit name that is not compared is refused."""
+    labels = [s.label for s in specs]
+    if reference is None:
+        return "SS4Rec" if "SS4Rec" in labels else labels[0]
+    match = next((label for label in labels if label.lower() == str(reference).lower()), None)
+    if match is None:
+        raise UserError(f"--reference {reference!r} is not among --models ({', '.join(labels)}): use one of "
+                        "those, or leave --reference out (SS4Rec when compared, else the first model)")
+    return match
 
 
 def _own_keys(model: str) -> set[str]:
@@ -235,8 +267,22 @@ def _run_subprocess(command, log_file: Path, timeout_s=None):
     return proc.returncode, usage.ru_maxrss / 1024, timed_out  # ru_maxrss: KiB on Linux
 
 
+def data_digest(dataset: str, data_path=None) -> str:
+    """SHA-256 of the dataset's atomic files (NAME.inter, .item, .user): what a finished run was
+    trained and tested on. A run is reused only while its data still has this digest."""
+    folder = dataset_location(dataset, data_path)
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob(f"{dataset}.*")):
+        if path.suffix in (".inter", ".item", ".user") and path.is_file():
+            digest.update(path.name.encode() + b"\0")
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
 def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, device=None,
-              timeout_s=None, seed=None, log=None, train: bool = True) -> dict:
+              timeout_s=None, seed=None, log=None, train: bool = True, data_sha256: str | None = None) -> dict:
     """Train one model (one seed) in a subprocess, then evaluate its best checkpoint.
 
     Returns a table row: status ``ok`` or ``failed`` with ``error``. A run folder that
@@ -253,16 +299,18 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
     results_file, usage_file = model_dir / "results.json", model_dir / "usage.json"
     row = {"model": spec.label, "seed": seed if seed is not None else settings.get("seed", ""),
            "status": "failed", "run_dir": str(model_dir), "error": ""}
+    # Reused only when provably the same: these settings and the same data bytes.
     reuse = (results_file.exists() and usage_file.exists() and settings_file.exists()
-             and settings_file.read_text(encoding="utf-8") == text)
+             and settings_file.read_text(encoding="utf-8") == text
+             and _usage(usage_file).get("data_sha256") == (data_sha256 or data_digest(dataset, settings.get("data_path"))))
     if not reuse and not train:
-        row.update(status="missing", error="not run yet (or run with other settings)")
+        row.update(status="missing", error="not run yet (or run with other settings or data)")
         return row
     if reuse:
-        peak_rss_mb = json.loads(usage_file.read_text(encoding="utf-8"))["peak_rss_mb"]
+        peak_rss_mb = _usage(usage_file)["peak_rss_mb"]
         if log:
             log(f"[compare] {spec.label}{'' if seed is None else f' seed {seed}'}: finished before "
-                f"with these settings, reused ({model_dir})", flush=True)
+                f"with these settings and data, reused ({model_dir})", flush=True)
     else:
         model_dir.mkdir(parents=True, exist_ok=True)  # only a run that trains writes a folder
         settings_file.write_text(text, encoding="utf-8")
@@ -270,7 +318,8 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
             if stale.exists():
                 stale.unlink()  # a stale file must not pass for this run's result
         command = [sys.executable, "-m", "ss4rec", "train", "--model", spec.model, "--dataset", dataset,
-                   "--config", str(settings_file), "--output", str(model_dir)]
+                   "--config", str(settings_file), "--output", str(model_dir),
+                   "--overwrite"]  # compare owns MODEL/: a run with other settings replaces the old
         if device:
             command += ["--device", device]
         returncode, peak_rss_mb, timed_out = _run_subprocess(command, model_dir / "train.out", timeout_s)
@@ -287,7 +336,8 @@ def run_model(spec: ModelSpec, settings: dict, dataset: str, out_dir: Path, devi
         row["evaluate_error"] = _evaluate_run(results, settings, model_dir, device)
     if not reuse:
         # Written last: its presence says "trained and evaluated with settings.yaml".
-        usage_file.write_text(json.dumps({"peak_rss_mb": peak_rss_mb}), encoding="utf-8")
+        usage_file.write_text(json.dumps({"peak_rss_mb": peak_rss_mb, "data_sha256": data_sha256
+                                          or data_digest(dataset, settings.get("data_path"))}), encoding="utf-8")
     return row
 
 
@@ -304,6 +354,15 @@ def result_row(results: dict, peak_rss_mb: float) -> dict:
     else:
         row.update(peak_memory_mb=peak_rss_mb, memory_kind="rss")
     return row
+
+
+def _usage(path: Path) -> dict:
+    """A run's usage.json ({} when unreadable: the run is then not reused)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _evaluate_run(results: dict, settings: dict, model_dir: Path, device) -> str:
@@ -335,7 +394,7 @@ def metric_columns(topk) -> list[str]:
 
 def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None, epochs=None,
             output_dir="runs/compare", device=None, timeout_s=None, log=print, seeds=None,
-            reference: str = "SS4Rec", train: bool = True) -> list[dict]:
+            reference: str | None = None, train: bool = True) -> list[dict]:
     """Train every model of ``models`` under the same settings; write the comparison table.
 
     Args:
@@ -347,7 +406,8 @@ def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None,
         timeout_s: per-run wall-clock limit; a run past it is killed and marked failed.
         log: where progress lines go (``print``; ``None`` for silence).
         seeds: None (one run per model, the configs' seed), a count, or a list of seeds.
-        reference: the model the paired CIs compare against (default SS4Rec; else the first).
+        reference: the model the paired CIs compare against (default SS4Rec when compared, else the
+            first); a name not among ``models`` is refused.
         train: False to only tabulate the runs already finished in ``output_dir`` (e.g. while
             other compare processes still train into it); the others are listed as missing.
 
@@ -357,6 +417,11 @@ def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None,
     specs = parse_models(models)
     seed_list = parse_seeds(seeds)
     shared = shared_settings(config_files, config_dict, epochs)  # refused settings: no folder
+    check_specs(specs, shared, dataset, device)  # every model's settings, before the first one trains
+    reference = check_reference(reference, specs)
+    if timeout_s is not None and not timeout_s > 0:
+        raise UserError(f"--timeout-minutes {timeout_s / 60:g}: use a positive number of minutes, or leave it out")
+    digest = data_digest(dataset, shared.get("data_path"))  # the data every run here is trained on
     out_dir = Path(output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [(spec, seed) for seed in (seed_list or [None]) for spec in specs]
@@ -366,7 +431,7 @@ def compare(models, dataset: str = "ml-100k", config_files=(), config_dict=None,
         if log and train:
             log(f"[compare] run {i}/{len(runs)}: {name}: training", flush=True)
         row = run_model(spec, settings_for(spec, shared, specs), dataset, out_dir, device, timeout_s, seed,
-                        log if train else None, train)
+                        log if train else None, train, data_sha256=digest)
         rows.append(row)
         if log and train:
             detail = f"ndcg@10 {row.get('ndcg@10', float('nan')):.4f}" if row["status"] == "ok" else row["error"]

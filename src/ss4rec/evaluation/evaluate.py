@@ -39,7 +39,7 @@ from ss4rec.evaluation.probe import (
     test_gaps,
 )
 from ss4rec.pipeline.runner import restore
-from ss4rec.training.runfolder import write_json_atomic
+from ss4rec.training.runfolder import check_writable_folder, write_json_atomic
 from ss4rec.training.trainer import SS4RecTrainer
 
 
@@ -111,7 +111,7 @@ def evaluate_checkpoint(checkpoint, topk=None, output_dir=None, device: str = "c
     if data_path is not None:
         config_dict["data_path"] = str(data_path)
     out = Path(output_dir) if output_dir is not None else checkpoint.parent.parent / "evaluate"
-    out = out.resolve()
+    out = check_writable_folder(out.resolve(), "--output")  # before the model and data load
 
     restored = restore(checkpoint, device=device, config_dict=config_dict)
     config = restored.config

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from ss4rec.data.modes import train_mode
 from ss4rec.errors import UserError
+from ss4rec.training.runfolder import check_writable_file
 
 TABLE_METRICS = ("hit@10", "ndcg@10", "mrr@10")
 
@@ -35,12 +36,29 @@ def run_folders(path) -> list[Path]:
                     "give the --output folder of `ss4rec train` or `ss4rec compare`")
 
 
+def _read_results(path: Path) -> dict:
+    """A run's results.json; a damaged or foreign one is a UserError naming it (no traceback)."""
+    try:
+        result = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise UserError(f"{path} is damaged{where}: not the JSON `ss4rec train` writes; re-run that "
+                        "training or leave its folder out of the report") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("model"), str) \
+            or not isinstance(result.get("test", {}), dict) or not isinstance(result.get("history", []), list):
+        raise UserError(f"{path} is not the results.json of an `ss4rec train` run (no model / test / history): "
+                        "leave its folder out of the report")
+    return result
+
+
 def load_runs(paths) -> list[dict]:
     """One row per run: label, model, train_mode, epochs, test metrics, seconds per epoch, history."""
 
     rows = []
     for folder in (run for path in paths for run in run_folders(path)):
-        result = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        result = _read_results(folder / "results.json")
         config = result.get("config") or {}
         rows.append({
             # A compare run with seeds lives in MODEL/seed-N: name it by both.
@@ -84,6 +102,6 @@ def plot_comparison(rows, path) -> Path:
     bar_ax.set(ylabel="test NDCG@10", title="test (best validation checkpoint)")
     bar_ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
+    path = check_writable_file(path, "--plot", suffix=".png")  # matplotlib adds .png to a bare name
     fig.savefig(path, dpi=110)
     return path

@@ -54,6 +54,7 @@ from recbole.utils import init_seed
 from ss4rec.data.atomic import ATOMIC_TYPES, MILLISECONDS_ABOVE
 from ss4rec.data.loaders import EXACT_TIME_MODELS, create_dataset, prepare_data
 from ss4rec.data.modes import train_mode
+from ss4rec.data.reading import file_problem, scan_atomic_file
 from ss4rec.data.sequences import TARGET_MASK, count_windows, estimate_host_memory
 from ss4rec.errors import ConfigError, DataError, UserError
 from ss4rec.models.losses import window_loss
@@ -173,7 +174,20 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
     return report
 
 
-def check_before_building(config, model_label: str, dataset: str) -> list[str]:
+def check_settings(config, model_label: str, dataset: str) -> None:
+    """Preflight's checks of the settings alone (no data read): the first FAIL as a UserError.
+
+    For ``compare``, which checks every model's settings before the first one trains.
+    """
+    report = PreflightReport(model=model_label, dataset=dataset, device=str(config["device"]))
+    _check_config(report, config)
+    _check_batch_memory(report, config)
+    _check_optimiser(report, config)
+    if not report.ok:
+        raise UserError(report.first_failure)
+
+
+def check_before_building(config, model_label: str, dataset: str, processes: int | None = None) -> list[str]:
     """Preflight's fast checks (settings, optimiser, the .inter file, host memory) for a run
     about to start: the first FAIL is raised as a UserError, the same verdict preflight gives.
 
@@ -183,7 +197,8 @@ def check_before_building(config, model_label: str, dataset: str) -> list[str]:
 
     report = PreflightReport(model=model_label, dataset=dataset, device=str(config["device"]))
     # Under DDP every process on this machine loads the whole dataset (torchrun's count).
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if not config["single_spec"] else 1
+    if processes is None:  # --nproc's parent passes its count before it starts the processes
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if not config["single_spec"] else 1
     _fast_checks(report, config, dataset, stop_early=True, processes=processes)
     if not report.ok:
         raise UserError(report.first_failure)
@@ -198,6 +213,7 @@ def _fast_checks(report: PreflightReport, config, dataset: str, stop_early: bool
     refused anyway need not wait for it); preflight reports every check.
     """
     _check_config(report, config)
+    _check_batch_memory(report, config)
     _check_optimiser(report, config)
     rows = _check_inter_file(report, config, dataset) if report.ok or not stop_early else 0
     if rows:
@@ -259,7 +275,8 @@ def _build(report, model, dataset, config_files, config_dict, device):
     except DataError as exc:
         report.add("data", "files exist", FAIL, str(exc))
     except ConfigError as exc:
-        report.add("config", "keys and values", FAIL, str(exc))
+        loss_vs_sampling = "loss_type is CE" in str(exc)
+        report.add("config", "loss vs sampling" if loss_vs_sampling else "keys and values", FAIL, str(exc))
     except UserError as exc:
         if device == "cuda" and any(c.name == "device" and c.status == FAIL for c in report.checks):
             pass  # already reported by the environment checks
@@ -327,6 +344,36 @@ def _check_config(report: PreflightReport, config) -> None:
         _check_mamba_backend(report, config, backend)
 
 
+def _check_batch_memory(report: PreflightReport, config) -> None:
+    """A sequence length whose batches cannot fit, refused before anything is built.
+
+    The lower bound used is one float32 tensor of [batch, MAX_ITEM_LIST_LENGTH, width] (the
+    embedded batch every sequential model makes first), for the larger of the training and
+    evaluation batches, against the memory of the device that trains (the GPU's memory, else
+    the host memory available): a lower bound against an upper one, so it refuses only what
+    cannot fit.
+    """
+    if not str(config["MODEL_TYPE"]).endswith("SEQUENTIAL"):
+        return
+    length = config["MAX_ITEM_LIST_LENGTH"]
+    width = max(int(config[k] or 0) for k in ("hidden_size", "embedding_size")) or 64
+    batch = max(int(config["train_batch_size"] or 1), int(config["eval_batch_size"] or 1))
+    need = batch * length * width * 4
+    device = config["device"]
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        # The GPU's whole memory (no CUDA context needed: --nproc's parent checks before it
+        # starts the processes and must not hold one), an upper bound of what is free.
+        have, where = float(torch.cuda.get_device_properties(device).total_memory), f"the memory of {device}"
+    else:
+        have, where = available_memory(), "of host memory available"
+    if have is None or need <= have:
+        return
+    report.add("config", "MAX_ITEM_LIST_LENGTH", FAIL,
+               f"MAX_ITEM_LIST_LENGTH={length}: one batch of {batch:,} sequences x {length:,} positions x "
+               f"{width} features needs at least {need / 2**30:.1f} GB, but {have / 2**30:.1f} GB is {where}: "
+               "use a shorter MAX_ITEM_LIST_LENGTH (paper: 50-200) or smaller train_batch_size / eval_batch_size")
+
+
 def _check_mamba_backend(report: PreflightReport, config, backend: str) -> None:
     on_cuda = str(config["device"]).startswith("cuda")
     kernels = report.environment.get("mamba_kernels", {})
@@ -381,8 +428,9 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
     """
 
     path = Path(config["data_path"]) / f"{dataset}.inter"
-    if not path.is_file():
-        report.add("data", "files exist", FAIL, f"{path} not found")
+    problem = file_problem(path)
+    if problem and not problem.endswith("(0 bytes): delete it or write its header and rows"):
+        report.add("data", "files exist", FAIL, problem)
         return 0
     report.add("data", "files exist", PASS, str(path))
     if path.stat().st_size == 0:
@@ -413,6 +461,14 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
                    f"{path.name} lacks {missing} (header: {header}); {fix}")
         return 0
     report.add("data", "header types", PASS, " ".join(header))
+    # The whole file, and the .item / .user files RecBole loads with it, as RecBole will read
+    # them (ss4rec.data.reading): encoding, control characters, duplicate columns, field counts.
+    try:
+        for atomic in [path, *_side_files(config, dataset)]:
+            scan_atomic_file(atomic)
+    except DataError as exc:
+        report.add("data", "file format", FAIL, str(exc))
+        return 0
 
     # One pass with pandas' C parser: ids straight into categories and times into float64,
     # so 32M rows take about 0.5 GB. Only a file with bad times is read again, as text, to
@@ -479,6 +535,17 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
     return len(values)
 
 
+def _side_files(config, dataset: str) -> list[Path]:
+    """The other atomic files RecBole loads with NAME.inter: NAME.user, NAME.item (and any
+    ``additional_feat_suffix``) that exist, unless ``load_col`` leaves them out."""
+    load_col = config["load_col"]
+    suffixes = ["user", "item", *(config["additional_feat_suffix"] or [])]
+    folder = Path(config["data_path"])
+    return [folder / f"{dataset}.{s}" for s in suffixes
+            if (folder / f"{dataset}.{s}").exists() or (folder / f"{dataset}.{s}").is_symlink()
+            if load_col is None or s in load_col]
+
+
 def available_memory() -> float | None:
     """Bytes this process may still use: MemAvailable, capped by a cgroup v2 limit (None if unknown)."""
     try:
@@ -528,6 +595,9 @@ def _load_data(report: PreflightReport, config):
             warnings.simplefilter("ignore", FutureWarning)
             data = create_dataset(config)
             train_data, valid_data, test_data = prepare_data(config, data)
+    except UserError as exc:  # the run gives this same line
+        report.add("data", "load and filter", FAIL, str(exc))
+        return None
     except Exception as exc:
         report.add("data", "load and filter", FAIL, f"RecBole cannot build the dataset: {type(exc).__name__}: {exc}")
         return None

@@ -52,7 +52,15 @@ from ss4rec.training.checkpoint import (
 )
 from ss4rec.training.curves import plot_curves
 from ss4rec.training.devices import device_facts, peak_gpu_memory_mb
-from ss4rec.training.runfolder import RunLock, working_dir, write_json_atomic
+from ss4rec.training.runfolder import (
+    RunLock,
+    check_run_folder,
+    clear_earlier_run,
+    discard_refused_run,
+    is_fresh,
+    working_dir,
+    write_json_atomic,
+)
 from ss4rec.training.trainer import SS4RecTrainer
 
 
@@ -178,10 +186,17 @@ def _finished_run(resume: Path, config, quiet: bool = False) -> dict | None:
     """
 
     state = load_checkpoint(resume)
+    _check_same_run(state, resume, config)
     done = int(state.get("epoch", -1)) + 1
     stopped_early = int(state.get("cur_step", 0)) > int(config["stopping_step"])
     if done < int(config["epochs"]) and not stopped_early:
-        return None
+        return None  # the trainer compares the whole data fingerprint once the data is loaded
+    fingerprint = state.get("dataset") or {}
+    inter = Path(config["data_path"]) / f"{config['dataset']}.inter"
+    if fingerprint.get("bytes") is not None and inter.is_file() and inter.stat().st_size != fingerprint["bytes"]:
+        raise UserError(f"checkpoint {resume} was trained on other data than this run loads (bytes: "
+                        f"{fingerprint['bytes']:,} in the checkpoint, {inter.stat().st_size:,} now): its "
+                        "results belong to that data; point --data-path at it, or start a new run")
     run_dir = resume.parent.parent  # RUN/checkpoints/MODEL-last.pth
     results = run_dir / "results.json"
     why = "early stopping ended it" if stopped_early else f"all {config['epochs']} epochs are done"
@@ -191,6 +206,24 @@ def _finished_run(resume: Path, config, quiet: bool = False) -> dict | None:
               file=sys.stderr)
     return json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {
         "run_dir": str(run_dir), "test": {}, "epochs_run": done}
+
+
+def _check_same_run(state: dict, resume: Path, config) -> None:
+    """``--resume`` continues one run: refuse another --model or --dataset before anything else.
+
+    (Resuming an unfinished run checks the data fingerprint as well, once the data is loaded:
+    :meth:`ss4rec.training.trainer.SS4RecTrainer.resume_checkpoint`.)
+    """
+    saved = (state.get("config") or {}).get("run_settings") or {}
+    model, dataset = state.get("model") or saved.get("model"), saved.get("dataset")
+    problems = []
+    if model and str(model).lower() != str(config["model"]).lower():
+        problems.append(f"model {model!r} there, --model {config['model']!r} now")
+    if dataset and dataset != config["dataset"]:
+        problems.append(f"dataset {dataset!r} there, --dataset {config['dataset']!r} now")
+    if problems:
+        raise UserError(f"--resume {resume} belongs to another run ({'; '.join(problems)}): resume with "
+                        "that run's --model, --dataset and data, or start a new run with a new --output")
 
 
 def _log_estimate(logger, data, train_data) -> None:
@@ -211,7 +244,7 @@ def default_output_dir(model: str, dataset: str) -> Path:
 
 def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), config_dict=None,
         output_dir=None, device: str | None = None, saved: bool = True, resume=None,
-        epoch_hook=None) -> dict:
+        epoch_hook=None, overwrite: bool = False) -> dict:
     """Train and test ``model`` on ``dataset`` through RecBole; return (and save) the results.
 
     Args:
@@ -228,6 +261,8 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
         epoch_hook: called after every evaluated epoch with ``(epoch_idx, valid_score,
             valid_result)``; returning a reason (a non-empty string) ends training there, as
             early stopping does (``results.json`` ``training.stopped_by`` records it).
+        overwrite: replace an earlier run in ``output_dir`` (without it such a folder, or one
+            holding other files, is refused: :func:`ss4rec.training.runfolder.check_run_folder`).
 
     Returns:
         The contents of ``results.json``: model, dataset, best_valid, test, epochs_run,
@@ -246,7 +281,14 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
     model_label = getattr(model, "__name__", model)
     out = Path(output_dir if output_dir is not None else default_output_dir(model_label, dataset)).resolve()
     if distributed.rank() == 0:
-        return _run(model, dataset, config_files, config_dict, out, device, saved, resume, out, epoch_hook)
+        existed, fresh = out.exists(), is_fresh(out)
+        try:
+            return _run(model, dataset, config_files, config_dict, out, device, saved, resume, out,
+                        epoch_hook, overwrite)
+        except UserError:
+            if fresh:  # refused before it began (e.g. while loading the data): leave nothing behind
+                discard_refused_run(out, remove_folder=not existed)
+            raise
     # A DDP rank other than 0 never touches the run folder (it may be on another machine, or
     # shared): RecBole's own files (tensorboard, its checkpoint folder) go to a scratch folder.
     scratch = Path(tempfile.mkdtemp(prefix=f"ss4rec-rank{distributed.rank()}-"))
@@ -257,7 +299,7 @@ def run(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(), 
 
 
 def _run(model, dataset, config_files, config_dict, out: Path, device, saved, resume, work: Path,
-         epoch_hook=None) -> dict:
+         epoch_hook=None, overwrite: bool = False) -> dict:
     """:func:`run` in ``work``: the run folder ``out`` itself, or a DDP rank's scratch folder."""
 
 
@@ -271,11 +313,15 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
             distributed.shutdown()
             return finished
     data_warnings = check_before_building(config, str(model_label), dataset)
+    if writer:
+        check_run_folder(out, resume, overwrite)  # an earlier run stays unless asked
     try:
         work.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError, PermissionError) as exc:
         raise UserError(f"--output {work}: cannot create the run folder ({exc.strerror}); "
                         "give a writable folder path") from None
+    resuming_here = resume is not None and resume.parent.parent == out
+    replaced = clear_earlier_run(out) if writer and overwrite and not resuming_here else []
 
     log_file = work / "train.log" if writer else None
     with RunLock(work), _run_logging(log_file, prefix=f"rank {distributed.rank()}: " * (not writer)), \
@@ -283,6 +329,8 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
         logger = logging.getLogger()
         init_seed(config["seed"], config["reproducibility"])
         logger.info(f"run folder: {out}")
+        if replaced:
+            logger.info(f"--overwrite: removed the earlier run's {', '.join(replaced)}")
         for warning in data_warnings:
             logger.warning(warning)
         if not config["single_spec"]:

@@ -11,13 +11,16 @@ and builds the ``Config`` blind to ``sys.argv``.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
 import torch
+from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import get_model
 
 from ss4rec.config.files import _recbole_dir, check_keys, known_defaults, load_config_file, model_config_file
+from ss4rec.config.shapes import combination_problem
 from ss4rec.config.validation import check_values
 from ss4rec.data.modes import train_mode
 from ss4rec.errors import ConfigError, DataError, UserError
@@ -117,6 +120,29 @@ def _negative_sampling(merged: dict, model_defaults: dict, user: dict) -> dict:
     return {}
 
 
+def _check_arguments(model, dataset, config_files, config_dict) -> tuple[list, dict]:
+    """The Python API's arguments as the CLI would give them; a ConfigError for the wrong types.
+
+    ``config_files="tiny"`` is one file (not the list of its letters).
+    """
+    if not (isinstance(model, str) or (isinstance(model, type) and issubclass(model, AbstractRecommender))):
+        raise ConfigError(f"model={model!r}: use a model name such as 'SS4Rec' or 'SASRec', or a RecBole "
+                          "model class")
+    if not isinstance(dataset, str) or not dataset:
+        raise ConfigError(f"dataset={dataset!r}: use a dataset name such as 'ml-100k'")
+    if isinstance(config_files, (str, os.PathLike)):
+        config_files = [config_files]
+    config_files = list(config_files or ())
+    bad = [f for f in config_files if not isinstance(f, (str, os.PathLike))]
+    if bad:
+        raise ConfigError(f"config_files={config_files!r}: use file paths or packaged config names, e.g. ['tiny']")
+    if config_dict is not None and not isinstance(config_dict, dict):
+        raise ConfigError(f"config_dict={config_dict!r}: use a dict of settings, e.g. {{'epochs': 5}}")
+    if config_dict and any(not isinstance(k, str) for k in config_dict):
+        raise ConfigError(f"config_dict keys must be setting names (strings), not {list(config_dict)!r}")
+    return config_files, config_dict
+
+
 def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_files=(),
                  config_dict=None, device: str | None = None, output_dir=None):
     """Merge and check settings, then build RecBole's ``Config``. Returns (config, model_class).
@@ -127,6 +153,7 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
 
 
 
+    config_files, config_dict = _check_arguments(model, dataset, config_files, config_dict)
     model_name, model_class = resolve_model(model)
     defaults_file = model_config_file(model_name)
     model_defaults = load_config_file(defaults_file) if defaults_file else {}
@@ -168,7 +195,15 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
     check_train_mode(model_name, model_class, merged)
 
     with _isolated_argv():  # its device step leaves CUDA_VISIBLE_DEVICES as the user set it
-        config = DistributedConfig(model=model_class, dataset=dataset, config_dict=merged)
+        try:
+            config = DistributedConfig(model=model_class, dataset=dataset, config_dict=merged)
+        except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as exc:
+            if isinstance(exc, UserError):
+                raise
+            raise ConfigError(recbole_rejection(exc)) from None
+    problem = combination_problem(config)  # keys that must agree (valid_metric vs metrics x topk, ...)
+    if problem:
+        raise ConfigError(problem)
     if device == "cpu" or not merged.get("use_gpu", True):
         config["device"] = torch.device("cpu")
     # RecBole forces ml-100k to its bundled copy whatever data_path says; honour ours.
@@ -177,6 +212,15 @@ def build_config(model: str = "SS4Rec", dataset: str = BUNDLED_DATASET, config_f
     config["run_settings"] = {"model": model_name, "dataset": dataset, "device": device,
                               "config_dict": to_plain(merged)}
     return config, model_class
+
+
+def recbole_rejection(exc: Exception) -> str:
+    """One line for an error RecBole's ``Config`` raised about settings we passed on."""
+    text = " ".join(str(exc).split()).strip("'\"")
+    if "loss_type is CE" in text:
+        return (f"{text} Fix: --set train_neg_sample_args=~ (CE scores every item), "
+                "or --set loss_type=BPR")
+    return f"RecBole rejects the config: {text}"
 
 
 def check_train_mode(model_name: str, model_class, settings: dict) -> None:

@@ -18,10 +18,12 @@ recommend compare with the data they load.
 from __future__ import annotations
 
 import enum
+import errno
 import hashlib
 import os
 import pickle
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -142,9 +144,11 @@ def save_checkpoint(state: dict, path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_write_failure(exc):
+            raise UserError(_write_failure_message(path, exc)) from None
         raise
     return path
 
@@ -154,6 +158,43 @@ def save_checkpoint(state: dict, path) -> Path:
 # ``Optimizer.load_state_dict`` places itself (moments next to their parameters; Adam's step
 # counters stay on the CPU, where reading them costs no host-device sync).
 KEEP_ON_CPU = ("rng", "rng_ranks", "dataloader_generator", "optimizer")
+
+
+# What a failed write looks like: the OS's errors, or torch's zip writer's RuntimeError.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES}
+
+
+def _os_cause(exc: BaseException | None) -> OSError | None:
+    """The OSError of a failed write in ``exc``'s chain (torch's zip writer raises a RuntimeError
+    while closing the file, in handling of the OSError of the write itself)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    if _os_cause(exc) is not None:
+        return True
+    return isinstance(exc, RuntimeError) and any(
+        sign in str(exc) for sign in ("file write failed", "PytorchStreamWriter", "inline_container"))
+
+
+def _write_failure_message(path: Path, exc: BaseException) -> str:
+    """One line: which checkpoint, why (disk full, file-size limit, ...), what is intact, what to do."""
+    cause = _os_cause(exc)
+    why = cause.strerror if cause is not None and cause.strerror else "the write failed"
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:,.0f} MB free there"
+    except OSError:
+        free = ""
+    last = path.with_name(path.name.replace("-best.pth", "-last.pth"))
+    return (f"cannot write checkpoint {path} ({why}{free}): the checkpoints written before it are intact. "
+            f"Free disk space (or raise the file-size limit), then continue with --resume {last}"
+            + ("" if last.exists() else " once an epoch has been saved, or start again"))
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -29,6 +29,7 @@ and its weights after training there (:func:`note_pid`, :func:`dump_parameters`)
 
 from __future__ import annotations
 
+import ast
 import datetime
 import os
 import pickle
@@ -43,6 +44,7 @@ import torch.multiprocessing as mp
 from recbole.config import Config
 from torch.nn.parallel import DistributedDataParallel
 
+from ss4rec.config.files import load_config_file
 from ss4rec.errors import ConfigError, UserError
 
 # ddp_timeout (seconds; a known key with its range in ss4rec.config.validation): how long a rank
@@ -124,6 +126,10 @@ def check_world(nproc: int = 1, device: str | None = None) -> str:
                         "or train with --nproc 1")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "cpu":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if nproc > cpus:
+            raise UserError(f"--nproc {nproc} --device cpu: this machine gives this process {cpus} CPU(s); "
+                            f"more processes than CPUs only wait for each other: use --nproc {cpus} or fewer")
         if not dist.is_gloo_available():
             raise UserError("CPU training over several processes needs torch's gloo backend, which "
                             "this torch build lacks: install a standard torch wheel")
@@ -151,17 +157,61 @@ def _timeout_seconds(value) -> float:
     return float(value)
 
 
+# The types RecBole keeps from its eval() of a string setting (else it keeps the string).
+_LITERAL_TYPES = (str, int, float, list, tuple, dict, bool)
+
+
+def literal_setting(value):
+    """RecBole's typing of a string setting, without running it: a Python literal
+    (``"[0,40]"``, ``"1e-8"``, ``"{'a': 1}"``) becomes its value, ``true``/``false`` a bool;
+    anything else (a name, a call, code) stays the string. Non-strings pass unchanged.
+
+    >>> literal_setting("[0,40]"), literal_setting("[5,inf)"), literal_setting("__import__('os')")
+    ([0, 40], '[5,inf)', "__import__('os')")
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        converted = ast.literal_eval(value)  # literals only: never calls, names or attributes
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        lowered = value.strip().lower()
+        return {"true": True, "false": False}.get(lowered, value)
+    return converted if converted is None or isinstance(converted, _LITERAL_TYPES) else value
+
+
 class DistributedConfig(Config):
     """RecBole's ``Config`` with a device step that also runs on CPU and under torchrun, and
-    that leaves ``CUDA_VISIBLE_DEVICES`` alone.
+    settings that are data, never code.
 
-    RecBole's own step writes ``gpu_id`` into ``CUDA_VISIBLE_DEVICES`` and then makes the
-    process's first CUDA call; the driver reads the variable once, at that call, so a user's
-    ``CUDA_VISIBLE_DEVICES=2`` would train on GPU 0. Here the variable is never written:
-    ``gpu_id`` picks a GPU among the visible ones (``cuda:gpu_id``; RecBole's default ``0``
-    is the first visible GPU, the one ``CUDA_VISIBLE_DEVICES`` names first), ``gpu_id: ''``
-    or ``use_gpu: false`` train on the CPU.
+    RecBole 1.2.1's ``_convert_config_dict`` runs ``eval()`` on every string value of
+    ``config_dict`` and of ``sys.argv``'s ``--key=value`` pairs, so a setting such as
+    ``wandb_project: "__import__('os').system(...)"`` from a shared YAML file, ``--set`` or a
+    checkpoint's run settings would run. Here values arrive already typed (YAML and
+    :mod:`ss4rec.config.validation`), and a string is converted only where it is a Python
+    *literal* (:func:`literal_setting`: ``"[0,40]"`` becomes ``[0, 40]``, as RecBole's eval
+    made it, so old runs' settings compare equal); anything else, code included, stays the
+    plain string it was. ``sys.argv`` is never read (our CLI parses its own flags) and config
+    files go through ss4rec's bounded safe YAML loader. RecBole's own defaults (its
+    ``properties/`` YAML) load as before.
+
+    The device step leaves ``CUDA_VISIBLE_DEVICES`` alone. RecBole's own step writes ``gpu_id``
+    into it and then makes the process's first CUDA call; the driver reads the variable once,
+    at that call, so a user's ``CUDA_VISIBLE_DEVICES=2`` would train on GPU 0. Here ``gpu_id``
+    picks a GPU among the visible ones (``cuda:gpu_id``; RecBole's default ``0`` is the first
+    visible GPU), ``gpu_id: ''`` or ``use_gpu: false`` train on the CPU.
     """
+
+    def _convert_config_dict(self, config_dict):
+        return {key: literal_setting(value) for key, value in config_dict.items()}
+
+    def _load_cmd_line(self):
+        return {}
+
+    def _load_config_files(self, file_list):
+        merged = {}
+        for file in file_list or ():
+            merged.update(load_config_file(file))
+        return merged
 
     def _init_device(self):
         if not is_distributed():
@@ -192,7 +242,6 @@ class DistributedConfig(Config):
         if rank() != 0:
             cfg["show_progress"] = False
             cfg["verbose"] = False
-
 
     def _init_single_device(self):
         cfg = self.final_config_dict
