@@ -137,3 +137,9 @@ def test_import_leaves_autograd_anomaly_detection_off():
     import recbole.model.sequential_recommender  # noqa: F401
 
     assert not torch.is_anomaly_enabled()
+
+
+def test_results_record_the_mamba_backend_that_ran(ss4rec_ce_run):
+    mamba = ss4rec_ce_run["mamba"]
+    assert mamba["mamba_backend"] == "auto" and mamba["backend"] == "torch" and mamba["ran"] == ["torch"]
+    assert mamba["torch"] and "reason" in mamba

@@ -60,9 +60,9 @@ from ss4rec.errors import ConfigError, DataError, UserError
 from ss4rec.models.losses import window_loss
 from ss4rec.pipeline.envinfo import environment_info
 from ss4rec.pipeline.settings import build_config
-from ss4rec.ssm.mamba import GPU_INSTALL_HINT, mamba_kernels_available
-from ss4rec.training.guards import baseline_loss, guard_settings
+from ss4rec.ssm.mamba import GPU_INSTALL_HINT, backend_facts, mamba_kernels_available
 from ss4rec.training.devices import device_facts
+from ss4rec.training.guards import baseline_loss, guard_settings
 from ss4rec.training.precision import autocast, loss_scaler, resolve_precision
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
@@ -99,6 +99,7 @@ class PreflightReport:
     estimate: dict = field(default_factory=dict)
     precision: dict = field(default_factory=dict)  # what training would run in (model check)
     device_facts: dict = field(default_factory=dict)  # the device the run would use
+    mamba: dict | None = None  # SS4Rec: the Mamba backend the run would use, and its versions
 
     def add(self, section: str, name: str, status: str, detail: str) -> Check:
         check = Check(section, name, status, " ".join(str(detail).split()))
@@ -137,7 +138,7 @@ class PreflightReport:
         return {"ok": self.ok, "model": self.model, "dataset": self.dataset, "device": self.device,
                 "first_failure": self.first_failure, "counts": self.counts(),
                 "checks": [asdict(c) for c in self.checks], "estimate": self.estimate,
-                "precision": self.precision, "device_facts": self.device_facts,
+                "precision": self.precision, "device_facts": self.device_facts, "mamba": self.mamba,
                 "environment": self.environment}
 
 
@@ -160,6 +161,8 @@ def preflight(model="SS4Rec", dataset: str = "ml-100k", config_files=(), config_
         _skip_rest(report, "the config could not be built")
         return report
     report.device_facts = device_facts(config["device"])
+    if config["mamba_backend"]:
+        report.mamba = backend_facts(config["mamba_backend"], config["device"])
     _fast_checks(report, config, dataset, processes=processes)
     # Loading the data and running the model are the slow checks: only for a run that
     # can still go ahead (every failure so far is reported; fix those first).

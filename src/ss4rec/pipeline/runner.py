@@ -43,6 +43,7 @@ from ss4rec.errors import UserError
 from ss4rec.models.losses import window_loss
 from ss4rec.pipeline.preflight import check_before_building
 from ss4rec.pipeline.settings import BUNDLED_DATASET, build_config
+from ss4rec.ssm.mamba import backend_facts
 from ss4rec.training import distributed
 from ss4rec.training.checkpoint import (
     config_to_plain,
@@ -395,6 +396,8 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
         "device": str(config["device"]),
         "device_facts": device_facts(config["device"]),  # GPU name, capability, bf16, CUDA_VISIBLE_DEVICES
         "precision": trainer.precision.to_dict(),  # fp32 | bf16 | fp16, and why
+        # SS4Rec: the Mamba backend that ran, why, and mamba-ssm / causal-conv1d / torch / CUDA versions
+        "mamba": backend_facts(config["mamba_backend"], config["device"], net) if config["mamba_backend"] else None,
         "config": config_to_plain(config),
         "versions": versions(),
         "training": trainer.training_summary(),  # epochs_ran (0-based), resumed_from, steps, LR
