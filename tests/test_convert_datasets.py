@@ -421,7 +421,7 @@ def test_bad_sources_fail_clearly_and_write_nothing(case, good_output, tmp_path,
     src = folder / next(iter(files)) if len(files) == 1 else folder
     capsys.readouterr()
 
-    assert convert(src, out, "--name", "demo") == 2
+    assert convert(src, out, "--name", "demo", "--overwrite") == 2  # a bad source never replaces it
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith("error: ") and str(folder / culprit) in message, message
     for fragment in fragments:
@@ -464,12 +464,12 @@ def test_url_with_checksum_is_downloaded_once_verified_and_converted(tmp_path, c
             assert (data / dataset / f"{dataset}.inter").is_file()
             assert list(cache.glob(f"*/{name}"))
         del files["KuaiRec.zip"]  # the second time comes from the cache
-        assert main(["convert", f"{base}/KuaiRec.zip", str(data), "--name", "kuairec-small",
+        assert main(["convert", f"{base}/KuaiRec.zip", str(data), "--name", "kuairec-small", "--overwrite",
                      "--sha256", hashlib.sha256(kuairec).hexdigest(), "--cache-dir", str(cache)]) == 0
         assert "using cached" in capsys.readouterr().err
         before = _snapshot(data)
         assert main(["convert", f"{base}/reviews_Sports_and_Outdoors_5.json.gz", str(data), "--sha256", "0" * 64,
-                     "--cache-dir", str(tmp_path / "other-cache")]) == 2
+                     "--overwrite", "--cache-dir", str(tmp_path / "other-cache")]) == 2
         assert "checksum mismatch" in capsys.readouterr().err
         assert _snapshot(data) == before
 

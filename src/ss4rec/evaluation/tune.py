@@ -156,7 +156,7 @@ def run_trial(study, trial, params: dict, spec: TuneSpec, out_dir: Path, device=
         with Heartbeat(trial, heartbeat), _output_to(run_dir / "trial.out") as out:
             try:
                 result = run(spec.model, spec.dataset, config_dict=settings, output_dir=run_dir, device=device,
-                             epoch_hook=report_epoch)
+                             epoch_hook=report_epoch, overwrite=True)  # the trial folder is the tune's own
             except Exception:
                 traceback.print_exc(file=out)
                 raise
