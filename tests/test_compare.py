@@ -170,6 +170,12 @@ def test_seeds_table_has_mean_std_and_paired_ci(seeded):
                   for s in (2020, 2021)]
         return sum(np.where(f <= 10, 1 / np.log2(f + 1), 0.0) for f in frames) / 2
 
+    # Every model was tested on the identical targets (one exact ordering of the data).
+    targets = {(m, s): pd.read_csv(out / m / f"seed-{s}" / "evaluate" / "user_ranks.csv").set_index("user_id")["item_id"]
+               for m in ("SS4Rec", "SASRec") for s in (2020, 2021)}
+    first = targets[("SS4Rec", 2020)]
+    assert all(t.sort_index().equals(first.sort_index()) for t in targets.values())
+
     diff = per_user("SASRec") - per_user("SS4Rec")
     assert sas["delta_ndcg@10"] == pytest.approx(diff.mean())
     low, high = sas["delta_ndcg@10_ci"]

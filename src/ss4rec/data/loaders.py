@@ -28,6 +28,7 @@ from recbole.utils import ModelType
 
 from ss4rec.data.dataset import SS4RecDataset
 from ss4rec.data.modes import train_mode
+from ss4rec.data.ordering import exactly_ordered
 from ss4rec.data.reading import recbole_reading
 from ss4rec.data.sequences import NEG_TARGETS, TARGET_ITEMS, TARGET_MASK, FlatSequentialDataset
 from ss4rec.errors import DataError
@@ -61,12 +62,13 @@ def dataset_class(config):
     module = importlib.import_module("recbole.data.dataset")
     own = getattr(module, config["model"] + "Dataset", None)  # e.g. SS4RecDataset
     if own is not None:
-        return own
+        return exactly_ordered(own)
     if config["model"] in EXACT_TIME_MODELS:
         return SS4RecDataset
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         return FlatSequentialDataset
-    return getattr(module, _TYPE_TO_CLASS[config["MODEL_TYPE"]])
+    # One exact ordering for every model (ss4rec.data.ordering), RecBole's classes included.
+    return exactly_ordered(getattr(module, _TYPE_TO_CLASS[config["MODEL_TYPE"]]))
 
 
 def _warn_if_cached(path: str, what: str) -> None:

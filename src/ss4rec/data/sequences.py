@@ -5,7 +5,8 @@ RecBole's ``SequentialDataset.data_augmentation`` stores every training prefix a
 all again (a Python loop over N): ~130 GB of host RAM for ML-20M at L=200.
 :class:`FlatSequentialDataset` yields the same examples from one copy of the interactions:
 
-* ``flat_feat``: the interactions sorted by (user, time), as RecBole sorts them;
+* ``flat_feat``: the interactions sorted by (user, time), as RecBole sorts them (by exact
+  time: :mod:`ss4rec.data.ordering`);
 * ``inter_feat``: one row per example, holding the scalar fields of its target (as
   RecBole's augmented rows do), the history length and ``FLAT_POS``, the target's row in
   ``flat_feat``; its history is the ``item_length`` rows before it;
@@ -30,6 +31,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
+from ss4rec.data.ordering import ExactTimeOrder
 from ss4rec.data.modes import train_mode
 from ss4rec.data.reading import read_atomic_csv
 from ss4rec.errors import ConfigError
@@ -93,7 +95,7 @@ def estimate_host_memory(rows: int) -> float:
     return HOST_MEMORY_BASE_BYTES + rows * HOST_MEMORY_BYTES_PER_ROW
 
 
-class FlatSequentialDataset(SequentialDataset):
+class FlatSequentialDataset(ExactTimeOrder, SequentialDataset):
     """:class:`recbole.data.dataset.SequentialDataset` with the same examples in O(N) memory."""
 
     flat_feat: Interaction | None = None
