@@ -3,8 +3,11 @@
 import csv
 import json
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
+import recbole
 
 import ss4rec
 from ss4rec.cli import main as cli_main
@@ -44,8 +47,12 @@ def test_user_ranks_match_metrics(trained_run, tmp_path):
     ranks = [int(r["rank"]) for r in rows]
     n_items = trained_run["n_items"] - 1
     assert all(1 <= r <= n_items for r in ranks)
-    # Tiny keeps users with at most 40 interactions; each has >= 2 before its test item.
+    # Tiny keeps users with at most 40 interactions; each has >= 2 before its test item, and
+    # history_length counts them all: the user's rows in the bundled file, less the test item.
     assert all(2 <= int(r["history_length"]) <= 39 for r in rows)
+    inter = pd.read_csv(Path(recbole.__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter", sep="\t")
+    rows_per_user = inter["user_id:token"].astype(str).value_counts()
+    assert all(int(r["history_length"]) == rows_per_user[r["user_id"]] - 1 for r in rows)
     # Original ML-100K ids are numbers as strings ("1".."943", "1".."1682").
     assert all(1 <= int(r["user_id"]) <= 943 and 1 <= int(r["item_id"]) <= 1682 for r in rows)
 

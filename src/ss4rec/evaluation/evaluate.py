@@ -8,8 +8,11 @@
 The run is rebuilt by :func:`ss4rec.pipeline.runner.restore` (same settings, seed and split), and
 scored by RecBole's own full-ranking evaluation, so with the run's ``topk`` the metrics
 equal the ``test`` block of its ``results.json``. While scoring, the rank of each user's
-test item among all items is recorded (items the user already interacted with are
-excluded, as in RecBole; ties count in the target's favour).
+test item among all items is recorded (ties count in the target's favour). As RecBole 1.2.1
+does for sequential models, only the padding item 0 is left out of the ranking: items the
+user already interacted with stay in it and can outrank the target (ranks re-derived by hand
+agree for every user). RecBole's general models (NeuMF, ...) leave out the user's training
+items instead.
 
 Written to ``output_dir``: ``metrics.json`` and ``user_ranks.csv`` with columns
 ``user_id, item_id`` (original ids), ``rank`` (1 = top), ``history_length`` (the user's
@@ -185,8 +188,12 @@ def _rank_rows(dataset, config, ranks) -> list[dict]:
 
     uid_field, iid_field = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
     user_idx, item_idx, rank = ranks[:, 0], ranks[:, 1], ranks[:, 2]
-    # Leave-one-out: everything of the user except the test item came before it.
-    per_user = np.bincount(dataset.inter_feat[uid_field].numpy(), minlength=dataset.user_num)
+    # Leave-one-out: everything of the user except the test item came before it. A sequential
+    # dataset's inter_feat holds its examples (every interaction but each user's first), so
+    # count the interactions themselves (flat_feat) where it has them.
+    interactions = getattr(dataset, "flat_feat", None)
+    interactions = dataset.inter_feat if interactions is None else interactions
+    per_user = np.bincount(interactions[uid_field].numpy(), minlength=dataset.user_num)
     user_ids = dataset.id2token(uid_field, user_idx)
     item_ids = dataset.id2token(iid_field, item_idx)
     return [
