@@ -99,6 +99,7 @@ class FlatSequentialDataset(ExactTimeOrder, SequentialDataset):
     """:class:`recbole.data.dataset.SequentialDataset` with the same examples in O(N) memory."""
 
     flat_feat: Interaction | None = None
+    train_targets: np.ndarray | None = None  # rows of flat_feat that are training targets (build)
 
     # ---- loading: pandas' C parser, RecBole's types ----
 
@@ -205,6 +206,8 @@ class FlatSequentialDataset(ExactTimeOrder, SequentialDataset):
             raise ValueError("The ordering args for sequential recommendation has to be 'TO'")
         self._change_feat_format()
         train, valid, test = self._leave_one_out(LEAVE_ONE_OUT[leave_one_out])
+        # Every split shares this (copy() is shallow): the time scale is set by training gaps.
+        self.train_targets = self.inter_feat[FLAT_POS].numpy()[train]
         if leave_one_out == "valid_only":
             valid, test = test, valid
         self._drop_unused_col()

@@ -8,11 +8,30 @@ Paper: "SS4Rec: Continuous-Time Sequential Recommendation with State Space Model
   interaction ``t[k+1] - t[k]``; at the last real position the interval to the *target*
   (the positive item's time in training, the evaluated interaction's time when
   predicting); padded positions 0. Intervals are computed in float64 from exact
-  timestamps (see :class:`ss4rec.data.dataset.SS4RecDataset`), then divided by
-  ``time_unit``;
+  timestamps (see :class:`ss4rec.data.dataset.SS4RecDataset`), then put on the model's
+  time scale (below);
 * each block: ``y = LN(x + Drop(S5(x, dt)))`` then ``out = LN(y + Drop(Mamba(y)))``
   (one LayerNorm shared by both residuals, as in the official code);
 * scores are dot products with the tied item-embedding matrix; CE (default) or BPR loss.
+
+**The time scale** decides what a gap does to the S5 state. S5's step at a position is
+``Δ = s(gap) · exp(log_step)`` per state, with ``exp(log_step)`` initialised in
+``dt_min..dt_max`` (0.001–0.1), and a state keeps ``|Λ̄| = exp(Re(Λ) Δ)`` of itself
+(``Re Λ = -0.5`` at init). ``s(gap) = gap / unit`` (``time_transform: linear``, the paper's)
+or ``log(1 + gap / unit)`` (``log1p``: long gaps compressed, so a day does not wipe the
+state). ``time_unit`` sets ``unit``: seconds (the paper's raw timestamps and the default),
+minutes, hours, days, a number of seconds, ``auto`` (the median positive gap between
+consecutive training interactions, so a typical gap is one unit: see
+:mod:`ss4rec.data.time_scale`) or ``normalized`` (the span of all timestamps, as min-max
+normalised time in the official code). With seconds, a 1-hour gap leaves ~3e-9 of a trained
+state: every gap of an hour or more wipes S5's memory, and only the time-blind Mamba carries
+it across sessions. The resolved unit is logged and stored in ``results.json``
+(``time_scale``).
+
+**A zero gap** (two interactions in the same second, common in rating logs) gives
+``Δ = 0``: ``Λ̄ = 1`` and ``B̄u = (Λ̄ − 1)/Λ · B̃u = 0``, so the item *does not enter* the S5
+state (the state passes through unchanged; the item still reaches the output through
+S5's ``D`` skip and through Mamba). That is the zero-order hold's exact limit, not a bug.
 
 ``model_type`` ablations are real here (the official code reads the key and ignores it):
 ``SS4Rec`` (both layers), ``S5-only`` (no Mamba), ``S6-only`` (no S5: time-blind, as
@@ -37,32 +56,63 @@ from recbole.model.loss import BPRLoss
 from torch import nn
 
 from ss4rec import ssm
+from ss4rec.data import time_scale
 from ss4rec.errors import ConfigError
 from ss4rec.models.scoring import TiedItemScoring
 
 MODEL_TYPES = ("SS4Rec", "S5-only", "S6-only", "ignore-time")
 LOSS_TYPES = ("CE", "BPR")
 TIME_UNITS = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0, "days": 86400.0}
+DATA_TIME_UNITS = ("auto", "normalized")  # read from the data (ss4rec.data.time_scale)
+TIME_TRANSFORMS = ("linear", "log1p")
 
 # Keys of the official model that this implementation does not use (the official
 # forward never calls its top-level LayerNorm).
 _OFFICIAL_UNUSED_KEYS = ("LayerNorm.weight", "LayerNorm.bias")
 
 
-def time_unit_seconds(time_unit) -> float:
-    """Seconds per unit for ``time_unit`` (a name in TIME_UNITS or a positive number)."""
+def time_unit_seconds(time_unit, dataset=None) -> float:
+    """Seconds per unit for ``time_unit``: a name in TIME_UNITS, a positive number, or one of
+    DATA_TIME_UNITS, read from ``dataset`` (a split of the run's exact-time dataset)."""
+    names = sorted(TIME_UNITS) + list(DATA_TIME_UNITS)
+    if time_unit in DATA_TIME_UNITS:
+        if dataset is None:
+            raise ConfigError(f"time_unit={time_unit!r} is read from the data: pass the dataset")
+        if time_unit == "auto":
+            return time_scale.auto_unit(time_scale.training_gaps(dataset))
+        span = time_scale.time_span(dataset)
+        if span <= 0:
+            raise ConfigError("time_unit='normalized' needs timestamps that differ: every loaded "
+                              "interaction has the same time; use a fixed unit such as seconds")
+        return span
     if isinstance(time_unit, str):
         if time_unit not in TIME_UNITS:
-            raise ConfigError(
-                f"time_unit={time_unit!r} is not one of {sorted(TIME_UNITS)} "
-                "(or a positive number of seconds per unit)"
-            )
+            raise ConfigError(f"time_unit={time_unit!r} is not one of {names} (or a positive number of "
+                              "seconds per unit)")
         return TIME_UNITS[time_unit]
     if isinstance(time_unit, bool) or not isinstance(time_unit, (int, float)) or time_unit <= 0:
-        raise ConfigError(
-            f"time_unit={time_unit!r} must be one of {sorted(TIME_UNITS)} or a positive number"
-        )
+        raise ConfigError(f"time_unit={time_unit!r} must be one of {names} or a positive number")
     return float(time_unit)
+
+
+def scaled_gaps(gaps: torch.Tensor, seconds_per_unit: float, transform: str = "linear") -> torch.Tensor:
+    """``s(gap)``, the S5 step scale of gaps in seconds: ``gap/unit`` or ``log1p(gap/unit)``.
+
+    Computed in the dtype of ``gaps`` (float64 keeps epoch-second gaps exact); 0 stays 0.
+    """
+    if transform not in TIME_TRANSFORMS:
+        raise ConfigError(f"time_transform={transform!r} is not one of {TIME_TRANSFORMS}")
+    units = gaps / seconds_per_unit
+    return torch.log1p(units) if transform == "log1p" else units
+
+
+def state_kept(gap_seconds, seconds_per_unit: float, transform: str = "linear", dt_min: float = 0.001,
+               dt_max: float = 0.1, lambda_real: float = -0.5):
+    """Fraction ``exp(Re Λ · s(gap) · step)`` of an S5 state kept across a gap, at the smallest,
+    median (geometric) and largest initial step: ``(kept at dt_max, median, kept at dt_min)``."""
+    scale = float(scaled_gaps(torch.tensor(float(gap_seconds), dtype=torch.float64), seconds_per_unit, transform))
+    steps = (dt_max, (dt_min * dt_max) ** 0.5, dt_min)
+    return tuple(float(torch.exp(torch.tensor(lambda_real * scale * step, dtype=torch.float64))) for step in steps)
 
 
 def time_intervals(time_seq: torch.Tensor, seq_len: torch.Tensor, target_time: torch.Tensor) -> torch.Tensor:
@@ -142,7 +192,9 @@ class SS4Rec(TiedItemScoring, SequentialRecommender):
         self.dropout_prob = config["dropout_prob"]
         self.loss_type = config["loss_type"]
         self.model_type = config["model_type"]
-        self.time_unit = time_unit_seconds(config["time_unit"])
+        self.time_transform = config["time_transform"] or "linear"
+        if self.time_transform not in TIME_TRANSFORMS:
+            raise ConfigError(f"time_transform={self.time_transform!r} is not one of {TIME_TRANSFORMS}")
         if self.model_type not in MODEL_TYPES:
             raise ConfigError(f"model_type={self.model_type!r} is not one of {MODEL_TYPES}")
         if self.loss_type not in LOSS_TYPES:
@@ -161,6 +213,14 @@ class SS4Rec(TiedItemScoring, SequentialRecommender):
                 f"{self.TIME_SEQ!r}: add {self.TIME_FIELD!r} to load_col.inter "
                 f"(e.g. load_col: {{inter: [user_id, item_id, {self.TIME_FIELD}]}})"
             )
+        # Seconds per unit of the S5 step scale (a float, not a buffer: the state_dict stays the
+        # official one; auto/normalized are read again from the same split when a run is restored).
+        self.time_unit = time_unit_seconds(config["time_unit"], dataset)
+        self.time_scale = {"time_unit": config["time_unit"], "seconds_per_unit": self.time_unit,
+                           "time_transform": self.time_transform}
+        if config["time_unit"] in DATA_TIME_UNITS:
+            self.logger.info(f"time_unit {config['time_unit']}: 1 unit = {self.time_unit:.6g} s "
+                             f"(time_transform {self.time_transform})")
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.model = nn.ModuleList(
@@ -203,7 +263,7 @@ class SS4Rec(TiedItemScoring, SequentialRecommender):
         """Hidden state at every position: ``[B L H]`` (position k sees items <= k)."""
         # item_seq: [B L] item ids; item_seq_len: [B]; time_seq: [B L]; target_time: [B]
         dt = time_intervals(time_seq, item_seq_len, target_time)  # [B L], float64 if exact
-        dt = (dt / self.time_unit).float()
+        dt = scaled_gaps(dt, self.time_unit, self.time_transform).float()  # [B L] step scales
         output = self.item_embedding(item_seq)  # [B L H]
         for block in self.model:
             output = block(output, dt)  # [B L H]

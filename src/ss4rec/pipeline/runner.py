@@ -398,6 +398,8 @@ def _run(model, dataset, config_files, config_dict, out: Path, device, saved, re
         "precision": trainer.precision.to_dict(),  # fp32 | bf16 | fp16, and why
         # SS4Rec: the Mamba backend that ran, why, and mamba-ssm / causal-conv1d / torch / CUDA versions
         "mamba": backend_facts(config["mamba_backend"], config["device"], net) if config["mamba_backend"] else None,
+        # SS4Rec: the time scale its S5 read (time_unit, seconds per unit, time_transform)
+        "time_scale": getattr(net, "time_scale", None),
         "config": config_to_plain(config),
         "versions": versions(),
         "training": trainer.training_summary(),  # epochs_ran (0-based), resumed_from, steps, LR
