@@ -11,8 +11,9 @@ from ss4rec.cli import main as cli_main
 from ss4rec.data.time_control import BUCKET_EDGES_S, successor_tables, time_control_log
 
 
-def test_the_next_item_follows_the_gap_bucket_rule():
-    log = time_control_log(users=300, items=50, noise=0.1, seed=3)
+@pytest.mark.parametrize("rule, shift", [("last-gap", 1), ("next-gap", 0)])
+def test_the_next_item_follows_the_gap_bucket_rule(rule, shift):
+    log = time_control_log(users=300, items=50, noise=0.1, seed=3, rule=rule)
     successors = successor_tables(items=50, seed=3)
     followed = total = 0
     blind_best = 0
@@ -23,7 +24,7 @@ def test_the_next_item_follows_the_gap_bucket_rule():
         buckets = np.searchsorted(BUCKET_EDGES_S, np.diff(times))
         for k in range(1, len(items) - 1):
             total += 1
-            followed += items[k + 1] == successors[buckets[k - 1], items[k]]
+            followed += items[k + 1] == successors[buckets[k - shift], items[k]]
             blind_best += items[k + 1] in successors[:, items[k]]
     assert 0.88 < followed / total < 0.93  # 90% by the rule (+ noise that lands right by chance)
     assert blind_best / total > followed / total  # the four successors: all a time-blind model can narrow to
@@ -48,7 +49,9 @@ def test_command_writes_the_dataset_and_never_replaces_silently(tmp_path, capsys
     assert cli_main(["positive-control", "--output", str(tmp_path), "--users", "80"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (folder / "time-control.inter").read_bytes() == before
-    assert cli_main(["positive-control", "--output", str(tmp_path), "--users", "80", "--overwrite"]) == 0
+    assert cli_main(["positive-control", "--output", str(tmp_path), "--users", "80", "--overwrite", "--rule",
+                     "next-gap"]) == 0
+    assert json.loads((folder / "time-control.json").read_text())["options"]["rule"] == "next-gap"
     assert (folder / "time-control.inter").read_bytes() != before
     assert cli_main(["positive-control", "--output", str(tmp_path), "--name", "x", "--noise", "2"]) == 2
     assert "noise" in capsys.readouterr().err and not (tmp_path / "x").exists()
