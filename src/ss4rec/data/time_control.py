@@ -6,7 +6,7 @@
 
 The rule (``RULES``, also written into the dataset's ``.json`` beside its ``.inter``):
 
-* ``items`` items; four fixed random permutations ``succ_0 .. succ_3`` of them (from ``seed``);
+* ``items`` items (60); four fixed random permutations ``succ_0 .. succ_3`` of them (from ``seed``);
 * each user has a random number of interactions (``min_per_user`` to ``max_per_user``), with
   gaps between consecutive interactions drawn independently, log-uniform between 1 minute
   and 1 day;
@@ -56,7 +56,7 @@ RULES = {
 }
 
 
-def time_control_log(users: int = 600, items: int = 200, min_per_user: int = 30, max_per_user: int = 60,
+def time_control_log(users: int = 600, items: int = 60, min_per_user: int = 30, max_per_user: int = 60,
                      noise: float = 0.1, seed: int = 0, rule: str = "last-gap") -> pd.DataFrame:
     """The control's interactions as a RecBole atomic table (``user_id:token``, ``item_id:token``,
     ``timestamp:float``), users in order, each user's interactions in time order."""
@@ -87,7 +87,7 @@ def time_control_log(users: int = 600, items: int = 200, min_per_user: int = 30,
                          "timestamp:float": np.concatenate(time_col)})
 
 
-def successor_tables(items: int = 200, seed: int = 0) -> np.ndarray:
+def successor_tables(items: int = 60, seed: int = 0) -> np.ndarray:
     """``[4 items]``: row ``b`` maps a 0-based item to its successor after a gap in bucket ``b``."""
     return _draw_successors(np.random.default_rng(seed), items)
 
@@ -103,7 +103,7 @@ def write_time_control(output_dir, name: str = "time-control", overwrite: bool =
     """
     check_dataset_name(name)
     log = time_control_log(**options)
-    options = {"users": 600, "items": 200, "min_per_user": 30, "max_per_user": 60, "noise": 0.1, "seed": 0,
+    options = {"users": 600, "items": 60, "min_per_user": 30, "max_per_user": 60, "noise": 0.1, "seed": 0,
                "rule": "last-gap", **options}
     facts = {"dataset": name, "rule": RULES[options["rule"]], "bucket_edges_s": list(BUCKET_EDGES_S),
              "gap_range_s": list(GAP_RANGE_S), "options": options,
