@@ -24,7 +24,7 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--output", required=True, metavar="DIR", help="data folder (use it as --data-path)")
     parser.add_argument("--name", default="time-control", help="dataset name (default: time-control)")
     parser.add_argument("--users", type=int, default=600, help="users (default 600)")
-    parser.add_argument("--items", type=int, default=60, help="items (default 60: learnt in ~10 epochs)")
+    parser.add_argument("--items", type=int, default=60, help="items (default 60)")
     parser.add_argument("--noise", type=float, default=0.1, help="share of uniform next items (default 0.1)")
     parser.add_argument("--rule", choices=["last-gap", "next-gap"], default="last-gap",
                         help="which gap picks the successor: the last gap of the history (default; every "
