@@ -80,3 +80,32 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_bad_topk_is_a_clear_error(trained_run, tmp_path):
     with pytest.raises(UserError, match="positive integers"):
         evaluate_checkpoint(trained_run["checkpoint"], topk=[0, 10], output_dir=tmp_path)
+
+
+def test_only_the_padding_item_is_left_out_of_the_ranking(trained_run, tmp_path):
+    """Ranks re-derived from the model's scores with only item 0 masked (RecBole 1.2.1's rule for
+    sequential models): the user's earlier items stay in the ranking and do outrank targets."""
+    import torch
+
+    from ss4rec.pipeline.runner import restore
+
+    evaluate_checkpoint(trained_run["checkpoint"], output_dir=tmp_path)
+    with open(tmp_path / "user_ranks.csv", newline="") as f:
+        recorded = {r["user_id"]: int(r["rank"]) for r in csv.DictReader(f)}
+    run = restore(trained_run["checkpoint"], device="cpu")
+    config, dataset, model = run.config, run.dataset, run.model.eval()
+    uid, iid = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
+    ours, outranked_by_history = {}, 0
+    with torch.no_grad():
+        for interaction, _, positive_u, positive_i in run.test_data:
+            scores = model.full_sort_predict(interaction).view(-1, dataset.item_num)  # [B n_items]
+            scores[:, 0] = -torch.inf
+            target = scores[positive_u, positive_i]
+            ranks = 1 + (scores[positive_u] > target.unsqueeze(1)).sum(1)
+            history = interaction[iid + config["LIST_SUFFIX"]][positive_u]  # [B L]
+            above = scores[positive_u].gather(1, history) > target.unsqueeze(1)  # [B L]
+            outranked_by_history += int((above & (history > 0)).any(1).sum())
+            users = dataset.id2token(uid, interaction[uid][positive_u].numpy())
+            ours.update(zip(users.tolist(), ranks.tolist()))
+    assert ours == recorded
+    assert outranked_by_history > 0  # a history mask would have changed these users' ranks
