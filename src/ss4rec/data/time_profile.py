@@ -209,7 +209,8 @@ def duration(seconds) -> str:
         return "n/a"
     for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
         if seconds >= size:
-            return f"{seconds / size:.3g} {unit}"
+            value = seconds / size
+            return f"{value:.3g} {'day' if unit == 'days' and f'{value:.3g}' == '1' else unit}"
     return f"{seconds:.3g} s"
 
 
