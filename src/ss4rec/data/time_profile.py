@@ -56,10 +56,13 @@ class TimeLog:
     path: str = ""
 
     @classmethod
-    def from_arrays(cls, users, items, times, path: str = "") -> "TimeLog":
-        """Codes any ids (``[N]`` each, file order) and sorts the rows as a run orders them."""
-        user_codes = pd.factorize(np.asarray(users))[0].astype(np.int64)
-        item_codes = pd.factorize(np.asarray(items))[0].astype(np.int64)
+    def from_arrays(cls, users, items, times, path: str = "", coded: bool = False) -> "TimeLog":
+        """Codes any ids (``[N]`` each, file order) and sorts the rows as a run orders them.
+
+        ``coded``: the ids are already codes ``0 .. n-1`` (e.g. pandas category codes)."""
+        code = (lambda ids: np.asarray(ids, dtype=np.int64)) if coded else (
+            lambda ids: pd.factorize(np.asarray(ids))[0].astype(np.int64))
+        user_codes, item_codes = code(users), code(items)
         times = np.asarray(times, dtype=np.float64)
         order = np.lexsort((times, user_codes))  # stable: same-second rows keep file order
         return cls(user_codes[order], item_codes[order], times[order], path)
@@ -105,7 +108,7 @@ def read_time_log(path, user_field: str = "user_id", item_field: str = "item_id"
         raise DataError(f"{path}: line {first + 2}: {time_field} {times[first]!r} is not a finite non-negative "
                         f"number ({int(bad.sum()):,} such rows): fix or drop them (epoch seconds expected)")
     return TimeLog.from_arrays(frame[f"{user_field}:token"].cat.codes.to_numpy(),
-                               frame[f"{item_field}:token"].cat.codes.to_numpy(), times, str(path))
+                               frame[f"{item_field}:token"].cat.codes.to_numpy(), times, str(path), coded=True)
 
 
 @dataclass

@@ -120,13 +120,13 @@ def paired(real: pd.Series, other: pd.Series) -> dict:
     return {"delta": float(diff.mean()), "ci": [low, high], "users": int(len(users))}
 
 
-def verdict(what: str, label: str, comparison: dict | None, why: str = "") -> str:
+def verdict(claim: str, label: str, comparison: dict | None, why: str = "") -> str:
     """``"order carries signal: yes (Δ NDCG@10 real − shuffled +0.0312 [+0.0231, +0.0395], 943 users)"``."""
     if comparison is None:
-        return f"{what} carries signal: n/a ({why})"
+        return f"{claim}: n/a ({why})"
     low, high = comparison["ci"]
     answer = "yes" if low > 0 else "no"
-    return (f"{what} carries signal: {answer} (Δ NDCG@10 {label} {comparison['delta']:+.4f} "
+    return (f"{claim}: {answer} (Δ NDCG@10 {label} {comparison['delta']:+.4f} "
             f"[{low:+.4f}, {high:+.4f}], {comparison['users']:,} users)")
 
 
@@ -183,8 +183,8 @@ def signal_tests(log: TimeLog, out_dir, epochs: int = DEFAULT_EPOCHS, seed: int 
         "time_vs_ignore_time": compare_pair("SS4Rec", "real", "ignore-time", "real"),
     }
     failed = "a run failed (see runs)"
-    verdicts = [verdict("order", "real − shuffled (SASRec)", comparisons["order"], failed),
-                verdict("gaps", "real − permuted (SS4Rec)", comparisons["gaps"], failed)]
+    verdicts = [verdict("order carries signal", "real − shuffled (SASRec)", comparisons["order"], failed),
+                verdict("gaps carry signal", "real − permuted (SS4Rec)", comparisons["gaps"], failed)]
     versus = comparisons["time_vs_ignore_time"]
     if versus is not None:
         low, high = versus["ci"]
