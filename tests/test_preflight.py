@@ -73,6 +73,10 @@ def test_good_input_gives_a_full_table_of_passes():
                 ("estimate", "epoch time and memory")]:
         assert got[key] == PASS, (key, report.table())
     assert "305 users" in detail(report, "data", "after filtering")
+    # the time axis of the file as read (before filtering): ML-100K's same-second facts, the auto unit
+    assert got[("data", "time axis")] == PASS
+    axis = detail(report, "data", "time axis")
+    assert "415 of 943 users' last two" in axis and "time_unit auto = 37 s" in axis, axis
     # the CE loss at init is near ln(n_items) and the estimate is a real timing
     loss = float(detail(report, "model", "forward").split()[1])
     n_items = int(detail(report, "data", "after filtering").split()[2].replace(",", "")) + 1  # + padding

@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "ss4rec.commands.convert",
     "ss4rec.commands.split",
     "ss4rec.commands.control",
+    "ss4rec.commands.inspect",
     "ss4rec.commands.compare",
     "ss4rec.commands.tune",
     "ss4rec.commands.evaluate",

@@ -23,7 +23,9 @@ made the check impossible):
 * config: unknown keys (and every other error of the config build), ``loss_type`` vs
   negative sampling, the time field loaded, ``MAX_ITEM_LIST_LENGTH`` sane, guard settings.
 * data: the ``.inter`` file exists, its header declares ``name:type`` columns, timestamps
-  are numbers, finite and non-negative; users / items / interactions left after filtering.
+  are numbers, finite and non-negative (and the time axis in one line: same-second shares,
+  median gap, the ``time_unit: auto`` unit; ``ss4rec inspect`` has the rest); users /
+  items / interactions left after filtering.
 * model: built on the real dataset; one real training batch forward (finite loss; with CE,
   close to ``ln(n_items)`` at init) and backward (finite gradient norm).
 * optimiser: ``learning_rate`` > 0, a known ``learner``, ``epochs`` >= 1.
@@ -56,6 +58,7 @@ from ss4rec.data.loaders import EXACT_TIME_MODELS, create_dataset, prepare_data
 from ss4rec.data.modes import train_mode
 from ss4rec.data.reading import file_problem, scan_atomic_file
 from ss4rec.data.sequences import TARGET_MASK, count_windows, estimate_host_memory
+from ss4rec.data.time_profile import TimeLog, summary_line, time_profile
 from ss4rec.errors import ConfigError, DataError, UserError
 from ss4rec.models.losses import window_loss
 from ss4rec.pipeline.envinfo import environment_info
@@ -529,6 +532,9 @@ def _check_inter_file(report: PreflightReport, config, dataset: str) -> int:
                    "not epoch seconds. SS4Rec reads gaps in time_unit: --set time_unit=1000 makes them "
                    "seconds again (or divide the column by 1000)")
     items = frame[iid].cat.codes.to_numpy()
+    # The time axis in one line (same-second shares, median gap, the auto unit): ss4rec inspect has the rest.
+    report.add("data", "time axis", PASS, summary_line(time_profile(TimeLog.from_arrays(users, items, numbers,
+                                                                                         coded=True))))
     keys = pd.DataFrame({"u": users, "i": items, "t": values.to_numpy()})
     duplicates = int(keys.duplicated().sum())
     if duplicates:
