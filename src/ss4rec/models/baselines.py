@@ -50,43 +50,37 @@ class GRU4Rec(AllPositions, _RecBoleGRU4Rec):
     """RecBole's GRU4Rec with :meth:`position_output`."""
 
 
-def cloze_windows(item_seq, seq_len, next_items, mask_token: int, mask_ratio: float, ft_ratio: float):
+def cloze_windows(next_items, seq_len, mask_token: int, mask_ratio: float, ft_ratio: float):
     """BERT4Rec's masked-item examples from a batch of windows.
 
     Args:
-        item_seq: ``[B L]`` a window's inputs, right-padded with 0.
-        seq_len: ``[B]`` its number of inputs (>= 1).
-        next_items: ``[B L]`` the item after each input (the window batch's ``TARGET_ITEMS``).
+        next_items: ``[B L]`` the item after each input of a window, 0 at padding (the window
+            batch's ``TARGET_ITEMS``).
+        seq_len: ``[B]`` the window's number of inputs (>= 1).
         mask_token: the id that replaces a masked item (BERT4Rec's ``n_items``).
-        mask_ratio: probability that a real item is masked (BERT4Rec's ``mask_ratio``).
+        mask_ratio: probability that an item is masked (BERT4Rec's ``mask_ratio``).
         ft_ratio: probability that a window is a next-item example instead (``ft_ratio``).
 
     Returns ``(masked_seq, labels)``, both ``[B L]``: the model's input, and the true item at
     each masked position (0 elsewhere: nothing to predict).
 
-    A window's items are its inputs followed by the item after its last input, the first
-    input dropped when that would exceed L (as RecBole's evaluation drops it to make room for
-    its mask). Each window is then, as in RecBole's ``mask_itemseq``, either a cloze example
-    (each item masked with probability ``mask_ratio``; padding never) or, with probability
-    ``ft_ratio``, a next-item example: only the last item masked, which is exactly the input
-    RecBole's BERT4Rec scores at evaluation (the history, then a mask). RecBole draws the
-    choice once per batch and caps the masks of a sequence at ``int(mask_ratio * L)``; here
-    it is drawn per window, without a cap.
+    A window's example is its items from the second input on, then the item after its last
+    input: ``next_items``, laid out as RecBole's evaluation lays out a history (it drops the
+    first item and puts the mask after the last). Each window is then, as in RecBole's
+    ``mask_itemseq``, either a cloze example (each item masked with probability
+    ``mask_ratio``; padding never) or, with probability ``ft_ratio``, a next-item example:
+    only the last position masked, which is exactly the input RecBole's BERT4Rec scores at
+    evaluation for the window's history. RecBole draws that choice once per batch and caps the
+    masks of a sequence at ``int(mask_ratio * L)``; here it is drawn per window, uncapped.
     """
-    batch, length = item_seq.shape
-    positions = torch.arange(length, device=item_seq.device)  # [L]
-    last_target = next_items.gather(1, (seq_len - 1).unsqueeze(1))  # [B 1]
-    extended = torch.cat([item_seq, torch.zeros_like(last_target)], dim=1)  # [B L+1]
-    extended = extended.scatter(1, seq_len.unsqueeze(1), last_target)  # the next item after the inputs
-    drop_first = (seq_len >= length).long()  # [B] a full window makes room by dropping its first input
-    items = extended.gather(1, positions.unsqueeze(0) + drop_first.unsqueeze(1))  # [B L]
-    count = seq_len + 1 - drop_first  # [B] items in the example
-    real = positions < count.unsqueeze(1)  # [B L]
-    cloze = (torch.rand(batch, length, device=item_seq.device) < mask_ratio) & real  # [B L]
-    last_only = positions == (count - 1).unsqueeze(1)  # [B L]
-    next_item_example = torch.rand(batch, 1, device=item_seq.device) < ft_ratio  # [B 1]
+    batch, length = next_items.shape
+    positions = torch.arange(length, device=next_items.device)  # [L]
+    real = positions < seq_len.unsqueeze(1)  # [B L]
+    cloze = (torch.rand(batch, length, device=next_items.device) < mask_ratio) & real  # [B L]
+    last_only = positions == (seq_len - 1).unsqueeze(1)  # [B L]
+    next_item_example = torch.rand(batch, 1, device=next_items.device) < ft_ratio  # [B 1]
     masked = torch.where(next_item_example, last_only, cloze)  # [B L]
-    return torch.where(masked, mask_token, items), torch.where(masked, items, 0)
+    return torch.where(masked, mask_token, next_items), torch.where(masked, next_items, 0)
 
 
 class BERT4Rec(_RecBoleBERT4Rec):
@@ -104,10 +98,8 @@ class BERT4Rec(_RecBoleBERT4Rec):
         every model alike. CE over all items, or BPR with one uniform negative a position,
         each with BERT4Rec's output bias, as its ``calculate_loss``.
         """
-        masked_seq, labels = cloze_windows(
-            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[TARGET_ITEMS],
-            self.mask_token, self.mask_ratio, self.ft_ratio,
-        )
+        masked_seq, labels = cloze_windows(interaction[TARGET_ITEMS], interaction[self.ITEM_SEQ_LEN],
+                                           self.mask_token, self.mask_ratio, self.ft_ratio)
         masked = labels > 0  # [B L]
         output = self.forward(masked_seq)[masked]  # [M H]
         targets = labels[masked]  # [M]
