@@ -103,7 +103,7 @@ def interval_attention(q, k, v, intervals, interval_k, interval_v, dropout):
     scores = scores / math.sqrt(head_size)
     causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
     attn = dropout(scores.masked_fill(~causal, float("-inf")).softmax(dim=-1))  # [B n L L]
-    bucket_weights = torch.zeros_like(q_dot_buckets).scatter_add_(-1, index, attn)  # [B n L S]
+    bucket_weights = attn.new_zeros(q_dot_buckets.shape).scatter_add_(-1, index, attn)  # [B n L S]
     out = torch.matmul(attn, v.transpose(1, 2)) + torch.matmul(bucket_weights, interval_v.transpose(1, 2))
     return out.transpose(1, 2)  # [B L n d]
 
