@@ -205,3 +205,15 @@ def test_no_per_pair_interval_embeddings_in_forward_or_backward(config_and_datas
     found = per_pair_shapes(lambda: train_model.sequence_output(items, seq_len, times).sum().backward(),
                             L, train_model.blocks[0].attention.head_size)
     assert not found, found
+
+
+def test_bucketed_attention_runs_under_bf16_autocast():
+    # Autocast keeps softmax in fp32 and runs matmuls in bf16: the scatter must accept both.
+    inputs = attention_inputs(3, 11, 2, 6, 6, seed=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = interval_attention(*inputs, torch.nn.Dropout(0.2))
+        out.float().sum().backward()
+    exact = interval_attention(*inputs, torch.nn.Identity())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = interval_attention(*inputs, torch.nn.Identity())
+    torch.testing.assert_close(low.float(), exact, rtol=0.05, atol=0.05)
