@@ -240,9 +240,9 @@ def test_parse_seeds_and_model_settings():
 
 def test_models_without_windows_train_in_prefix_mode_when_sequence_is_shared():
     shared = shared_settings(["tiny"], {"train_mode": "sequence"})
-    specs = parse_models("SASRec,BERT4Rec,NeuMF")
+    specs = parse_models("SASRec,BERT4Rec,NARM,NeuMF")
     modes = {s.label: settings_for(s, shared, specs)["train_mode"] for s in specs}
-    assert modes == {"SASRec": "sequence", "BERT4Rec": "prefix", "NeuMF": "prefix"}
+    assert modes == {"SASRec": "sequence", "BERT4Rec": "sequence", "NARM": "prefix", "NeuMF": "prefix"}
 
 
 def test_a_bad_shared_setting_is_refused_before_any_model_runs(tmp_path, capsys):

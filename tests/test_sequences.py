@@ -215,8 +215,8 @@ def test_sequence_mode_bpr_draws_a_negative_per_position(tmp_path):
 
 
 def test_models_without_position_output_refuse_sequence_mode():
-    with pytest.raises(ConfigError, match="BERT4Rec cannot train in train_mode: sequence.*train_mode: prefix"):
-        build_config("BERT4Rec", "ml-100k", ["tiny"], {"train_mode": "sequence"}, device="cpu")
+    with pytest.raises(ConfigError, match="NARM cannot train in train_mode: sequence.*train_mode: prefix"):
+        build_config("NARM", "ml-100k", ["tiny"], {"train_mode": "sequence"}, device="cpu")
     with pytest.raises(ConfigError, match="train_mode='windows' .from config_dict.: use one of prefix, sequence"):
         build_config("SS4Rec", "ml-100k", ["tiny"], {"train_mode": "windows"}, device="cpu")
 

@@ -1,12 +1,16 @@
-"""TiSASRec: personalised intervals, causality, padding, dependence on intervals, training."""
+"""TiSASRec: personalised intervals, causality, padding, dependence on intervals, training,
+the bucketed attention equal to the plain one and never [B, L, L, H] in memory."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch.profiler import profile
 
 import ss4rec
-from ss4rec.models.tisasrec import TiSASRec, interval_matrix
+from ss4rec.models.tisasrec import TiSASRec, interval_attention, interval_attention_reference, interval_matrix
 
 from conftest import assert_metrics_finite_above_random
 
@@ -121,3 +125,95 @@ def test_unknown_key_and_bad_time_span_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="time_span=0"):
         ss4rec.run(model="TiSASRec", config_files=["tiny"], config_dict={"time_span": 0},
                    output_dir=tmp_path / "b", device="cpu")
+
+
+# ---- the bucketed attention: the reference's numbers, without [B, L, L, H] ----
+
+def attention_inputs(batch, length, n_heads, head_size, time_span, seed):
+    """Random q, k, v and per-sequence tables; intervals from padded times with ties."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, length, n_heads, head_size, generator=g).requires_grad_() for _ in range(3))
+    table_k, table_v = (torch.randn(batch, time_span + 1, n_heads, head_size, generator=g).requires_grad_()
+                        for _ in range(2))
+    gaps = torch.rand(batch, length, generator=g, dtype=torch.float64) * 1e4
+    gaps[:, 1::3] = 0.0  # ties: several interactions in one second
+    seq_len = torch.randint(1, length + 1, (batch,), generator=g)
+    seq_len[0] = length
+    times = torch.where(torch.arange(length) < seq_len[:, None], 1.6e9 + gaps.cumsum(dim=1), 0.0)
+    return (q, k, v, interval_matrix(times, seq_len, time_span), table_k, table_v)
+
+
+@pytest.mark.parametrize("batch, length, n_heads, head_size, time_span", [
+    (4, 12, 1, 50, 256), (3, 11, 2, 6, 4), (5, 30, 4, 8, 16), (2, 1, 1, 3, 2),
+])
+def test_bucketed_attention_equals_the_reference_outputs_and_gradients(batch, length, n_heads, head_size,
+                                                                        time_span):
+    inputs = attention_inputs(batch, length, n_heads, head_size, time_span, seed=length)
+    leaves = [x for x in inputs if x.requires_grad]
+    weights = torch.randn(batch, length, n_heads, head_size)
+    results = []
+    for attend in (interval_attention, interval_attention_reference):
+        out = attend(*inputs, torch.nn.Identity())
+        grads = torch.autograd.grad((out * weights).sum(), leaves)
+        results.append((out, grads))
+    (out, grads), (ref_out, ref_grads) = results
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_model_equals_the_reference_attention_outputs_and_gradients(model):
+    reference = copy.deepcopy(model)
+    for block in reference.blocks:
+        block.attention.attend = interval_attention_reference
+    items, seq_len, times = random_batch(model.n_items, seed=3)
+    weights = torch.randn(len(items), L, model.hidden_size, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for m in (model, reference):
+        m.zero_grad()
+        out = m.sequence_output(items, seq_len, times)
+        (out * weights).sum().backward()
+        outputs.append((out.detach(), {name: p.grad.clone() for name, p in m.named_parameters()}))
+    model.zero_grad()
+    (out, grads), (ref_out, ref_grads) = outputs
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def per_pair_shapes(run, length, head_size):
+    """Shapes of every op's inputs while ``run()`` does forward and backward that hold L x L x d."""
+    with profile(record_shapes=True) as prof:
+        run()
+    shapes = {tuple(shape) for event in prof.events() for shape in event.input_shapes
+              if isinstance(shape, list) and all(isinstance(size, int) for size in shape)}
+    return {shape for shape in shapes if shape.count(length) >= 2 and head_size in shape}
+
+
+def test_no_per_pair_interval_embeddings_in_forward_or_backward(config_and_dataset):
+    # Sizes all distinct (B, L, n, d, S and B·n), so an [L, L, d] block is known by its shape.
+    inputs = attention_inputs(5, 11, 2, 6, 6, seed=0)
+    for attend, expected in ((interval_attention, False), (interval_attention_reference, True)):
+        found = per_pair_shapes(lambda: attend(*inputs, torch.nn.Dropout(0.2)).sum().backward(), 11, 6)
+        assert bool(found) == expected, (attend.__name__, found)
+    # The whole model, training (dropout on), forward and backward.
+    torch.manual_seed(0)
+    train_model = TiSASRec(*config_and_dataset).train()
+    items, seq_len, times = random_batch(train_model.n_items, seed=4)
+    assert L not in (len(items), train_model.hidden_size, train_model.time_span + 1)
+    found = per_pair_shapes(lambda: train_model.sequence_output(items, seq_len, times).sum().backward(),
+                            L, train_model.blocks[0].attention.head_size)
+    assert not found, found
+
+
+def test_bucketed_attention_runs_under_bf16_autocast():
+    # Autocast keeps softmax in fp32 and runs matmuls in bf16: the scatter must accept both.
+    inputs = attention_inputs(3, 11, 2, 6, 6, seed=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = interval_attention(*inputs, torch.nn.Dropout(0.2))
+        out.float().sum().backward()
+    exact = interval_attention(*inputs, torch.nn.Identity())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = interval_attention(*inputs, torch.nn.Identity())
+    torch.testing.assert_close(low.float(), exact, rtol=0.05, atol=0.05)

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 import torch
 from recbole.data.dataloader import TrainDataLoader
+from recbole.data.transform import Equal
 from recbole.data.utils import create_samplers, get_dataloader
 from recbole.sampler import KGSampler
 from recbole.utils import ModelType
@@ -183,6 +184,10 @@ class WindowTrainDataLoader(TrainDataLoader):
     def __init__(self, config, dataset, sampler, shuffle=False):
         self.targets = dataset.counted_targets()
         super().__init__(config, dataset, sampler, shuffle=shuffle)
+        if config["transform"] == "mask_itemseq":
+            # RecBole's transform masks prefixes one by one in Python; BERT4Rec masks whole
+            # windows itself (ss4rec.models.baselines.cloze_windows) and never reads its fields.
+            self.transform = Equal(config)
 
     def _init_batch_size_and_step(self):
         windows = max(1, len(self._dataset))

@@ -199,7 +199,7 @@ def _own_keys(model: str) -> set[str]:
 def settings_for(spec: ModelSpec, shared: dict, specs) -> dict:
     """``shared`` without other models' own keys, plus ``spec``'s overrides.
 
-    A model that cannot train in ``train_mode: sequence`` (BERT4Rec, NeuMF, ...) trains in
+    A model that cannot train in ``train_mode: sequence`` (NeuMF, NARM, ...) trains in
     prefix mode when the shared settings ask for sequence mode; the table shows each run's mode.
     """
 

@@ -2,7 +2,8 @@
 
 - :mod:`ss4rec.models.ss4rec`: SS4Rec (time-aware S5, then Mamba, per block) and its ablations;
 - :mod:`ss4rec.models.tisasrec`: TiSASRec (time-interval-aware self-attention);
-- :mod:`ss4rec.models.baselines`: RecBole's SASRec and GRU4Rec, able to score every position;
+- :mod:`ss4rec.models.baselines`: RecBole's SASRec, GRU4Rec (every position scored) and BERT4Rec
+  (cloze over windows), able to train on windows;
 - :mod:`ss4rec.models.scoring`: the tied item-embedding head (CE/BPR loss, predict, full sort);
 - :mod:`ss4rec.models.losses`: the loss of a batch of windows (``train_mode: sequence``).
 

@@ -6,7 +6,9 @@ The model gives its hidden state at every position (``model.position_output``, `
 the positions in ``TARGET_MASK`` are scored against their next items with the model's own
 loss: CE over all items (mean over positions), or BPR with one uniform negative per
 position. For a causal model this is the mean of prefix mode's per-example losses over the
-same targets, computed in one pass.
+same targets, computed in one pass. A model with its own objective over windows (BERT4Rec's
+cloze, :mod:`ss4rec.models.baselines`) defines ``window_loss(interaction, reduction)``,
+which is used instead.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from ss4rec.data.sequences import NEG_TARGETS, TARGET_ITEMS, TARGET_MASK
 
 def supports_windows(model_class) -> bool:
     """Whether ``model_class`` can train in ``train_mode: sequence``."""
-    return callable(getattr(model_class, "position_output", None))
+    return any(callable(getattr(model_class, name, None)) for name in ("position_output", "window_loss"))
 
 
 def window_loss(model, interaction, reduction: str = "mean"):
     """Mean (or ``reduction="sum"``) loss over the counted positions of a window batch."""
+    if callable(getattr(model, "window_loss", None)):
+        return model.window_loss(interaction, reduction)
     hidden = model.position_output(interaction)  # [B L H]
     mask = interaction[TARGET_MASK]  # [B L]
     output = hidden[mask]  # [M H]

@@ -20,6 +20,19 @@ Two differences from the public code, both so that nothing from the future leaks
   output equal to prefix mode's, so the model trains in ``train_mode: sequence``;
 * sequences are right-padded (RecBole), so a query never attends to padding.
 
+Memory: the attention never builds the ``[B, L, L, H]`` per-pair interval embeddings the
+paper's formula suggests. The interval term of the scores is gathered from a ``[B, n, L,
+time_span + 1]`` table of ``q_i · E^K_s`` and the value term is ``Σ_s w_is E^V_s``, with the
+attention weights scatter-added into the same buckets (:func:`interval_attention`), so a
+batch costs O(B·L·(L + time_span)) memory, like SASRec's plus one table. The plain form is
+kept beside it (:func:`interval_attention_reference`), and the two agree to float rounding.
+
+Dropout on the interval embeddings therefore differs from the public code's. There, dropout
+hits each pair's ``R^K_ij`` and ``R^V_ij`` independently (``[B, L, L, H]`` masks). Here it
+hits the ``[time_span + 1, H]`` key and value tables once per sequence: within a sequence,
+all pairs in the same bucket share one dropped-out embedding. (Position embeddings were
+already dropped out once per batch.) In evaluation, with no dropout, nothing differs.
+
 Times are exact float64 epoch seconds (:class:`ss4rec.data.dataset.SS4RecDataset`). Like
 SASRec, TiSASRec reads only the history's times, never the time of the request: its
 ranking does not move when a recommendation is asked for later.
@@ -65,8 +78,56 @@ def interval_matrix(time_seq: torch.Tensor, seq_len: torch.Tensor, time_span: in
     return torch.where(used, intervals, torch.zeros_like(intervals))
 
 
+def interval_attention(q, k, v, intervals, interval_k, interval_v, dropout):
+    """Causal attention with interval keys and values, in O(B·n·L·(L + span)) memory.
+
+    Args:
+        q, k, v: ``[B L n d]`` queries, keys and values (positions already added).
+        intervals: ``[B L L]`` long, the bucket ``r_ij`` of every pair (:func:`interval_matrix`).
+        interval_k, interval_v: ``[B S n d]`` interval key / value embedding of each of the
+            ``S = time_span + 1`` buckets, per sequence (the batch dimension may be an
+            expanded view).
+        dropout: applied to the attention weights.
+
+    Returns ``[B L n d]``. The same numbers as :func:`interval_attention_reference`, without
+    its ``[B L L n d]`` per-pair embeddings: the interval term of the scores,
+    ``q_i · R^K_ij``, is ``(q_i · E^K_s)`` for ``s = r_ij``, gathered from a ``[B n L S]``
+    table; the value term ``Σ_j a_ij R^V_ij`` is ``Σ_s w_is E^V_s`` with the weights
+    ``w_is = Σ_{j: r_ij = s} a_ij`` scatter-added into ``[B n L S]``.
+    """
+    batch, length, n_heads, head_size = q.shape
+    index = intervals.unsqueeze(1).expand(batch, n_heads, length, length)  # [B n L L]
+    q = q.transpose(1, 2)  # [B n L d]
+    q_dot_buckets = torch.matmul(q, interval_k.permute(0, 2, 3, 1))  # [B n L S]
+    scores = torch.matmul(q, k.permute(0, 2, 3, 1)) + q_dot_buckets.gather(-1, index)  # [B n L L]
+    scores = scores / math.sqrt(head_size)
+    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    attn = dropout(scores.masked_fill(~causal, float("-inf")).softmax(dim=-1))  # [B n L L]
+    bucket_weights = attn.new_zeros(q_dot_buckets.shape).scatter_add_(-1, index, attn)  # [B n L S]
+    out = torch.matmul(attn, v.transpose(1, 2)) + torch.matmul(bucket_weights, interval_v.transpose(1, 2))
+    return out.transpose(1, 2)  # [B L n d]
+
+
+def interval_attention_reference(q, k, v, intervals, interval_k, interval_v, dropout):
+    """The plain form of :func:`interval_attention` (same arguments and result), for tests.
+
+    Builds the per-pair embeddings ``R^K, R^V`` as ``[B L L n d]`` tensors, as the paper
+    writes the attention: O(B·L·L·H) memory.
+    """
+    length, head_size = q.shape[1], q.shape[3]
+    rows = torch.arange(q.shape[0], device=q.device)[:, None, None]  # [B 1 1]
+    rel_k, rel_v = interval_k[rows, intervals], interval_v[rows, intervals]  # [B L L n d]
+    scores = torch.einsum("bind,bjnd->bnij", q, k) + torch.einsum("bind,bijnd->bnij", q, rel_k)
+    scores = scores / math.sqrt(head_size)  # [B n L L]
+    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    attn = dropout(scores.masked_fill(~causal, float("-inf")).softmax(dim=-1))  # [B n L L]
+    return torch.einsum("bnij,bjnd->bind", attn, v) + torch.einsum("bnij,bijnd->bind", attn, rel_v)
+
+
 class TimeIntervalAttention(nn.Module):
     """Causal multi-head self-attention with absolute-position and time-interval keys and values."""
+
+    attend = staticmethod(interval_attention)  # interval_attention_reference: the same, plainly
 
     def __init__(self, hidden_size, n_heads, attn_dropout_prob):
         super().__init__()
@@ -79,22 +140,15 @@ class TimeIntervalAttention(nn.Module):
         self.dropout = nn.Dropout(attn_dropout_prob)
 
     def _heads(self, x):
-        # [B L H] -> [B n d];  [B L L H] -> [B L L n d]
+        # [B L H] -> [B L n d]
         return x.view(*x.shape[:-1], self.n_heads, self.head_size)
 
-    def forward(self, queries, keys, pos_k, pos_v, rel_k, rel_v):
-        # queries, keys: [B L H]; pos_k, pos_v: [L H]; rel_k, rel_v: [B L L H]
-        length = queries.shape[1]
+    def forward(self, queries, keys, pos_k, pos_v, intervals, interval_k, interval_v):
+        # queries, keys: [B L H]; pos_k, pos_v: [L H]; intervals: [B L L]; interval_k, interval_v: [B S H]
         q = self._heads(self.query(queries))  # [B L n d]
         k = self._heads(self.key(keys) + pos_k)  # [B L n d]
         v = self._heads(self.value(keys) + pos_v)  # [B L n d]
-        rel_k, rel_v = self._heads(rel_k), self._heads(rel_v)  # [B L L n d]
-        scores = torch.einsum("bind,bjnd->bnij", q, k) + torch.einsum("bind,bijnd->bnij", q, rel_k)
-        scores = scores / math.sqrt(self.head_size)  # [B n L L]
-        causal = torch.ones(length, length, dtype=torch.bool, device=queries.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-        attn = self.dropout(scores.softmax(dim=-1))  # [B n L L]
-        out = torch.einsum("bnij,bjnd->bind", attn, v) + torch.einsum("bnij,bijnd->bind", attn, rel_v)
+        out = self.attend(q, k, v, intervals, self._heads(interval_k), self._heads(interval_v), self.dropout)
         return out.reshape(queries.shape)  # [B L H]
 
 
@@ -111,10 +165,10 @@ class TiSASBlock(nn.Module):
             nn.Linear(inner_size, hidden_size), nn.Dropout(hidden_dropout_prob),
         )
 
-    def forward(self, x, real, pos_k, pos_v, rel_k, rel_v):
-        # x: [B L H]; real: [B L 1] (1.0 at real positions)
+    def forward(self, x, real, pos_k, pos_v, intervals, interval_k, interval_v):
+        # x: [B L H]; real: [B L 1] (1.0 at real positions); intervals: [B L L]; interval_k/v: [B S H]
         q = self.attention_norm(x)
-        x = self.feed_forward_norm(q + self.attention(q, x, pos_k, pos_v, rel_k, rel_v))
+        x = self.feed_forward_norm(q + self.attention(q, x, pos_k, pos_v, intervals, interval_k, interval_v))
         return (x + self.feed_forward(x)) * real  # [B L H]
 
 
@@ -170,14 +224,15 @@ class TiSASRec(TiedItemScoring, SequentialRecommender):
         real = (torch.arange(length, device=item_seq.device) < item_seq_len.unsqueeze(1))  # [B L]
         real = real.unsqueeze(-1).float()  # [B L 1]
         intervals = interval_matrix(time_seq, item_seq_len, self.time_span)  # [B L L]
-        rel_k = self.dropout(self.interval_key(intervals))  # [B L L H]
-        rel_v = self.dropout(self.interval_value(intervals))  # [B L L H]
+        # Dropout per sequence and bucket (see the module docstring); in eval a view, no copy.
+        interval_k = self.dropout(self.interval_key.weight.expand(len(item_seq), -1, -1))  # [B S H]
+        interval_v = self.dropout(self.interval_value.weight.expand(len(item_seq), -1, -1))  # [B S H]
         positions = torch.arange(length, device=item_seq.device)  # [L]
         pos_k = self.dropout(self.position_key(positions))  # [L H]
         pos_v = self.dropout(self.position_value(positions))  # [L H]
         x = self.dropout(self.item_embedding(item_seq) * math.sqrt(self.hidden_size)) * real  # [B L H]
         for block in self.blocks:
-            x = block(x, real, pos_k, pos_v, rel_k, rel_v)  # [B L H]
+            x = block(x, real, pos_k, pos_v, intervals, interval_k, interval_v)  # [B L H]
         return self.final_norm(x)  # [B L H]
 
     def forward(self, item_seq, item_seq_len, time_seq):

@@ -44,8 +44,8 @@ def _run_defaults() -> dict:
 
 def resolve_model(name):
     """A model name -> (canonical name, class). SS4Rec and TiSASRec are ours; others are
-    RecBole's (SASRec and GRU4Rec as :mod:`ss4rec.models.baselines`' subclasses, which can also
-    train in ``train_mode: sequence``).
+    RecBole's (SASRec, GRU4Rec and BERT4Rec as :mod:`ss4rec.models.baselines`' subclasses, which
+    can also train in ``train_mode: sequence``).
 
     A model class is used as it is, named by its ``__name__`` (RecBole loads the defaults
     YAML of that name: a subclass named like its RecBole base inherits the base's defaults).
@@ -228,6 +228,6 @@ def check_train_mode(model_name: str, model_class, settings: dict) -> None:
 
     if train_mode(settings) == "sequence" and not supports_windows(model_class):
         raise ConfigError(
-            f"{model_name} cannot train in train_mode: sequence (it does not score every "
-            "position; SS4Rec, TiSASRec, SASRec and GRU4Rec can): set train_mode: prefix"
+            f"{model_name} cannot train in train_mode: sequence (it has no loss over whole "
+            "windows; SS4Rec, TiSASRec, SASRec, GRU4Rec and BERT4Rec can): set train_mode: prefix"
         )
