@@ -30,7 +30,7 @@ def _figure(width=7.0, height=4.0):
 
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long model labels stay in the picture
     return str(path)
 
 
