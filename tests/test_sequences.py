@@ -16,6 +16,7 @@ from recbole.data.dataset import Dataset, SequentialDataset
 from conftest import TINY_SS4REC, assert_metrics_finite_above_random
 from ss4rec.data.dataset import SS4RecDataset
 from ss4rec.data.loaders import create_dataset, prepare_data
+from ss4rec.data.ordering import exactly_ordered
 from ss4rec.data.sequences import (COUNT_FROM, FLAT_POS, TARGET_ITEMS, TARGET_MASK,
                                    FlatSequentialDataset, window_rows)
 from ss4rec.errors import ConfigError
@@ -24,9 +25,14 @@ from ss4rec.pipeline.settings import build_config
 
 
 def _recbole_reference(base):
-    """``base`` with RecBole's own loading, augmentation, split and indexing put back."""
+    """``base`` with RecBole's own loading, augmentation, split and indexing put back.
 
-    class Reference(base):
+    It keeps one thing of ours: interactions sorted stably by exact time as they load
+    (:mod:`ss4rec.data.ordering`), so RecBole's float32 times order same-second-ish
+    interactions as every model of a comparison sees them (tests/test_ordering.py).
+    """
+
+    class Reference(exactly_ordered(base)):
         _load_feat = Dataset._load_feat
         data_augmentation = SequentialDataset.data_augmentation
         build = SequentialDataset.build
