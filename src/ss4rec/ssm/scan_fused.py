@@ -70,7 +70,7 @@ DISABLE_ENV = "SS4REC_FUSED_SCAN"  # "0" turns the kernel off
 CACHE_ENV = "SS4REC_CACHE_DIR"
 # -fno-trapping-math lets gcc vectorise fast_exp's float->int step (no -ffast-math: it
 # would reassociate sums and, linked into a shared library, can flush denormals process-wide)
-COMPILE_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-trapping-math")
+COMPILE_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-trapping-math", "-ffp-contract=fast")
 # OpenMP: links libgomp.so.1, which resolves to the copy PyTorch has already loaded, so the
 # kernels share PyTorch's thread pool instead of fighting it for cores
 OPENMP_FLAGS = ("-fopenmp",)
@@ -137,8 +137,10 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     strided = [ptr, i64, i64]  # a tensor with (batch, step) strides
-    lib.scan_forward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] + [i64] * 5
-    lib.scan_backward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 8 + [i64] * 5
+    lib.scan_forward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 2 + [i64] * 5
+    lib.scan_backward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 9 + [i64] * 5
+    lib.scan_boundary_floats.argtypes = [i64] * 3
+    lib.scan_boundary_floats.restype = i64
     lib.conv_forward.argtypes = strided + [ptr] * 3 + [i64] * 5
     lib.conv_backward.argtypes = strided + [ptr] * 6 + [i64] * 5
     for kernel in (lib.scan_forward, lib.scan_backward, lib.conv_forward, lib.conv_backward):
@@ -183,14 +185,20 @@ class _FusedScanFn(torch.autograd.Function):
         batch, length, d_inner = u.shape
         y = torch.empty_like(u)  # [B L D]
         head = [u.data_ptr(), delta.data_ptr(), A.data_ptr(), *_rows(B), *_rows(C), D_skip.data_ptr(), *_rows(z)]
-        lib.scan_forward(*head, y.data_ptr(), batch, length, d_inner, A.shape[1], _threads(batch))
-        ctx.save_for_backward(u, delta, A, B, C, D_skip, z)
+        # With gradients to come, the forward keeps the state entering every time tile of
+        # every (row, channel block) (a few MB), so the backward need not rerun the scan to find them.
+        boundaries = None
+        if any(ctx.needs_input_grad):
+            boundaries = u.new_empty(batch, lib.scan_boundary_floats(length, d_inner, A.shape[1]))
+        lib.scan_forward(*head, y.data_ptr(), None if boundaries is None else boundaries.data_ptr(),
+                         batch, length, d_inner, A.shape[1], _threads(batch))
+        ctx.save_for_backward(u, delta, A, B, C, D_skip, z, boundaries)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         lib, _ = _load()
-        u, delta, A, B, C, D_skip, z = ctx.saved_tensors
+        u, delta, A, B, C, D_skip, z, boundaries = ctx.saved_tensors
         batch, length, d_inner = u.shape
         d_state = A.shape[1]
         grad_y = grad_y.to(torch.float32).contiguous()
@@ -204,7 +212,7 @@ class _FusedScanFn(torch.autograd.Function):
         grad_D_parts = A.new_zeros(threads, d_inner)
         head = [u.data_ptr(), delta.data_ptr(), A.data_ptr(), *_rows(B), *_rows(C), D_skip.data_ptr(), *_rows(z)]
         lib.scan_backward(
-            *head, grad_y.data_ptr(), grad_u.data_ptr(), grad_delta.data_ptr(),
+            *head, boundaries.data_ptr(), grad_y.data_ptr(), grad_u.data_ptr(), grad_delta.data_ptr(),
             None if grad_z is None else grad_z.data_ptr(), grad_A_parts.data_ptr(),
             grad_B.data_ptr(), grad_C.data_ptr(), grad_D_parts.data_ptr(),
             batch, length, d_inner, d_state, threads,
