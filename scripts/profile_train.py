@@ -7,7 +7,7 @@ Usage::
 
 Setup: the bundled ML-100K with ``ml-100k-quick``'s settings (sequence mode, batch 2048
 targets, hidden 64, CE), one real training batch of the loader. Each part of the step is
-timed alone (forward + backward, median of ``--repeats`` after one warm-up) on the tensors
+timed alone (forward + backward, median CPU time of ``--repeats`` after one warm-up) on the tensors
 it sees in that batch, so the rows add up to about the whole step (the last rows compare
 the sum with the measured step). The loader row is one epoch of batches without the model,
 divided by the number of batches.
@@ -31,23 +31,26 @@ def parse_args(argv=None):
 
 
 def _median_time(fn, repeats: int) -> float:
+    """Median CPU time of fn() (this process's; steadier than wall time on a shared machine)."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return statistics.median(times)
 
 
 def _fwd_bwd(fn, *inputs):
     """A callable running fn(*inputs) forward and backward (gradients to the inputs given)."""
     leaves = [t.detach().requires_grad_(t.is_floating_point() or t.is_complex()) for t in inputs]
+    with torch.no_grad():
+        out = fn(*leaves)
+    grads = [torch.randn_like(o) for o in (out if isinstance(out, tuple) else (out,))]  # drawn once
 
     def run():
         out = fn(*leaves)
         out = out if isinstance(out, tuple) else (out,)
-        grads = [torch.randn_like(o) for o in out]
         torch.autograd.backward(out, grads)
         for t in leaves:
             t.grad = None

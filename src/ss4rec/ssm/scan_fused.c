@@ -3,6 +3,7 @@
    Layout: u, delta, y, grad_* [B L D]; Bm, Cm [B L N]; A [D N]; all contiguous float32.
    Each call handles batch rows [b0, b1); rows are independent except for grad_A, which the
    caller gives each thread its own copy of and sums afterwards. */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -335,6 +336,135 @@ static void conv_backward_rows(const float *x, int64_t sb, int64_t st, const flo
     free(g);
 }
 
+/* S5's complex linear recurrence (ss4rec.ssm.s5), rows [b0, b1): complex64 as interleaved
+   (re, im) floats. Forward: x_t = a_t x_{t-1} + b_t from x_{-1} = init; reverse:
+   x_t = a_t x_{t+1} + b_t from x_L = init (init NULL: zeros). b, x [Bsz L P] contiguous;
+   a [Bsz L P] with batch and step strides (sab, sat, in complex numbers; 0 where a is
+   broadcast) and contiguous states; init [Bsz P]. The plain per-step loop (the work, B L P
+   complex multiply-adds, is far too small for a chunked or parallel scan to pay off). */
+static void complex_scan_rows(const float *a, int64_t sab, int64_t sat, const float *b,
+                              const float *init, float *x, int64_t b0, int64_t b1,
+                              int64_t L, int64_t P, int64_t reverse) {
+    float *state = buffer(2 * P);
+    for (int64_t r = b0; r < b1; r++) {
+        if (init) memcpy(state, init + 2 * r * P, (size_t)(2 * P) * sizeof(float));
+        else memset(state, 0, (size_t)(2 * P) * sizeof(float));
+        for (int64_t i = 0; i < L; i++) {
+            int64_t t = reverse ? L - 1 - i : i;
+            const float *at = a + 2 * (r * sab + t * sat), *bt = b + 2 * (r * L + t) * P;
+            float *xt = x + 2 * (r * L + t) * P;
+            for (int64_t p = 0; p < P; p++) {
+                float ar = at[2 * p], ai = at[2 * p + 1], sr = state[2 * p], si = state[2 * p + 1];
+                float nr = ar * sr - ai * si + bt[2 * p], ni = ar * si + ai * sr + bt[2 * p + 1];
+                state[2 * p] = nr;
+                state[2 * p + 1] = ni;
+                xt[2 * p] = nr;
+                xt[2 * p + 1] = ni;
+            }
+        }
+    }
+    free(state);
+}
+
+/* S5's zero-order-hold discretisation and scan in one pass (ss4rec.ssm.s5._ZOHScan), rows
+   [b0, b1). Per row k, state p: step = scale[k] base[p]; Λ̄ = exp(Re(λ) step) (cos + i sin)(Im(λ) step),
+   exactly 0 once Re(λ) step < -underflow; x_k = Λ̄ x_{k-1} + (Λ̄ - 1) v_k from x_{-1} = init
+   (NULL: zeros). Complex numbers are interleaved (re, im) floats; scale has batch and step
+   strides (0 where broadcast); v, x, lam_bar [Bsz L P] contiguous; lam [P] complex, base [P]. */
+static inline void zoh_decay_at(float scale, float base, float lr, float li, float underflow,
+                                float *dr, float *di) {
+    float step = scale * base, log_magnitude = step * lr;
+    float magnitude = log_magnitude >= -underflow ? expf(log_magnitude) : 0.0f;
+    float angle = step * li;
+    *dr = magnitude * cosf(angle);
+    *di = magnitude * sinf(angle);
+}
+
+static void zoh_forward_rows(const float *scale, int64_t ssb, int64_t sst, const float *base,
+                             const float *lam, float underflow, const float *v, const float *init,
+                             float *x, float *lam_bar, int64_t b0, int64_t b1, int64_t L, int64_t P) {
+    float *state = buffer(2 * P);
+    for (int64_t r = b0; r < b1; r++) {
+        if (init) memcpy(state, init + 2 * r * P, (size_t)(2 * P) * sizeof(float));
+        else memset(state, 0, (size_t)(2 * P) * sizeof(float));
+        for (int64_t t = 0; t < L; t++) {
+            float sc = scale[r * ssb + t * sst];
+            int64_t row = 2 * (r * L + t) * P;
+            for (int64_t p = 0; p < P; p++) {
+                float dr, di;
+                zoh_decay_at(sc, base[p], lam[2 * p], lam[2 * p + 1], underflow, &dr, &di);
+                float vr = v[row + 2 * p], vi = v[row + 2 * p + 1];
+                float sr = state[2 * p], si = state[2 * p + 1];
+                /* Λ̄ x + (Λ̄ - 1) v */
+                float nr = dr * sr - di * si + ((dr - 1.0f) * vr - di * vi);
+                float ni = dr * si + di * sr + ((dr - 1.0f) * vi + di * vr);
+                state[2 * p] = nr;
+                state[2 * p + 1] = ni;
+                x[row + 2 * p] = nr;
+                x[row + 2 * p + 1] = ni;
+                lam_bar[row + 2 * p] = dr;
+                lam_bar[row + 2 * p + 1] = di;
+            }
+        }
+    }
+    free(state);
+}
+
+/* The backward of zoh_forward_rows, one reverse pass per row with μ = conj(adjoint):
+   μ_k = conj(g_k) + Λ̄_{k+1} μ_{k+1}; dLoss/dv_k = conj(μ_k (Λ̄_k - 1));
+   w_k = (x_{k-1} + v_k) μ_k Λ̄_k; dLoss/dλ = conj(Σ w step); dLoss/dstep = Re(w λ);
+   dLoss/dbase[p] = Σ dstep scale; dLoss/dscale[k] = Σ_p dstep base (grad_scale [Bsz L], or NULL);
+   dLoss/dx_{-1} = conj(Λ̄_0 μ_0) (grad_init, when init is given). grad_lam [P] complex and
+   grad_base [P] are this thread's own slots, added to. */
+static void zoh_backward_rows(const float *scale, int64_t ssb, int64_t sst, const float *base,
+                              const float *lam, const float *v, const float *init, const float *x,
+                              const float *lam_bar, const float *g, float *grad_v, float *grad_init,
+                              float *grad_scale, float *grad_lam, float *grad_base,
+                              int64_t b0, int64_t b1, int64_t L, int64_t P) {
+    float *mu = buffer(2 * P), *next = buffer(2 * P);
+    for (int64_t r = b0; r < b1; r++) {
+        memset(mu, 0, (size_t)(2 * P) * sizeof(float));
+        memset(next, 0, (size_t)(2 * P) * sizeof(float));  /* Λ̄_{k+1}; none after the last step */
+        for (int64_t t = L - 1; t >= 0; t--) {
+            float sc = scale[r * ssb + t * sst], gs = 0.0f;
+            int64_t row = 2 * (r * L + t) * P;
+            const float *prev = t > 0 ? x + row - 2 * P : (init ? init + 2 * r * P : NULL);
+            for (int64_t p = 0; p < P; p++) {
+                float dr = lam_bar[row + 2 * p], di = lam_bar[row + 2 * p + 1];
+                float ar = next[2 * p], ai = next[2 * p + 1], mr0 = mu[2 * p], mi0 = mu[2 * p + 1];
+                float mr = g[row + 2 * p] + (ar * mr0 - ai * mi0);
+                float mi = -g[row + 2 * p + 1] + (ar * mi0 + ai * mr0);
+                mu[2 * p] = mr;
+                mu[2 * p + 1] = mi;
+                next[2 * p] = dr;
+                next[2 * p + 1] = di;
+                /* conj(μ (Λ̄ - 1)) */
+                grad_v[row + 2 * p] = mr * (dr - 1.0f) - mi * di;
+                grad_v[row + 2 * p + 1] = -(mr * di + mi * (dr - 1.0f));
+                float sr = v[row + 2 * p], si = v[row + 2 * p + 1];
+                if (prev) { sr += prev[2 * p]; si += prev[2 * p + 1]; }
+                float qr = sr * mr - si * mi, qi = sr * mi + si * mr;  /* source μ */
+                float wr = qr * dr - qi * di, wi = qr * di + qi * dr;  /* source μ Λ̄ */
+                float step = sc * base[p];
+                grad_lam[2 * p] += wr * step;
+                grad_lam[2 * p + 1] += wi * step;
+                float gstep = wr * lam[2 * p] - wi * lam[2 * p + 1];
+                grad_base[p] += gstep * sc;
+                gs += gstep * base[p];
+            }
+            if (grad_scale) grad_scale[r * L + t] = gs;
+        }
+        if (init && grad_init)
+            for (int64_t p = 0; p < P; p++) {  /* conj(Λ̄_0 μ_0); next holds Λ̄_0 now */
+                float dr = next[2 * p], di = next[2 * p + 1], mr = mu[2 * p], mi = mu[2 * p + 1];
+                grad_init[2 * (r * P + p)] = dr * mr - di * mi;
+                grad_init[2 * (r * P + p) + 1] = -(dr * mi + di * mr);
+            }
+    }
+    free(mu);
+    free(next);
+}
+
 /* Exported entry points: rows split over an OpenMP team of `threads` (the same libgomp
    runtime, and so the same thread pool, as PyTorch's own CPU ops; without OpenMP the
    caller's thread does all rows). Thread `tid` adds its grad_A / grad_D / grad_w / grad_bias
@@ -402,6 +532,42 @@ void conv_backward(const float *x, int64_t sb, int64_t st, const float *w, const
         unsigned int saved = denormals_off();
         conv_backward_rows(x, sb, st, w, bias, grad_out, grad_x, grad_w_parts + tid * K * D,
                            grad_bias_parts + tid * D, r0, r1, L, D, K);
+        denormals_restore(saved);
+    TEAM_END
+}
+
+void complex_scan(const float *a, int64_t sab, int64_t sat, const float *b, const float *init,
+                  float *x, int64_t Bsz, int64_t L, int64_t P, int64_t reverse, int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        complex_scan_rows(a, sab, sat, b, init, x, r0, r1, L, P, reverse);
+        denormals_restore(saved);
+    TEAM_END
+}
+
+void zoh_forward(const float *scale, int64_t ssb, int64_t sst, const float *base, const float *lam,
+                 float underflow, const float *v, const float *init, float *x, float *lam_bar,
+                 int64_t Bsz, int64_t L, int64_t P, int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        zoh_forward_rows(scale, ssb, sst, base, lam, underflow, v, init, x, lam_bar, r0, r1, L, P);
+        denormals_restore(saved);
+    TEAM_END
+}
+
+void zoh_backward(const float *scale, int64_t ssb, int64_t sst, const float *base, const float *lam,
+                  const float *v, const float *init, const float *x, const float *lam_bar,
+                  const float *g, float *grad_v, float *grad_init, float *grad_scale,
+                  float *grad_lam_parts, float *grad_base_parts, int64_t Bsz, int64_t L, int64_t P,
+                  int64_t threads) {
+    TEAM_BEGIN(threads)
+        ROWS(Bsz)
+        unsigned int saved = denormals_off();
+        zoh_backward_rows(scale, ssb, sst, base, lam, v, init, x, lam_bar, g, grad_v, grad_init,
+                          grad_scale, grad_lam_parts + tid * 2 * P, grad_base_parts + tid * P,
+                          r0, r1, L, P);
         denormals_restore(saved);
     TEAM_END
 }

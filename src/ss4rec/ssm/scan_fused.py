@@ -143,7 +143,11 @@ def _build() -> ctypes.CDLL:
     lib.scan_boundary_floats.restype = i64
     lib.conv_forward.argtypes = strided + [ptr] * 3 + [i64] * 5
     lib.conv_backward.argtypes = strided + [ptr] * 6 + [i64] * 5
-    for kernel in (lib.scan_forward, lib.scan_backward, lib.conv_forward, lib.conv_backward):
+    lib.complex_scan.argtypes = [ptr, i64, i64, ptr, ptr, ptr] + [i64] * 5
+    lib.zoh_forward.argtypes = [ptr, i64, i64, ptr, ptr, ctypes.c_float] + [ptr] * 4 + [i64] * 4
+    lib.zoh_backward.argtypes = [ptr, i64, i64] + [ptr] * 12 + [i64] * 4
+    for kernel in (lib.scan_forward, lib.scan_backward, lib.conv_forward, lib.conv_backward,
+                   lib.complex_scan, lib.zoh_forward, lib.zoh_backward):
         kernel.restype = None
     return lib
 
@@ -335,3 +339,127 @@ def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
 
 def _dense_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def fused_linear_scan_usable(b: Tensor) -> bool:
+    """Whether :func:`fused_linear_scan` runs for inputs ``b`` (complex64 on the CPU, kernel built);
+    callers fall back to the chunked torch scan of :mod:`ss4rec.ssm.s5` otherwise.
+
+    >>> use_fused = fused_linear_scan_usable(torch.zeros(2, 5, 4, dtype=torch.complex64))
+    """
+    return b.device.type == "cpu" and b.dtype == torch.complex64 and _load()[0] is not None
+
+
+@torch.no_grad()
+def fused_linear_scan(a: Tensor, b: Tensor, initial_state: Optional[Tensor] = None,
+                      reverse: bool = False) -> Tensor:
+    """S5's recurrence through the C kernel: all states ``[B, L, P]`` complex64, no autograd.
+
+    Forward: ``x_k = a_k x_{k-1} + b_k`` from ``x_{-1} = initial_state``; ``reverse=True``:
+    ``x_k = a_k x_{k+1} + b_k`` from ``x_L = initial_state`` (zeros when None). ``a``
+    broadcasts to ``b`` (``[B L P]``, ``[B 1 P]``, ``[1 1 P]``, read in place). Same contract
+    as ``ss4rec.ssm.s5._chunked_scan``, the torch implementation it replaces on the CPU.
+
+    >>> a = torch.full((1, 3, 1), 0.5 + 0j, dtype=torch.complex64)
+    >>> b = torch.ones(1, 3, 1, dtype=torch.complex64)
+    >>> fused_linear_scan(a, b).real.flatten().tolist() if fused_linear_scan_usable(b) else [1.0, 1.5, 1.75]
+    [1.0, 1.5, 1.75]
+    """
+    if b.dim() != 3 or b.dtype != torch.complex64 or b.device.type != "cpu":
+        raise ValueError(f"fused_linear_scan: b must be complex64 [B, L, P] on the CPU, got "
+                         f"{b.dtype} {tuple(b.shape)} on {b.device}")
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(f"fused_linear_scan: {reason}")
+    batch, length, width = b.shape
+    a = a.to(torch.complex64).expand_as(b)
+    if a.stride(2) != 1:
+        a = a.contiguous()
+    b = b.contiguous()
+    states = torch.empty_like(b)  # [B L P]
+    init = None if initial_state is None else initial_state.to(torch.complex64).contiguous()
+    if length > 0:
+        lib.complex_scan(a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(),
+                         None if init is None else init.data_ptr(), states.data_ptr(),
+                         batch, length, width, int(reverse), _threads(batch))
+    return states
+
+
+def _ptr(t: Optional[Tensor]):
+    return None if t is None else t.data_ptr()
+
+
+class _FusedZOHFn(torch.autograd.Function):
+    """S5's discretisation + scan (``ss4rec.ssm.s5.zoh_scan``'s contract) through the C kernels.
+
+    step_scale float32 broadcastable to ``[B L 1]``; base_step float32 ``[P]``; lam complex64
+    ``[P]``; scaled_input complex64 ``[B L P]``; initial_state complex64 ``[B P]`` or None.
+    Keeps ``Λ̄`` from the forward (one more ``[B L P]`` complex tensor) instead of recomputing
+    its exp, cos and sin in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, step_scale, base_step, lam, scaled_input, initial_state, underflow):
+        lib, _ = _load()
+        batch, length, width = scaled_input.shape
+        scale = step_scale.expand(batch, length, 1)
+        states, lam_bar = torch.empty_like(scaled_input), torch.empty_like(scaled_input)  # [B L P]
+        lib.zoh_forward(scale.data_ptr(), scale.stride(0), scale.stride(1), base_step.data_ptr(),
+                        lam.data_ptr(), underflow, scaled_input.data_ptr(), _ptr(initial_state),
+                        states.data_ptr(), lam_bar.data_ptr(), batch, length, width, _threads(batch))
+        ctx.save_for_backward(step_scale, base_step, lam, scaled_input, initial_state, states, lam_bar)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        lib, _ = _load()
+        step_scale, base_step, lam, scaled_input, initial_state, states, lam_bar = ctx.saved_tensors
+        batch, length, width = scaled_input.shape
+        scale = step_scale.expand(batch, length, 1)
+        grad_states = grad_states.to(torch.complex64).contiguous()
+        grad_input = torch.empty_like(scaled_input)
+        grad_initial = None if initial_state is None else torch.empty_like(initial_state)
+        grad_scale = scaled_input.new_empty(batch, length, dtype=torch.float32) if ctx.needs_input_grad[0] else None
+        threads = _threads(batch)
+        grad_lam_parts = torch.zeros(threads, width, dtype=torch.complex64)  # one slot per thread
+        grad_base_parts = torch.zeros(threads, width, dtype=torch.float32)
+        lib.zoh_backward(scale.data_ptr(), scale.stride(0), scale.stride(1), base_step.data_ptr(),
+                         lam.data_ptr(), scaled_input.data_ptr(), _ptr(initial_state), states.data_ptr(),
+                         lam_bar.data_ptr(), grad_states.data_ptr(), grad_input.data_ptr(),
+                         _ptr(grad_initial), _ptr(grad_scale), grad_lam_parts.data_ptr(),
+                         grad_base_parts.data_ptr(), batch, length, width, threads)
+        if grad_scale is not None:
+            grad_scale = grad_scale.unsqueeze(-1).sum_to_size(step_scale.shape)
+        return grad_scale, grad_base_parts.sum(0), grad_lam_parts.sum(0).conj(), grad_input, grad_initial, None
+
+
+def fused_zoh_scan_usable(scaled_input: Tensor) -> bool:
+    """Whether :func:`fused_zoh_scan` runs for this ``scaled_input`` (complex64 on the CPU, kernel
+    built); ``ss4rec.ssm.s5.zoh_scan`` falls back to its torch implementation otherwise.
+
+    >>> use_fused = fused_zoh_scan_usable(torch.zeros(2, 5, 4, dtype=torch.complex64))
+    """
+    return fused_linear_scan_usable(scaled_input)
+
+
+def fused_zoh_scan(step_scale: Tensor, base_step: Tensor, lam: Tensor, scaled_input: Tensor,
+                   initial_state: Optional[Tensor], underflow: float) -> Tensor:
+    """S5 states with zero-order hold, ``ss4rec.ssm.s5.zoh_scan``'s maths, through the C kernels.
+
+    ``Λ̄ = exp(ΛΔ)`` with ``Δ = step_scale · base_step`` (0 once ``Re(ΛΔ) < -underflow``);
+    ``x_k = Λ̄_k x_{k-1} + (Λ̄_k - 1) v_k``. Shapes as ``zoh_scan``: step_scale real
+    ``[B L 1]``, ``[B 1 1]`` or ``[1 1 1]``; base_step ``[P]``; lam complex ``[P]``;
+    scaled_input ``v`` complex64 ``[B L P]``; initial_state ``[B P]`` or None. Gradients for all.
+    """
+    if not fused_zoh_scan_usable(scaled_input):
+        raise RuntimeError(f"fused_zoh_scan: needs complex64 CPU input and the kernel ({_load()[1]})")
+    batch, length, width = scaled_input.shape
+    if step_scale.dim() != 3 or step_scale.shape[2] != 1 or step_scale.shape[0] not in (1, batch) \
+            or step_scale.shape[1] not in (1, length):
+        raise ValueError(f"fused_zoh_scan: step_scale must broadcast to [B L 1] = {(batch, length, 1)}, "
+                         f"got {tuple(step_scale.shape)}")
+    step_scale = step_scale.to(torch.float32).contiguous()
+    base_step = base_step.to(torch.float32).contiguous()
+    lam = lam.to(torch.complex64).contiguous()
+    init = None if initial_state is None else initial_state.to(torch.complex64).contiguous()
+    return _FusedZOHFn.apply(step_scale, base_step, lam, scaled_input.contiguous(), init, float(underflow))
