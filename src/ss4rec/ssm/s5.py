@@ -12,6 +12,11 @@ O(B·L·P) memory:
 * discretisation and scan are one autograd op (:func:`zoh_scan`) with a hand-written
   backward (a reverse scan of the adjoint) that recomputes ``Λ̄``, so training keeps only
   ``B̃u/Λ`` and the states (two ``[B L P]`` complex tensors) for this part of the layer.
+* on the CPU in complex64 (every fp32 run), :func:`zoh_scan` runs as one C pass each way
+  (:func:`ss4rec.ssm.scan_fused.fused_zoh_scan`: discretisation, recurrence and every
+  gradient per step; it keeps ``Λ̄`` rather than recomputing it) and :func:`s5_scan`'s
+  recurrence as a plain C loop; at SS4Rec's sizes the chunked torch scan's many small ops
+  cost several times the arithmetic. The torch ops stay the path elsewhere (GPU, float64).
 
 :func:`s5_scan_reference` is the plain per-step loop the fast ops are tested against.
 

@@ -1,4 +1,4 @@
-"""Fused CPU kernels for Mamba: selective scan (+ skip and gate) and causal conv + SiLU.
+"""Fused CPU kernels for Mamba (selective scan + skip and gate; causal conv + SiLU) and S5.
 
 Small C kernels (``scan_fused.c`` beside this file), built with the system C compiler on
 first use. The scan computes the same maths as :func:`ss4rec.ssm.scan.selective_scan`,
@@ -10,10 +10,12 @@ optionally followed by Mamba's skip and gate (``(y + D * u) * silu(z)``)::
 Why kernels: the pure-PyTorch scan streams ``[B, L, D, N]`` tensors through memory about
 fifteen times per forward+backward (one pass per op). Here 16 channels of one batch row
 run their recurrence together as one vector, read straight from the ``[B, L, D]`` tensors,
-with the ``N`` states in L1; the backward recomputes those states (and decays) tile by
-tile (32 steps, restarted from states kept at tile boundaries, so the working set does not
-grow with L) and walks back through them. Nothing of size
-``[B, L, D, N]`` is allocated, and only the inputs are saved for the backward. Mamba's
+with the ``N`` states in L1 and sums over them carried in registers; the backward
+recomputes those states (and decays) tile by tile (32 steps, restarted from the states the
+forward kept at tile boundaries -- a few MB --, so the working set does not grow with L) and
+walks back through them. Nothing of size ``[B, L, D, N]`` is allocated; the inputs and the
+tile-boundary states are saved for the backward. Built with ``-ffp-contract=fast``: the
+recurrence and the exp polynomial use fused multiply-adds (one rounding instead of two). Mamba's
 depthwise causal conv + SiLU gets the same treatment (PyTorch's grouped ``conv1d``
 backward is slow on CPU). Denormals are flushed inside the kernels (the backward's carried
 gradients decay into that range, where x86 is ~100x slower); the caller's FP mode is kept.
@@ -27,7 +29,13 @@ libgomp (so no second thread pool competes for the cores); a compiler without Op
 a single-threaded build. ``exp`` is a vectorisable range-reduced polynomial (error below
 float32 rounding) instead of libm's scalar ``expf``.
 
-Scope: float32 compute on CPU tensors. :func:`fused_scan_available` says whether the
+S5 (:mod:`ss4rec.ssm.s5`) gets two more: :func:`fused_zoh_scan` (zero-order-hold
+discretisation ``Λ̄ = exp(ΛΔ)`` and the complex recurrence, forward and backward, one pass
+each way per batch row) and :func:`fused_linear_scan` (the bare complex recurrence,
+forward or reverse). Each has a plain torch twin in :mod:`ss4rec.ssm.s5` and an equivalence
+test against the complex128 per-step loop (tests/test_scan_fused.py).
+
+Scope: float32 (complex64 for S5) compute on CPU tensors. :func:`fused_scan_available` says whether the
 kernels built here (and why not; a failure is logged once as a warning);
 :func:`fused_scan_usable` whether they apply to a tensor; :func:`fused_selective_scan` and
 :func:`fused_causal_conv1d_silu` raise when unavailable, so callers choose the fallback
