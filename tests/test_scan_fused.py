@@ -340,3 +340,21 @@ def test_zoh_scan_matches_discretise_then_reference_loop(shape, scale_kind, with
                                   for t in (fast, plain, reference))
         assert_close_rel(fast, reference, S5_TOLERANCE["zoh"], name)
         assert_close_rel(fast, plain, S5_TOLERANCE["zoh_vs_torch_op"], f"{name} (vs the torch op)")
+
+
+def test_zoh_scan_threads_split_the_batch_without_changing_results():
+    inputs, grad = zoh_inputs(5, 30, 8, (5, 30, 1), seed=3)
+    before = torch.get_num_threads()
+
+    def fused(*args):
+        return fused_zoh_scan(*args, UNDERFLOW_EXPONENT)
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(zoh_results(fused, inputs, grad, torch.complex64))
+    finally:
+        torch.set_num_threads(before)
+    for name, one, two in zip(ZOH_NAMES, *results):
+        one, two = (torch.view_as_real(t.resolve_conj()) if t.is_complex() else t for t in (one, two))
+        assert_close_rel(two, one, S5_TOLERANCE["zoh"], name)  # only the partial sums' order differs
