@@ -254,3 +254,107 @@ def test_conv_silu_matches_conv1d(batch, length, channels, taps):
     for name, got, want in zip(("out", "grad x", "grad weight", "grad bias"), results[1], results[0]):
         assert got.shape == want.shape
         assert_close_rel(got, want, rel, name)
+
+
+# ---------------------------------------------------------------- S5's kernels (complex64)
+
+from ss4rec.ssm.s5 import UNDERFLOW_EXPONENT, _ZOHScan, s5_scan_reference, zoh_decay  # noqa: E402
+from ss4rec.ssm.scan_fused import fused_linear_scan, fused_zoh_scan  # noqa: E402
+
+# The C kernels against the plain per-step loop run in complex128 (so the yardstick carries
+# no rounding of its own), relative to the largest magnitude of each compared tensor.
+S5_TOLERANCE = {"scan": 1e-5, "zoh": 1e-5, "zoh_vs_torch_op": 1e-5}
+S5_SHAPES = [(1, 1, 1), (2, 7, 3), (3, 50, 32), (2, 199, 5)]  # (batch, length, states)
+
+
+@pytest.mark.parametrize("shape", S5_SHAPES, ids=lambda s: "B{}-L{}-P{}".format(*s))
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("decay_shape", ["full", "per-row", "shared"])
+@pytest.mark.parametrize("with_initial_state", [False, True])
+def test_linear_scan_matches_the_reference_loop(shape, reverse, decay_shape, with_initial_state):
+    batch, length, width = shape
+    generator = torch.Generator().manual_seed(length + width)
+    a_shape = {"full": shape, "per-row": (batch, 1, width), "shared": (1, 1, width)}[decay_shape]
+    magnitude = torch.rand(a_shape, generator=generator, dtype=torch.float64)
+    magnitude[torch.rand(a_shape, generator=generator) < 0.1] = 0.0
+    a = torch.polar(magnitude, torch.rand(a_shape, generator=generator, dtype=torch.float64) * 6.3)
+    b = torch.randn(shape, generator=generator, dtype=torch.complex128)
+    initial = torch.randn(batch, width, generator=generator, dtype=torch.complex128) if with_initial_state else None
+    flip = (lambda t: t.flip(1)) if reverse else (lambda t: t)
+    expected = flip(s5_scan_reference(flip(a.expand(shape)), flip(b), initial))
+    got = fused_linear_scan(a.to(torch.complex64), b.to(torch.complex64),
+                            None if initial is None else initial.to(torch.complex64), reverse=reverse)
+    assert got.dtype == torch.complex64
+    assert_close_rel(torch.view_as_real(got), torch.view_as_real(expected), S5_TOLERANCE["scan"], "states")
+
+
+def zoh_inputs(batch, length, width, scale_shape, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    scale = torch.rand(scale_shape, generator=generator, dtype=torch.float64) * 3
+    if scale_shape[1] > 1:
+        scale[:, ::4] = 0.0  # duplicate timestamps
+        scale[:, 1::5] = 1e6  # huge gaps: Λ̄ flushed to 0
+    base_step = torch.rand(width, generator=generator, dtype=torch.float64) * 0.1 + 1e-3
+    lam = torch.complex(-torch.rand(width, generator=generator, dtype=torch.float64) - 1e-3,
+                        torch.randn(width, generator=generator, dtype=torch.float64) * 5)
+    scaled_input = torch.randn(batch, length, width, generator=generator, dtype=torch.complex128)
+    initial = torch.randn(batch, width, generator=generator, dtype=torch.complex128)
+    grad = torch.randn(batch, length, width, generator=generator, dtype=torch.complex128)
+    return [scale, base_step, lam, scaled_input, initial], grad
+
+
+def zoh_reference(scale, base_step, lam, scaled_input, initial):
+    lam_bar = zoh_decay(scale, base_step, lam)
+    return s5_scan_reference(lam_bar, (lam_bar - 1) * scaled_input, initial)
+
+
+def zoh_results(fn, inputs, grad, dtype):
+    real = torch.float32 if dtype == torch.complex64 else torch.float64
+    leaves = [t.to(dtype if t.is_complex() else real).detach().requires_grad_() if t is not None else None
+              for t in inputs]
+    states = fn(*leaves)
+    grads = torch.autograd.grad(states, [t for t in leaves if t is not None], grad.to(dtype))
+    return [states, *grads]
+
+
+ZOH_NAMES = ["states", "grad step_scale", "grad base_step", "grad lam", "grad input", "grad x0"]
+
+
+@pytest.mark.parametrize("shape", S5_SHAPES[1:], ids=lambda s: "B{}-L{}-P{}".format(*s))
+@pytest.mark.parametrize("scale_kind", ["per-step", "per-row", "one"])
+@pytest.mark.parametrize("with_initial_state", [False, True])
+def test_zoh_scan_matches_discretise_then_reference_loop(shape, scale_kind, with_initial_state):
+    batch, length, width = shape
+    scale_shape = {"per-step": (batch, length, 1), "per-row": (batch, 1, 1), "one": (1, 1, 1)}[scale_kind]
+    inputs, grad = zoh_inputs(batch, length, width, scale_shape, seed=length)
+    if not with_initial_state:
+        inputs[4] = None
+    expected = zoh_results(zoh_reference, inputs, grad, torch.complex128)  # the yardstick, exact-ish
+
+    def fused(*args):
+        return fused_zoh_scan(*args, UNDERFLOW_EXPONENT)
+    got = zoh_results(fused, inputs, grad, torch.complex64)
+    torch_op = zoh_results(_ZOHScan.apply, inputs, grad, torch.complex64)  # what runs off the CPU
+    for name, fast, plain, reference in zip(ZOH_NAMES, got, torch_op, expected):
+        fast, plain, reference = (torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
+                                  for t in (fast, plain, reference))
+        assert_close_rel(fast, reference, S5_TOLERANCE["zoh"], name)
+        assert_close_rel(fast, plain, S5_TOLERANCE["zoh_vs_torch_op"], f"{name} (vs the torch op)")
+
+
+def test_zoh_scan_threads_split_the_batch_without_changing_results():
+    inputs, grad = zoh_inputs(5, 30, 8, (5, 30, 1), seed=3)
+    before = torch.get_num_threads()
+
+    def fused(*args):
+        return fused_zoh_scan(*args, UNDERFLOW_EXPONENT)
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(zoh_results(fused, inputs, grad, torch.complex64))
+    finally:
+        torch.set_num_threads(before)
+    for name, one, two in zip(ZOH_NAMES, *results):
+        one, two = (torch.view_as_real(t.resolve_conj()) if t.is_complex() else t for t in (one, two))
+        assert_close_rel(two, one, S5_TOLERANCE["zoh"], name)  # only the partial sums' order differs

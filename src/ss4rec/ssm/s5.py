@@ -12,6 +12,11 @@ O(B·L·P) memory:
 * discretisation and scan are one autograd op (:func:`zoh_scan`) with a hand-written
   backward (a reverse scan of the adjoint) that recomputes ``Λ̄``, so training keeps only
   ``B̃u/Λ`` and the states (two ``[B L P]`` complex tensors) for this part of the layer.
+* on the CPU in complex64 (every fp32 run), :func:`zoh_scan` runs as one C pass each way
+  (:func:`ss4rec.ssm.scan_fused.fused_zoh_scan`: discretisation, recurrence and every
+  gradient per step; it keeps ``Λ̄`` rather than recomputing it) and :func:`s5_scan`'s
+  recurrence as a plain C loop; at SS4Rec's sizes the chunked torch scan's many small ops
+  cost several times the arithmetic. The torch ops stay the path elsewhere (GPU, float64).
 
 :func:`s5_scan_reference` is the plain per-step loop the fast ops are tested against.
 
@@ -59,6 +64,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from ss4rec.ssm.scan_fused import fused_linear_scan, fused_linear_scan_usable, fused_zoh_scan, fused_zoh_scan_usable
 
 __all__ = [
     "LAMBDA_REAL_MAX",
@@ -180,6 +187,16 @@ def _chunked_scan(
     return states
 
 
+def _scan_states(
+    a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None, reverse: bool = False
+) -> torch.Tensor:
+    """:func:`_chunked_scan`'s states, through the C kernel for complex64 on the CPU (the
+    chunked scan's many small ops cost far more there than the recurrence itself)."""
+    if fused_linear_scan_usable(b):
+        return fused_linear_scan(a, b, initial_state, reverse=reverse)
+    return _chunked_scan(a, b, initial_state, reverse=reverse)
+
+
 def _scan_backward(
     a: torch.Tensor, states: torch.Tensor, grad_states: torch.Tensor, initial_state: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -193,7 +210,7 @@ def _scan_backward(
     next_decay = torch.empty_like(states)  # conj(a_{k+1}); the last one meets a zero state
     next_decay[:, :-1] = a[:, 1:].conj()
     next_decay[:, -1] = 0
-    adjoint = _chunked_scan(next_decay, grad_states.to(states.dtype), None, reverse=True)  # [B L P]
+    adjoint = _scan_states(next_decay, grad_states.to(states.dtype), None, reverse=True)  # [B L P]
     del next_decay
     grad_a = torch.empty_like(states)
     torch.mul(adjoint[:, 1:], states[:, :-1].conj(), out=grad_a[:, 1:])
@@ -211,7 +228,7 @@ class _LinearScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, initial_state):
-        states = _chunked_scan(a, b, initial_state)
+        states = _scan_states(a, b, initial_state)
         ctx.save_for_backward(a, states, initial_state)
         return states
 
@@ -291,7 +308,7 @@ class _ZOHScan(torch.autograd.Function):
         with torch.no_grad():
             lam_bar = zoh_decay(step_scale, base_step, lam)  # [B L P]
             drive = (lam_bar - 1) * scaled_input
-            states = _chunked_scan(lam_bar, drive, initial_state)
+            states = _scan_states(lam_bar, drive, initial_state)
         ctx.save_for_backward(step_scale, base_step, lam, scaled_input, states, initial_state)
         return states
 
@@ -306,7 +323,7 @@ class _ZOHScan(torch.autograd.Function):
         next_decay = torch.empty_like(states)  # Λ̄_{k+1}; the last one meets a zero state
         next_decay[:, :-1] = lam_bar[:, 1:]
         next_decay[:, -1] = 0
-        adjoint_conj = _chunked_scan(next_decay, grad_states.conj_physical(), None, reverse=True)  # μ
+        adjoint_conj = _scan_states(next_decay, grad_states.conj_physical(), None, reverse=True)  # μ
         del next_decay
 
         grad_initial = None
@@ -361,6 +378,9 @@ def zoh_scan(
             f"zoh_scan: need scaled_input [B L P] and lam [P], got {tuple(scaled_input.shape)} "
             f"and {tuple(lam.shape)}"
         )
+    if fused_zoh_scan_usable(scaled_input) and step_scale.dim() == 3:
+        # complex64 on the CPU: one C pass each way (ss4rec.ssm.scan_fused), same maths
+        return fused_zoh_scan(step_scale, base_step, lam, scaled_input, initial_state, UNDERFLOW_EXPONENT)
     return _ZOHScan.apply(step_scale, base_step, lam, scaled_input, initial_state)
 
 

@@ -1,4 +1,4 @@
-"""Fused CPU kernels for Mamba: selective scan (+ skip and gate) and causal conv + SiLU.
+"""Fused CPU kernels for Mamba (selective scan + skip and gate; causal conv + SiLU) and S5.
 
 Small C kernels (``scan_fused.c`` beside this file), built with the system C compiler on
 first use. The scan computes the same maths as :func:`ss4rec.ssm.scan.selective_scan`,
@@ -10,10 +10,12 @@ optionally followed by Mamba's skip and gate (``(y + D * u) * silu(z)``)::
 Why kernels: the pure-PyTorch scan streams ``[B, L, D, N]`` tensors through memory about
 fifteen times per forward+backward (one pass per op). Here 16 channels of one batch row
 run their recurrence together as one vector, read straight from the ``[B, L, D]`` tensors,
-with the ``N`` states in L1; the backward recomputes those states (and decays) tile by
-tile (32 steps, restarted from states kept at tile boundaries, so the working set does not
-grow with L) and walks back through them. Nothing of size
-``[B, L, D, N]`` is allocated, and only the inputs are saved for the backward. Mamba's
+with the ``N`` states in L1 and sums over them carried in registers; the backward
+recomputes those states (and decays) tile by tile (32 steps, restarted from the states the
+forward kept at tile boundaries -- a few MB --, so the working set does not grow with L) and
+walks back through them. Nothing of size ``[B, L, D, N]`` is allocated; the inputs and the
+tile-boundary states are saved for the backward. Built with ``-ffp-contract=fast``: the
+recurrence and the exp polynomial use fused multiply-adds (one rounding instead of two). Mamba's
 depthwise causal conv + SiLU gets the same treatment (PyTorch's grouped ``conv1d``
 backward is slow on CPU). Denormals are flushed inside the kernels (the backward's carried
 gradients decay into that range, where x86 is ~100x slower); the caller's FP mode is kept.
@@ -27,7 +29,13 @@ libgomp (so no second thread pool competes for the cores); a compiler without Op
 a single-threaded build. ``exp`` is a vectorisable range-reduced polynomial (error below
 float32 rounding) instead of libm's scalar ``expf``.
 
-Scope: float32 compute on CPU tensors. :func:`fused_scan_available` says whether the
+S5 (:mod:`ss4rec.ssm.s5`) gets two more: :func:`fused_zoh_scan` (zero-order-hold
+discretisation ``Λ̄ = exp(ΛΔ)`` and the complex recurrence, forward and backward, one pass
+each way per batch row) and :func:`fused_linear_scan` (the bare complex recurrence,
+forward or reverse). Each has a plain torch twin in :mod:`ss4rec.ssm.s5` and an equivalence
+test against the complex128 per-step loop (tests/test_scan_fused.py).
+
+Scope: float32 (complex64 for S5) compute on CPU tensors. :func:`fused_scan_available` says whether the
 kernels built here (and why not; a failure is logged once as a warning);
 :func:`fused_scan_usable` whether they apply to a tensor; :func:`fused_selective_scan` and
 :func:`fused_causal_conv1d_silu` raise when unavailable, so callers choose the fallback
@@ -70,7 +78,7 @@ DISABLE_ENV = "SS4REC_FUSED_SCAN"  # "0" turns the kernel off
 CACHE_ENV = "SS4REC_CACHE_DIR"
 # -fno-trapping-math lets gcc vectorise fast_exp's float->int step (no -ffast-math: it
 # would reassociate sums and, linked into a shared library, can flush denormals process-wide)
-COMPILE_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-trapping-math")
+COMPILE_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-trapping-math", "-ffp-contract=fast")
 # OpenMP: links libgomp.so.1, which resolves to the copy PyTorch has already loaded, so the
 # kernels share PyTorch's thread pool instead of fighting it for cores
 OPENMP_FLAGS = ("-fopenmp",)
@@ -137,11 +145,17 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     strided = [ptr, i64, i64]  # a tensor with (batch, step) strides
-    lib.scan_forward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] + [i64] * 5
-    lib.scan_backward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 8 + [i64] * 5
+    lib.scan_forward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 2 + [i64] * 5
+    lib.scan_backward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 9 + [i64] * 5
+    lib.scan_boundary_floats.argtypes = [i64] * 3
+    lib.scan_boundary_floats.restype = i64
     lib.conv_forward.argtypes = strided + [ptr] * 3 + [i64] * 5
     lib.conv_backward.argtypes = strided + [ptr] * 6 + [i64] * 5
-    for kernel in (lib.scan_forward, lib.scan_backward, lib.conv_forward, lib.conv_backward):
+    lib.complex_scan.argtypes = [ptr, i64, i64, ptr, ptr, ptr] + [i64] * 5
+    lib.zoh_forward.argtypes = [ptr, i64, i64, ptr, ptr, ctypes.c_float] + [ptr] * 4 + [i64] * 4
+    lib.zoh_backward.argtypes = [ptr, i64, i64] + [ptr] * 12 + [i64] * 4
+    for kernel in (lib.scan_forward, lib.scan_backward, lib.conv_forward, lib.conv_backward,
+                   lib.complex_scan, lib.zoh_forward, lib.zoh_backward):
         kernel.restype = None
     return lib
 
@@ -183,14 +197,20 @@ class _FusedScanFn(torch.autograd.Function):
         batch, length, d_inner = u.shape
         y = torch.empty_like(u)  # [B L D]
         head = [u.data_ptr(), delta.data_ptr(), A.data_ptr(), *_rows(B), *_rows(C), D_skip.data_ptr(), *_rows(z)]
-        lib.scan_forward(*head, y.data_ptr(), batch, length, d_inner, A.shape[1], _threads(batch))
-        ctx.save_for_backward(u, delta, A, B, C, D_skip, z)
+        # With gradients to come, the forward keeps the state entering every time tile of
+        # every (row, channel block) (a few MB), so the backward need not rerun the scan to find them.
+        boundaries = None
+        if any(ctx.needs_input_grad):
+            boundaries = u.new_empty(batch, lib.scan_boundary_floats(length, d_inner, A.shape[1]))
+        lib.scan_forward(*head, y.data_ptr(), None if boundaries is None else boundaries.data_ptr(),
+                         batch, length, d_inner, A.shape[1], _threads(batch))
+        ctx.save_for_backward(u, delta, A, B, C, D_skip, z, boundaries)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         lib, _ = _load()
-        u, delta, A, B, C, D_skip, z = ctx.saved_tensors
+        u, delta, A, B, C, D_skip, z, boundaries = ctx.saved_tensors
         batch, length, d_inner = u.shape
         d_state = A.shape[1]
         grad_y = grad_y.to(torch.float32).contiguous()
@@ -204,7 +224,7 @@ class _FusedScanFn(torch.autograd.Function):
         grad_D_parts = A.new_zeros(threads, d_inner)
         head = [u.data_ptr(), delta.data_ptr(), A.data_ptr(), *_rows(B), *_rows(C), D_skip.data_ptr(), *_rows(z)]
         lib.scan_backward(
-            *head, grad_y.data_ptr(), grad_u.data_ptr(), grad_delta.data_ptr(),
+            *head, boundaries.data_ptr(), grad_y.data_ptr(), grad_u.data_ptr(), grad_delta.data_ptr(),
             None if grad_z is None else grad_z.data_ptr(), grad_A_parts.data_ptr(),
             grad_B.data_ptr(), grad_C.data_ptr(), grad_D_parts.data_ptr(),
             batch, length, d_inner, d_state, threads,
@@ -327,3 +347,127 @@ def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
 
 def _dense_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def fused_linear_scan_usable(b: Tensor) -> bool:
+    """Whether :func:`fused_linear_scan` runs for inputs ``b`` (complex64 on the CPU, kernel built);
+    callers fall back to the chunked torch scan of :mod:`ss4rec.ssm.s5` otherwise.
+
+    >>> use_fused = fused_linear_scan_usable(torch.zeros(2, 5, 4, dtype=torch.complex64))
+    """
+    return b.device.type == "cpu" and b.dtype == torch.complex64 and _load()[0] is not None
+
+
+@torch.no_grad()
+def fused_linear_scan(a: Tensor, b: Tensor, initial_state: Optional[Tensor] = None,
+                      reverse: bool = False) -> Tensor:
+    """S5's recurrence through the C kernel: all states ``[B, L, P]`` complex64, no autograd.
+
+    Forward: ``x_k = a_k x_{k-1} + b_k`` from ``x_{-1} = initial_state``; ``reverse=True``:
+    ``x_k = a_k x_{k+1} + b_k`` from ``x_L = initial_state`` (zeros when None). ``a``
+    broadcasts to ``b`` (``[B L P]``, ``[B 1 P]``, ``[1 1 P]``, read in place). Same contract
+    as ``ss4rec.ssm.s5._chunked_scan``, the torch implementation it replaces on the CPU.
+
+    >>> a = torch.full((1, 3, 1), 0.5 + 0j, dtype=torch.complex64)
+    >>> b = torch.ones(1, 3, 1, dtype=torch.complex64)
+    >>> fused_linear_scan(a, b).real.flatten().tolist() if fused_linear_scan_usable(b) else [1.0, 1.5, 1.75]
+    [1.0, 1.5, 1.75]
+    """
+    if b.dim() != 3 or b.dtype != torch.complex64 or b.device.type != "cpu":
+        raise ValueError(f"fused_linear_scan: b must be complex64 [B, L, P] on the CPU, got "
+                         f"{b.dtype} {tuple(b.shape)} on {b.device}")
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(f"fused_linear_scan: {reason}")
+    batch, length, width = b.shape
+    a = a.to(torch.complex64).expand_as(b)
+    if a.stride(2) != 1:
+        a = a.contiguous()
+    b = b.contiguous()
+    states = torch.empty_like(b)  # [B L P]
+    init = None if initial_state is None else initial_state.to(torch.complex64).contiguous()
+    if length > 0:
+        lib.complex_scan(a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(),
+                         None if init is None else init.data_ptr(), states.data_ptr(),
+                         batch, length, width, int(reverse), _threads(batch))
+    return states
+
+
+def _ptr(t: Optional[Tensor]):
+    return None if t is None else t.data_ptr()
+
+
+class _FusedZOHFn(torch.autograd.Function):
+    """S5's discretisation + scan (``ss4rec.ssm.s5.zoh_scan``'s contract) through the C kernels.
+
+    step_scale float32 broadcastable to ``[B L 1]``; base_step float32 ``[P]``; lam complex64
+    ``[P]``; scaled_input complex64 ``[B L P]``; initial_state complex64 ``[B P]`` or None.
+    Keeps ``Λ̄`` from the forward (one more ``[B L P]`` complex tensor) instead of recomputing
+    its exp, cos and sin in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, step_scale, base_step, lam, scaled_input, initial_state, underflow):
+        lib, _ = _load()
+        batch, length, width = scaled_input.shape
+        scale = step_scale.expand(batch, length, 1)
+        states, lam_bar = torch.empty_like(scaled_input), torch.empty_like(scaled_input)  # [B L P]
+        lib.zoh_forward(scale.data_ptr(), scale.stride(0), scale.stride(1), base_step.data_ptr(),
+                        lam.data_ptr(), underflow, scaled_input.data_ptr(), _ptr(initial_state),
+                        states.data_ptr(), lam_bar.data_ptr(), batch, length, width, _threads(batch))
+        ctx.save_for_backward(step_scale, base_step, lam, scaled_input, initial_state, states, lam_bar)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        lib, _ = _load()
+        step_scale, base_step, lam, scaled_input, initial_state, states, lam_bar = ctx.saved_tensors
+        batch, length, width = scaled_input.shape
+        scale = step_scale.expand(batch, length, 1)
+        grad_states = grad_states.to(torch.complex64).contiguous()
+        grad_input = torch.empty_like(scaled_input)
+        grad_initial = None if initial_state is None else torch.empty_like(initial_state)
+        grad_scale = scaled_input.new_empty(batch, length, dtype=torch.float32) if ctx.needs_input_grad[0] else None
+        threads = _threads(batch)
+        grad_lam_parts = torch.zeros(threads, width, dtype=torch.complex64)  # one slot per thread
+        grad_base_parts = torch.zeros(threads, width, dtype=torch.float32)
+        lib.zoh_backward(scale.data_ptr(), scale.stride(0), scale.stride(1), base_step.data_ptr(),
+                         lam.data_ptr(), scaled_input.data_ptr(), _ptr(initial_state), states.data_ptr(),
+                         lam_bar.data_ptr(), grad_states.data_ptr(), grad_input.data_ptr(),
+                         _ptr(grad_initial), _ptr(grad_scale), grad_lam_parts.data_ptr(),
+                         grad_base_parts.data_ptr(), batch, length, width, threads)
+        if grad_scale is not None:
+            grad_scale = grad_scale.unsqueeze(-1).sum_to_size(step_scale.shape)
+        return grad_scale, grad_base_parts.sum(0), grad_lam_parts.sum(0).conj(), grad_input, grad_initial, None
+
+
+def fused_zoh_scan_usable(scaled_input: Tensor) -> bool:
+    """Whether :func:`fused_zoh_scan` runs for this ``scaled_input`` (complex64 on the CPU, kernel
+    built); ``ss4rec.ssm.s5.zoh_scan`` falls back to its torch implementation otherwise.
+
+    >>> use_fused = fused_zoh_scan_usable(torch.zeros(2, 5, 4, dtype=torch.complex64))
+    """
+    return fused_linear_scan_usable(scaled_input)
+
+
+def fused_zoh_scan(step_scale: Tensor, base_step: Tensor, lam: Tensor, scaled_input: Tensor,
+                   initial_state: Optional[Tensor], underflow: float) -> Tensor:
+    """S5 states with zero-order hold, ``ss4rec.ssm.s5.zoh_scan``'s maths, through the C kernels.
+
+    ``Λ̄ = exp(ΛΔ)`` with ``Δ = step_scale · base_step`` (0 once ``Re(ΛΔ) < -underflow``);
+    ``x_k = Λ̄_k x_{k-1} + (Λ̄_k - 1) v_k``. Shapes as ``zoh_scan``: step_scale real
+    ``[B L 1]``, ``[B 1 1]`` or ``[1 1 1]``; base_step ``[P]``; lam complex ``[P]``;
+    scaled_input ``v`` complex64 ``[B L P]``; initial_state ``[B P]`` or None. Gradients for all.
+    """
+    if not fused_zoh_scan_usable(scaled_input):
+        raise RuntimeError(f"fused_zoh_scan: needs complex64 CPU input and the kernel ({_load()[1]})")
+    batch, length, width = scaled_input.shape
+    if step_scale.dim() != 3 or step_scale.shape[2] != 1 or step_scale.shape[0] not in (1, batch) \
+            or step_scale.shape[1] not in (1, length):
+        raise ValueError(f"fused_zoh_scan: step_scale must broadcast to [B L 1] = {(batch, length, 1)}, "
+                         f"got {tuple(step_scale.shape)}")
+    step_scale = step_scale.to(torch.float32).contiguous()
+    base_step = base_step.to(torch.float32).contiguous()
+    lam = lam.to(torch.complex64).contiguous()
+    init = None if initial_state is None else initial_state.to(torch.complex64).contiguous()
+    return _FusedZOHFn.apply(step_scale, base_step, lam, scaled_input.contiguous(), init, float(underflow))
