@@ -7,8 +7,8 @@ models on exact float64 time (SS4Rec, TiSASRec) order them by their real times. 
 ML-100K that gave 4 test targets, 5 valid targets and ~38 histories that differed between
 SS4Rec and SASRec, so a paired per-user comparison compared slightly different tasks.
 
-:class:`ExactTimeOrder` sorts the loaded interactions once by their exact (float64) time,
-stably, before RecBole touches them. Rounding to float32 and min-max scaling are monotone,
+:class:`ExactTimeOrder` sorts the interactions once by their exact (float64) time, stably,
+before RecBole turns them into float32 tensors. Rounding to float32 and min-max scaling are monotone,
 so every later stable sort keeps this order: every dataset class (ours and RecBole's)
 then yields the same split and the same histories. Interactions with identical timestamps
 keep their file order, in every model.
@@ -18,10 +18,16 @@ from __future__ import annotations
 
 
 class ExactTimeOrder:
-    """Dataset mixin: the interaction table sorted stably by exact time right after loading."""
+    """Dataset mixin: the interaction table sorted stably by exact time once it is processed.
 
-    def _load_inter_feat(self, token, dataset_path):
-        super()._load_inter_feat(token, dataset_path)
+    The sort comes after RecBole's processing (filters, id remapping, normalisation), while
+    the table is still a float64 DataFrame: ids keep RecBole's numbering (first appearance in
+    the file), so a checkpoint's vocabulary matches; min-max scaling is strictly monotone in
+    float64, so sorting the scaled times is sorting the exact ones, ties included.
+    """
+
+    def _data_processing(self):
+        super()._data_processing()
         time_field = self.time_field
         # Benchmark files keep their own order: their rows are cut into splits by file size.
         if self.benchmark_filename_list is not None or time_field is None or time_field not in self.inter_feat:

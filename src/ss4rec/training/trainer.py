@@ -105,6 +105,10 @@ RESUME_MAY_CHANGE = {
     "guard_check_batches", "precision",
 }
 
+# Settings added after a run may have been saved, with the value that computes what runs saved
+# before them computed: a checkpoint without the key resumes when the run uses that value.
+ADDED_SETTINGS = {"time_transform": "linear"}
+
 
 def settings_changes(saved: dict, current: dict) -> tuple[dict, dict]:
     """(changes a resume may apply, changes that refuse it): ``{key: (saved, current)}`` each.
@@ -119,6 +123,8 @@ def settings_changes(saved: dict, current: dict) -> tuple[dict, dict]:
     allowed, refused = {}, {}
     for key in sorted(keys):
         old, new = saved.get(key), current.get(key)
+        if key not in saved and key in ADDED_SETTINGS and new == ADDED_SETTINGS[key]:
+            continue  # saved before the setting existed, and this run keeps its old behaviour
         if old != new:
             (allowed if key in RESUME_MAY_CHANGE else refused)[key] = (old, new)
     return allowed, refused
