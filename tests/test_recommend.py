@@ -71,16 +71,14 @@ def ss4rec_run(ss4rec_checkpoint):
     return restore(ss4rec_checkpoint)
 
 
-def _history(raw_ratings, user, time_dtype=torch.float64):
-    """The user's (items, times) from the raw file, time-ordered (ties in file order).
+def _history(raw_ratings, user):
+    """The user's (items, times) from the raw file, ordered by exact time (ties in file order).
 
-    Ordered by the time as the run's dataset holds it, as RecBole orders it: a float32
-    time field (RecBole's own datasets) ties epoch seconds within ~64 s, SS4Rec's float64
-    one is exact.
+    Every run's dataset orders interactions this way, whatever dtype it then stores the time
+    in (:mod:`ss4rec.data.ordering`: float32 times would tie epoch seconds within ~64 s).
     """
     rows = raw_ratings[raw_ratings["user_id"] == user]
-    times = torch.as_tensor(rows["timestamp"].to_numpy(), dtype=time_dtype).numpy()
-    order = np.argsort(times, kind="stable")
+    order = np.argsort(rows["timestamp"].to_numpy(dtype=np.float64), kind="stable")
     return rows["item_id"].to_numpy()[order].tolist(), rows["timestamp"].to_numpy()[order]
 
 
@@ -94,7 +92,7 @@ def _reference_scores(run, raw_ratings, users, at_seconds):
     time_seq = torch.zeros(len(users), max_len, dtype=time_dtype)
     lengths = torch.zeros(len(users), dtype=torch.long)
     for row, user in enumerate(users):
-        items, times = _history(raw_ratings, user, time_dtype)
+        items, times = _history(raw_ratings, user)
         items, times = items[-max_len:], times[-max_len:]
         item_seq[row, : len(items)] = torch.as_tensor(run.dataset.token2id("item_id", items))
         time_seq[row, : len(times)] = torch.as_tensor(times, dtype=time_dtype)
