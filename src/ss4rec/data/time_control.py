@@ -37,6 +37,7 @@ best time-blind one (ranks 1–4 at random: 0.9 × mean(1, 0.63, 0.5, 0.43)).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -103,8 +104,8 @@ def write_time_control(output_dir, name: str = "time-control", overwrite: bool =
     """
     check_dataset_name(name)
     log = time_control_log(**options)
-    options = {"users": 600, "items": 60, "min_per_user": 30, "max_per_user": 60, "noise": 0.1, "seed": 0,
-               "rule": "last-gap", **options}
+    defaults = {key: p.default for key, p in inspect.signature(time_control_log).parameters.items()}
+    options = {**defaults, **options}
     facts = {"dataset": name, "rule": RULES[options["rule"]], "bucket_edges_s": list(BUCKET_EDGES_S),
              "gap_range_s": list(GAP_RANGE_S), "options": options,
              "interactions": len(log), "synthetic": True}

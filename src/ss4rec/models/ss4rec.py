@@ -50,6 +50,8 @@ Usage::
 
 from __future__ import annotations
 
+import math
+
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
@@ -95,13 +97,19 @@ def time_unit_seconds(time_unit, dataset=None) -> float:
     return float(time_unit)
 
 
+def check_time_transform(transform) -> str:
+    """``transform`` if it is one of TIME_TRANSFORMS, else a ConfigError naming them."""
+    if transform not in TIME_TRANSFORMS:
+        raise ConfigError(f"time_transform={transform!r} is not one of {TIME_TRANSFORMS}")
+    return transform
+
+
 def scaled_gaps(gaps: torch.Tensor, seconds_per_unit: float, transform: str = "linear") -> torch.Tensor:
     """``s(gap)``, the S5 step scale of gaps in seconds: ``gap/unit`` or ``log1p(gap/unit)``.
 
     Computed in the dtype of ``gaps`` (float64 keeps epoch-second gaps exact); 0 stays 0.
     """
-    if transform not in TIME_TRANSFORMS:
-        raise ConfigError(f"time_transform={transform!r} is not one of {TIME_TRANSFORMS}")
+    check_time_transform(transform)
     units = gaps / seconds_per_unit
     return torch.log1p(units) if transform == "log1p" else units
 
@@ -112,7 +120,7 @@ def state_kept(gap_seconds, seconds_per_unit: float, transform: str = "linear", 
     median (geometric) and largest initial step: ``(kept at dt_max, median, kept at dt_min)``."""
     scale = float(scaled_gaps(torch.tensor(float(gap_seconds), dtype=torch.float64), seconds_per_unit, transform))
     steps = (dt_max, (dt_min * dt_max) ** 0.5, dt_min)
-    return tuple(float(torch.exp(torch.tensor(lambda_real * scale * step, dtype=torch.float64))) for step in steps)
+    return tuple(math.exp(lambda_real * scale * step) for step in steps)
 
 
 def time_intervals(time_seq: torch.Tensor, seq_len: torch.Tensor, target_time: torch.Tensor) -> torch.Tensor:
@@ -192,9 +200,7 @@ class SS4Rec(TiedItemScoring, SequentialRecommender):
         self.dropout_prob = config["dropout_prob"]
         self.loss_type = config["loss_type"]
         self.model_type = config["model_type"]
-        self.time_transform = config["time_transform"] or "linear"
-        if self.time_transform not in TIME_TRANSFORMS:
-            raise ConfigError(f"time_transform={self.time_transform!r} is not one of {TIME_TRANSFORMS}")
+        self.time_transform = check_time_transform(config["time_transform"] or "linear")
         if self.model_type not in MODEL_TYPES:
             raise ConfigError(f"model_type={self.model_type!r} is not one of {MODEL_TYPES}")
         if self.loss_type not in LOSS_TYPES:
