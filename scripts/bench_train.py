@@ -134,8 +134,11 @@ def train_worker(model: str, length: int, args) -> dict:
     from ss4rec.data.loaders import create_dataset, prepare_data
     from ss4rec.models.losses import window_loss
     from ss4rec.pipeline.settings import build_config
+    from ss4rec.training.host_memory import keep_freed_memory
 
     torch.set_num_threads(args.threads)
+    if args.device == "cpu":  # as the trainer does on the CPU (ss4rec.training.host_memory)
+        keep_freed_memory()
     model_name, own = PER_MODEL[model]
     mode = model_train_mode(model, args.train_mode)
     settings = {**COMMON, **own, "MAX_ITEM_LIST_LENGTH": length, "train_mode": mode}
