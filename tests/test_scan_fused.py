@@ -256,6 +256,80 @@ def test_conv_silu_matches_conv1d(batch, length, channels, taps):
         assert_close_rel(got, want, rel, name)
 
 
+
+# ---------------------------------------------------------------- right padding skipped (lengths)
+# A batch of windows is right-padded and nothing reads the padding's outputs, so the scan and
+# the conv may skip it: results at real steps, and every gradient, must not change by one bit.
+PADDED_LENGTHS = [17, 1, 9, 0, 16]  # a full row, a one-step row, rows ending inside the tiles
+
+
+def _padding_mask(lengths, length):
+    return torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]  # [B L] real steps
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "skip-and-gate"])
+def test_scan_skips_the_padding_and_keeps_every_real_result(gated):
+    batch, length, d_inner, d_state = len(PADDED_LENGTHS), 17, 40, 8
+    inputs = make_inputs(batch, length, d_inner, d_state, seed=5)
+    extra = [torch.randn(d_inner).requires_grad_(), torch.randn(batch, length, d_inner).requires_grad_()] if gated else []
+    real = _padding_mask(PADDED_LENGTHS, length)  # [B L]
+    grad_y = torch.randn(batch, length, d_inner) * real[..., None]  # nothing flows back from padding
+    results = []
+    for lengths in (None, torch.tensor(PADDED_LENGTHS)):
+        def scan(u, delta, A, B, C, *rest):
+            return fused_selective_scan(u, delta, A, B, C, *rest, lengths=lengths)
+        y = scan(*inputs, *extra)
+        results.append((y, torch.autograd.grad(y, inputs + extra, grad_y)))
+    (y_all, grads_all), (y_skip, grads_skip) = results
+    assert torch.equal(y_skip[real], y_all[real])
+    assert not y_skip[~real].any()  # the skipped outputs are zeros
+    for name, got, want in zip(("u", "delta", "A", "B", "C", "D", "z"), grads_skip, grads_all):
+        assert torch.equal(got, want), f"grad {name} changed"
+
+
+def test_conv_skips_the_padding_and_keeps_every_real_result():
+    batch, length, channels, taps = len(PADDED_LENGTHS), 17, 20, 4
+    torch.manual_seed(3)
+    conv = torch.nn.Conv1d(channels, channels, taps, groups=channels, padding=taps - 1)
+    x = torch.randn(batch, length, channels, requires_grad=True)
+    real = _padding_mask(PADDED_LENGTHS, length)
+    weights = torch.randn(batch, length, channels) * real[..., None]
+    results = []
+    for lengths in (None, torch.tensor(PADDED_LENGTHS)):
+        out = fused_causal_conv1d_silu(x, conv.weight, conv.bias, lengths)
+        results.append((out, torch.autograd.grad((out * weights).sum(), [x, conv.weight, conv.bias])))
+    (out_all, grads_all), (out_skip, grads_skip) = results
+    assert torch.equal(out_skip[real], out_all[real])
+    assert not out_skip[~real].any()
+    for name, got, want in zip(("x", "weight", "bias"), grads_skip, grads_all):
+        assert torch.equal(got, want), f"grad {name} changed"
+
+
+def test_mamba_layer_with_lengths_gives_the_same_training_step():
+    from ss4rec.ssm.mamba import Mamba
+
+    torch.manual_seed(0)
+    layer = Mamba(d_model=16, d_state=8, d_conv=4, expand=2, backend="torch")
+    x = torch.randn(len(PADDED_LENGTHS), 17, 16)
+    real = _padding_mask(PADDED_LENGTHS, 17)
+    steps = []
+    for lengths in (None, torch.tensor(PADDED_LENGTHS)):
+        layer.zero_grad()
+        out = layer(x, lengths=lengths)
+        (out[real] ** 2).sum().backward()  # a loss over real positions only, as a model's
+        steps.append((out[real], {name: p.grad.clone() for name, p in layer.named_parameters()}))
+    assert torch.equal(steps[0][0], steps[1][0])
+    for name, grad in steps[0][1].items():
+        assert torch.equal(steps[1][1][name], grad), f"grad {name} changed"
+
+
+def test_bad_lengths_are_named():
+    u, delta, A, B, C = make_inputs(2, 5, 8, 4)
+    with pytest.raises(ValueError, match=r"lengths must be integers of shape \[B\]"):
+        fused_selective_scan(u, delta, A, B, C, lengths=torch.tensor([5.0, 2.0]))
+    with pytest.raises(ValueError, match=r"lengths must be integers of shape \[B\]"):
+        fused_causal_conv1d_silu(u, torch.randn(8, 1, 4), None, torch.tensor([5, 2, 1]))
+
 # ---------------------------------------------------------------- S5's kernels (complex64)
 
 from ss4rec.ssm.s5 import UNDERFLOW_EXPONENT, _ZOHScan, s5_scan_reference, zoh_decay  # noqa: E402

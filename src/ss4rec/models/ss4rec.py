@@ -60,6 +60,7 @@ from torch import nn
 from ss4rec import ssm
 from ss4rec.data import time_scale
 from ss4rec.errors import ConfigError
+from ss4rec.models.dropout import Dropout
 from ss4rec.models.scoring import TiedItemScoring
 
 MODEL_TYPES = ("SS4Rec", "S5-only", "S6-only", "ignore-time")
@@ -157,26 +158,27 @@ class SSBlock(nn.Module):
         if model_type != "S5-only":
             self.S6 = ssm.Mamba(d_model=hidden_size, d_state=d_state, d_conv=d_conv, expand=expand,
                             backend=mamba_backend)
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)  # nn.Dropout's distribution, faster masks on CPU
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=1e-12)
 
-    def forward(self, x: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-        # x: [B L H], dt: [B L] (float32, already in time units)
+    def forward(self, x: torch.Tensor, dt: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        # x: [B L H], dt: [B L] (float32, already in time units), lengths: [B] real positions
+        # (right padding; Mamba's CPU kernels skip the rest, whose outputs no one reads)
         if self.model_type != "S6-only":
             step = 1.0 if self.model_type == "ignore-time" else dt
             x = self.LayerNorm(x + self.dropout(self.S5(x, step)))
         if self.model_type != "S5-only":
-            x = self.LayerNorm(x + self.dropout(self._mamba(x)))
+            x = self.LayerNorm(x + self.dropout(self._mamba(x, lengths)))
         return x
 
-    def _mamba(self, x: torch.Tensor) -> torch.Tensor:
+    def _mamba(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         # Under fp16 autocast Mamba runs in fp32: its time-step path's gradients (dt_proj's
         # ~1e-14 at init) lie below fp16's smallest number even with loss scaling, so they
         # would be exactly 0. bf16 (fp32's range) keeps them: Mamba autocasts there.
         if _autocast_dtype(x.device.type) == torch.float16:
             with torch.autocast(device_type=x.device.type, enabled=False):
-                return self.S6(x.float())
-        return self.S6(x)
+                return self.S6(x.float(), lengths=lengths)
+        return self.S6(x, lengths=lengths)
 
 
 def _autocast_dtype(device_type: str):
@@ -266,13 +268,14 @@ class SS4Rec(TiedItemScoring, SequentialRecommender):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def sequence_output(self, item_seq, item_seq_len, time_seq, target_time):
-        """Hidden state at every position: ``[B L H]`` (position k sees items <= k)."""
+        """Hidden state at every position: ``[B L H]`` (position k sees items <= k; positions
+        from ``item_seq_len`` on are padding, and what they hold is unspecified)."""
         # item_seq: [B L] item ids; item_seq_len: [B]; time_seq: [B L]; target_time: [B]
         dt = time_intervals(time_seq, item_seq_len, target_time)  # [B L], float64 if exact
         dt = scaled_gaps(dt, self.time_unit, self.time_transform).float()  # [B L] step scales
         output = self.item_embedding(item_seq)  # [B L H]
         for block in self.model:
-            output = block(output, dt)  # [B L H]
+            output = block(output, dt, item_seq_len)  # [B L H]
         return output
 
     def forward(self, item_seq, item_seq_len, time_seq, target_time):

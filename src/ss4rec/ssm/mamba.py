@@ -354,8 +354,14 @@ class Mamba(nn.Module):
                 logger.info("Mamba(backend='auto') runs on the %r backend: %s", backend, why)
         return backend
 
-    def forward(self, hidden_states: Tensor, inference_params=None) -> Tensor:
-        """``hidden_states`` ``[B, L, d_model]`` -> ``[B, L, d_model]``."""
+    def forward(self, hidden_states: Tensor, inference_params=None, lengths: Optional[Tensor] = None) -> Tensor:
+        """``hidden_states`` ``[B, L, d_model]`` -> ``[B, L, d_model]``.
+
+        ``lengths`` (``[B]``, optional): real positions per row of a right-padded batch. The
+        fused CPU kernels then skip the padding (its outputs are unspecified; outputs at real
+        positions, and every gradient when the padding's outputs are unused, are unchanged);
+        the other paths compute it anyway.
+        """
         if inference_params is not None:
             raise NotImplementedError("Mamba: step-by-step decoding (inference_params) is not supported")
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
@@ -367,16 +373,16 @@ class Mamba(nn.Module):
         self.last_backend = backend
         if backend == "cuda":
             return self._forward_cuda(hidden_states)
-        return self._forward_torch(hidden_states)
+        return self._forward_torch(hidden_states, lengths)
 
     # ---------------------------------------------------------------- torch path
-    def _forward_torch(self, hidden: Tensor) -> Tensor:
+    def _forward_torch(self, hidden: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         length = hidden.shape[1]
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [B L Di] each
         # fused C kernels (CPU, float32): conv+silu here, scan+skip+gate below
         fused = self.scan_impl == "fused" or (self.scan_impl == "auto" and fused_scan_usable(hidden))
         if fused:
-            x = fused_causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)  # [B L Di]
+            x = fused_causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias, lengths)  # [B L Di]
         else:
             # causal depthwise conv: pad d_conv-1 on both sides, keep the first L outputs
             x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)  # [B L Di]
@@ -396,7 +402,7 @@ class Mamba(nn.Module):
             y = selective_scan_reference(x, delta, A, B, C)  # [B L Di]
         elif fused:
             # the C kernel applies the skip and the gate too: (scan + D x) * silu(z)
-            y = fused_selective_scan(x, delta, A, B, C, D=self.D, z=z)  # [B L Di]
+            y = fused_selective_scan(x, delta, A, B, C, D=self.D, z=z, lengths=lengths)  # [B L Di]
             return self.out_proj(y.to(hidden.dtype))  # [B L d_model]
         else:
             y = selective_scan(x, delta, A, B, C, chunk_size=self.scan_chunk_size)  # [B L Di]

@@ -2,7 +2,11 @@
 
    Layout: u, delta, y, grad_* [B L D]; Bm, Cm [B L N]; A [D N]; all contiguous float32.
    Each call handles batch rows [b0, b1); rows are independent except for grad_A, which the
-   caller gives each thread its own copy of and sums afterwards. */
+   caller gives each thread its own copy of and sums afterwards. lens (the scan and the conv;
+   NULL: every row has L steps) gives each row's real steps, right-padded: steps t >= lens[b]
+   are skipped, their outputs and input gradients written as 0 (their incoming gradients are
+   taken to be 0, as they are when the padding's outputs are never used; then every result at
+   a real step is the same, bit for bit, as without lens). */
 #include <math.h>
 #include <stdint.h>
 #if defined(__AVX512F__)
@@ -118,7 +122,7 @@ static inline void lanes_store(float *p, lanes v) { memcpy(p, &v, sizeof v); }
    minimax polynomial on [-1/2, 1/2] (relative error 2e-9, below float32 rounding), times 2^k.
    x is clamped to [-125, 127]: the result stays a normal float (2^-125 ~ 2.4e-38 stands in
    for smaller decays). About 12 vector instructions with AVX-512's scalef, against ~18 for
-   fast_exp's natural-base range reduction; both paths below give the same bits. */
+   fast_exp's natural-base range reduction; both paths below give the same bits (with FMA). */
 #define EXP2_C6 1.5345810970757157e-4f
 #define EXP2_C5 1.3399930903688073e-3f
 #define EXP2_C4 9.618489071726799e-3f
@@ -169,18 +173,21 @@ static inline lanes lanes_decay(const float *restrict dt, const float *restrict 
 static void scan_forward_rows(const float *u, const float *delta, const float *A, const float *Bm,
                   int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
                   const float *Dsk, const float *z, int64_t sbZ, int64_t stZ, float *y,
-                  float *bnd, int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t N) {
+                  float *bnd, const int64_t *lens, int64_t b0, int64_t b1, int64_t L, int64_t D,
+                  int64_t N) {
     float *h = buffer(N * W), *a = buffer(N * W), *a2 = buffer(N * W);
     float dt[W], ut[W], zt[W], out[W], skip[W];
     int64_t block = N * W, chunks = (L + TT - 1) / TT;
     for (int64_t b = b0; b < b1; b++) {
+        int64_t Lb = lens ? lens[b] : L;  /* real steps of this row */
+        memset(y + (b * L + Lb) * D, 0, (size_t)((L - Lb) * D) * sizeof(float));
         for (int64_t d0 = 0; d0 < D; d0 += W) {
             int64_t width = D - d0 < W ? D - d0 : W;
             /* this (row, channel block)'s tile-entry states, for the backward */
             float *tiles = bnd ? bnd + (b * ((D + W - 1) / W) + d0 / W) * chunks * block : NULL;
             load_block_params(a, a2, skip, A, Dsk, d0, width, N);
             memset(h, 0, (size_t)(N * W) * sizeof(float));
-            for (int64_t t = 0; t < L; t++) {
+            for (int64_t t = 0; t < Lb; t++) {
                 if (tiles && t % TT == 0) memcpy(tiles + (t / TT) * block, h, (size_t)block * sizeof(float));
                 int64_t row = (b * L + t) * D + d0;
                 const float *bt = Bm + b * sbB + t * stB, *ct = Cm + b * sbC + t * stC;
@@ -218,7 +225,7 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
                    const float *Dsk, const float *z, int64_t sbZ, int64_t stZ,
                    const float *bnd, const float *grad_y, float *grad_u, float *grad_delta,
                    float *grad_z, float *grad_A, float *grad_B, float *grad_C, float *grad_D,
-                   int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t N) {
+                   const int64_t *lens, int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t N) {
     int64_t block = N * W;
     float *a = buffer(block), *a2 = buffer(block), *gh = buffer(block), *gA = buffer(block);
     int64_t chunks = (L + TT - 1) / TT;
@@ -229,6 +236,11 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
     float dt[W], ut[W], zt[W], go[W], skip[W], gy[W], g_du[W], g_delta[W];
     float gz[W], gu[W], gd[W], gD[W];
     for (int64_t b = b0; b < b1; b++) {
+        int64_t Lb = lens ? lens[b] : L;  /* real steps of this row; the padding's gradients are 0 */
+        size_t pad = (size_t)((L - Lb) * D) * sizeof(float);
+        memset(grad_u + (b * L + Lb) * D, 0, pad);
+        memset(grad_delta + (b * L + Lb) * D, 0, pad);
+        if (z) memset(grad_z + (b * L + Lb) * D, 0, pad);
         memset(gBl, 0, (size_t)(L * block) * sizeof(float));
         memset(gCl, 0, (size_t)(L * block) * sizeof(float));
         for (int64_t d0 = 0; d0 < D; d0 += W) {
@@ -238,8 +250,8 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
             memset(gh, 0, (size_t)block * sizeof(float));  /* dLoss/dh_t carried from t + 1 */
             memset(gA, 0, (size_t)block * sizeof(float));
             for (int j = 0; j < W; j++) gD[j] = 0.0f;
-            for (int64_t c = chunks - 1; c >= 0; c--) {  /* time tiles, last first */
-                int64_t t0 = c * TT, t1 = t0 + TT < L ? t0 + TT : L;
+            for (int64_t c = (Lb + TT - 1) / TT - 1; c >= 0; c--) {  /* time tiles, last first */
+                int64_t t0 = c * TT, t1 = t0 + TT < Lb ? t0 + TT : Lb;
                 memcpy(hs, tiles + c * block, (size_t)block * sizeof(float));
                 for (int64_t t = t0; t < t1; t++) {  /* recompute this tile's states */
                     int64_t row = (b * L + t) * D + d0;
@@ -343,23 +355,28 @@ static inline void conv_preactivation(const float *xb, int64_t st, const float *
 }
 
 static void conv_forward_rows(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
-                  float *out, int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t K) {
-    for (int64_t b = b0; b < b1; b++)
-        for (int64_t t = 0; t < L; t++) {
+                  float *out, const int64_t *lens, int64_t b0, int64_t b1, int64_t L, int64_t D,
+                  int64_t K) {
+    for (int64_t b = b0; b < b1; b++) {
+        int64_t Lb = lens ? lens[b] : L;
+        for (int64_t t = 0; t < Lb; t++) {
             float *restrict o = out + (b * L + t) * D;
             conv_preactivation(x + b * sb, st, w, bias, o, t, D, K);
             for (int64_t d = 0; d < D; d++) o[d] = o[d] / (1.0f + fast_exp(-o[d]));
         }
+        memset(out + (b * L + Lb) * D, 0, (size_t)((L - Lb) * D) * sizeof(float));
+    }
 }
 
 /* grad_x rows [b0, b1) are overwritten; grad_w [K D] and grad_bias [D] (this thread's own
    copies) are added to. g is a scratch buffer of L x D floats. */
 static void conv_backward_rows(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
                    const float *grad_out, float *grad_x, float *grad_w, float *grad_bias,
-                   int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t K) {
+                   const int64_t *lens, int64_t b0, int64_t b1, int64_t L, int64_t D, int64_t K) {
     float *g = buffer(L * D);  /* dLoss/d(pre-activation) of one batch row */
     for (int64_t b = b0; b < b1; b++) {
-        for (int64_t t = 0; t < L; t++) {
+        int64_t Lb = lens ? lens[b] : L;  /* steps t >= Lb: no gradient (padding) */
+        for (int64_t t = 0; t < Lb; t++) {
             float *restrict gt = g + t * D;
             conv_preactivation(x + b * sb, st, w, bias, gt, t, D, K);
             const float *restrict go = grad_out + (b * L + t) * D;
@@ -381,7 +398,7 @@ static void conv_backward_rows(const float *x, int64_t sb, int64_t st, const flo
             for (int64_t d = 0; d < D; d++) gx[d] = 0.0f;
             for (int64_t k = 0; k < K; k++) {
                 int64_t t = s + (K - 1) - k;
-                if (t >= L) continue;
+                if (t >= Lb) continue;
                 const float *restrict gt = g + t * D, *restrict wk = w + k * D;
                 for (int64_t d = 0; d < D; d++) gx[d] += wk[d] * gt[d];
             }
@@ -541,12 +558,13 @@ int64_t scan_boundary_floats(int64_t L, int64_t D, int64_t N) {
 void scan_forward(const float *u, const float *delta, const float *A, const float *Bm,
                   int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
                   const float *Dsk, const float *z, int64_t sbZ, int64_t stZ, float *y,
-                  float *bnd, int64_t Bsz, int64_t L, int64_t D, int64_t N, int64_t threads) {
+                  float *bnd, const int64_t *lens, int64_t Bsz, int64_t L, int64_t D, int64_t N,
+                  int64_t threads) {
     TEAM_BEGIN(threads)
         ROWS(Bsz)
         unsigned int saved = denormals_off();
         scan_forward_rows(u, delta, A, Bm, sbB, stB, Cm, sbC, stC, Dsk, z, sbZ, stZ, y,
-                          bnd, r0, r1, L, D, N);
+                          bnd, lens, r0, r1, L, D, N);
         denormals_restore(saved);
     TEAM_END
 }
@@ -556,36 +574,38 @@ void scan_backward(const float *u, const float *delta, const float *A, const flo
                    const float *Dsk, const float *z, int64_t sbZ, int64_t stZ, const float *bnd,
                    const float *grad_y, float *grad_u, float *grad_delta, float *grad_z,
                    float *grad_A_parts, float *grad_B, float *grad_C, float *grad_D_parts,
-                   int64_t Bsz, int64_t L, int64_t D, int64_t N, int64_t threads) {
+                   const int64_t *lens, int64_t Bsz, int64_t L, int64_t D, int64_t N,
+                   int64_t threads) {
     TEAM_BEGIN(threads)
         ROWS(Bsz)
         unsigned int saved = denormals_off();
         scan_backward_rows(u, delta, A, Bm, sbB, stB, Cm, sbC, stC, Dsk, z, sbZ, stZ, bnd, grad_y,
                            grad_u, grad_delta, grad_z, grad_A_parts + tid * D * N, grad_B,
-                           grad_C, grad_D_parts + tid * D, r0, r1, L, D, N);
+                           grad_C, grad_D_parts + tid * D, lens, r0, r1, L, D, N);
         denormals_restore(saved);
     TEAM_END
 }
 
 void conv_forward(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
-                  float *out, int64_t Bsz, int64_t L, int64_t D, int64_t K, int64_t threads) {
+                  float *out, const int64_t *lens, int64_t Bsz, int64_t L, int64_t D, int64_t K,
+                  int64_t threads) {
     TEAM_BEGIN(threads)
         ROWS(Bsz)
         unsigned int saved = denormals_off();
-        conv_forward_rows(x, sb, st, w, bias, out, r0, r1, L, D, K);
+        conv_forward_rows(x, sb, st, w, bias, out, lens, r0, r1, L, D, K);
         denormals_restore(saved);
     TEAM_END
 }
 
 void conv_backward(const float *x, int64_t sb, int64_t st, const float *w, const float *bias,
                    const float *grad_out, float *grad_x, float *grad_w_parts,
-                   float *grad_bias_parts, int64_t Bsz, int64_t L, int64_t D, int64_t K,
-                   int64_t threads) {
+                   float *grad_bias_parts, const int64_t *lens, int64_t Bsz, int64_t L, int64_t D,
+                   int64_t K, int64_t threads) {
     TEAM_BEGIN(threads)
         ROWS(Bsz)
         unsigned int saved = denormals_off();
         conv_backward_rows(x, sb, st, w, bias, grad_out, grad_x, grad_w_parts + tid * K * D,
-                           grad_bias_parts + tid * D, r0, r1, L, D, K);
+                           grad_bias_parts + tid * D, lens, r0, r1, L, D, K);
         denormals_restore(saved);
     TEAM_END
 }

@@ -145,12 +145,12 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     strided = [ptr, i64, i64]  # a tensor with (batch, step) strides
-    lib.scan_forward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 2 + [i64] * 5
-    lib.scan_backward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 9 + [i64] * 5
+    lib.scan_forward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 3 + [i64] * 5
+    lib.scan_backward.argtypes = [ptr] * 3 + strided * 2 + [ptr] + strided + [ptr] * 10 + [i64] * 5
     lib.scan_boundary_floats.argtypes = [i64] * 3
     lib.scan_boundary_floats.restype = i64
-    lib.conv_forward.argtypes = strided + [ptr] * 3 + [i64] * 5
-    lib.conv_backward.argtypes = strided + [ptr] * 6 + [i64] * 5
+    lib.conv_forward.argtypes = strided + [ptr] * 4 + [i64] * 5
+    lib.conv_backward.argtypes = strided + [ptr] * 7 + [i64] * 5
     lib.complex_scan.argtypes = [ptr, i64, i64, ptr, ptr, ptr] + [i64] * 5
     lib.zoh_forward.argtypes = [ptr, i64, i64, ptr, ptr, ctypes.c_float] + [ptr] * 4 + [i64] * 4
     lib.zoh_backward.argtypes = [ptr, i64, i64] + [ptr] * 12 + [i64] * 4
@@ -189,10 +189,11 @@ def _rows(t: Optional[Tensor]) -> list:
 
 class _FusedScanFn(torch.autograd.Function):
     """float32 CPU inputs: u, delta [B L D] contiguous; A [D N], D_skip [D] contiguous;
-    B, C [B L N] and z [B L D] (or None) with contiguous last dimension (views are fine)."""
+    B, C [B L N] and z [B L D] (or None) with contiguous last dimension (views are fine);
+    lengths int64 [B] contiguous, in [0, L], or None."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D_skip, z):
+    def forward(ctx, u, delta, A, B, C, D_skip, z, lengths):
         lib, _ = _load()
         batch, length, d_inner = u.shape
         y = torch.empty_like(u)  # [B L D]
@@ -203,14 +204,14 @@ class _FusedScanFn(torch.autograd.Function):
         if any(ctx.needs_input_grad):
             boundaries = u.new_empty(batch, lib.scan_boundary_floats(length, d_inner, A.shape[1]))
         lib.scan_forward(*head, y.data_ptr(), None if boundaries is None else boundaries.data_ptr(),
-                         batch, length, d_inner, A.shape[1], _threads(batch))
-        ctx.save_for_backward(u, delta, A, B, C, D_skip, z, boundaries)
+                         _ptr(lengths), batch, length, d_inner, A.shape[1], _threads(batch))
+        ctx.save_for_backward(u, delta, A, B, C, D_skip, z, boundaries, lengths)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         lib, _ = _load()
-        u, delta, A, B, C, D_skip, z, boundaries = ctx.saved_tensors
+        u, delta, A, B, C, D_skip, z, boundaries, lengths = ctx.saved_tensors
         batch, length, d_inner = u.shape
         d_state = A.shape[1]
         grad_y = grad_y.to(torch.float32).contiguous()
@@ -226,10 +227,10 @@ class _FusedScanFn(torch.autograd.Function):
         lib.scan_backward(
             *head, boundaries.data_ptr(), grad_y.data_ptr(), grad_u.data_ptr(), grad_delta.data_ptr(),
             None if grad_z is None else grad_z.data_ptr(), grad_A_parts.data_ptr(),
-            grad_B.data_ptr(), grad_C.data_ptr(), grad_D_parts.data_ptr(),
+            grad_B.data_ptr(), grad_C.data_ptr(), grad_D_parts.data_ptr(), _ptr(lengths),
             batch, length, d_inner, d_state, threads,
         )
-        return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C, grad_D_parts.sum(0), grad_z
+        return grad_u, grad_delta, grad_A_parts.sum(0), grad_B, grad_C, grad_D_parts.sum(0), grad_z, None
 
 
 def _threads(batch: int) -> int:
@@ -238,22 +239,23 @@ def _threads(batch: int) -> int:
 
 
 class _FusedConvSiluFn(torch.autograd.Function):
-    """x [B L D] float32 with stride(-1) == 1; weight [K D] and bias [D] contiguous float32."""
+    """x [B L D] float32 with stride(-1) == 1; weight [K D] and bias [D] contiguous float32;
+    lengths int64 [B] contiguous, in [0, L], or None."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, lengths):
         lib, _ = _load()
         batch, length, channels = x.shape
         out = x.new_empty(batch, length, channels)  # [B L D]
-        lib.conv_forward(*_rows(x), weight.data_ptr(), bias.data_ptr(), out.data_ptr(),
+        lib.conv_forward(*_rows(x), weight.data_ptr(), bias.data_ptr(), out.data_ptr(), _ptr(lengths),
                          batch, length, channels, weight.shape[0], _threads(batch))
-        ctx.save_for_backward(x, weight, bias)
+        ctx.save_for_backward(x, weight, bias, lengths)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         lib, _ = _load()
-        x, weight, bias = ctx.saved_tensors
+        x, weight, bias, lengths = ctx.saved_tensors
         batch, length, channels = x.shape
         taps = weight.shape[0]
         grad_out = grad_out.to(torch.float32).contiguous()
@@ -263,17 +265,20 @@ class _FusedConvSiluFn(torch.autograd.Function):
         grad_b_parts = bias.new_zeros(threads, channels)
         lib.conv_backward(*_rows(x), weight.data_ptr(), bias.data_ptr(), grad_out.data_ptr(),
                           grad_x.data_ptr(), grad_w_parts.data_ptr(), grad_b_parts.data_ptr(),
-                          batch, length, channels, taps, threads)
-        return grad_x, grad_w_parts.sum(0), grad_b_parts.sum(0)
+                          _ptr(lengths), batch, length, channels, taps, threads)
+        return grad_x, grad_w_parts.sum(0), grad_b_parts.sum(0), None
 
 
-def fused_causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+def fused_causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                             lengths: Optional[Tensor] = None) -> Tensor:
     """``silu(causal depthwise conv1d(x))`` through the C kernel (CPU, float32 compute).
 
     x ``[B, L, D]`` (any strides; a view with contiguous channels is read in place);
     weight ``[D, 1, K]`` as ``nn.Conv1d(D, D, K, groups=D).weight`` (tap K-1 multiplies
     the current step); bias ``[D]`` or None. Returns ``[B, L, D]`` in x's dtype, equal to
     ``silu(conv1d(x.transpose(1, 2), weight, bias, padding=K-1, groups=D)[..., :L]).transpose(1, 2)``.
+    ``lengths`` (``[B]``, optional): real steps per row of a right-padded batch; the padding
+    is skipped (see :func:`fused_selective_scan`).
 
     >>> conv = torch.nn.Conv1d(8, 8, 4, groups=8, padding=3)
     >>> out = fused_causal_conv1d_silu(torch.randn(2, 5, 8), conv.weight, conv.bias)  # [2 5 8]
@@ -291,7 +296,18 @@ def fused_causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) 
         x32 = x32.contiguous()
     weight_kd = weight[:, 0, :].t().to(torch.float32).contiguous()  # [K D]
     bias32 = (bias if bias is not None else weight.new_zeros(weight.shape[0])).to(torch.float32).contiguous()
-    return _FusedConvSiluFn.apply(x32, weight_kd, bias32).to(x.dtype)  # [B L D]
+    lengths = _lengths(lengths, x.shape[0], x.shape[1], "fused_causal_conv1d_silu")
+    return _FusedConvSiluFn.apply(x32, weight_kd, bias32, lengths).to(x.dtype)  # [B L D]
+
+
+def _lengths(lengths: Optional[Tensor], batch: int, length: int, caller: str) -> Optional[Tensor]:
+    """``lengths`` as the kernels read it (int64 ``[B]`` in ``[0, L]``, contiguous), or None."""
+    if lengths is None:
+        return None
+    if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.is_complex():
+        raise ValueError(f"{caller}: lengths must be integers of shape [B]={(batch,)}, got "
+                         f"{lengths.dtype} {tuple(lengths.shape)}")
+    return lengths.to(device="cpu", dtype=torch.int64).clamp(0, length).contiguous()
 
 
 def fused_scan_usable(delta: Tensor) -> bool:
@@ -319,12 +335,18 @@ def _check_supported(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) 
 
 
 def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                         D: Optional[Tensor] = None, z: Optional[Tensor] = None) -> Tensor:
+                         D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                         lengths: Optional[Tensor] = None) -> Tensor:
     """Selective scan through the fused C kernel (CPU, float32 compute).
 
     Shapes: u, delta ``[B, L, D]``; A ``[D, N]``; B, C ``[B, L, N]``; optional skip D
     ``[D]`` and gate z ``[B, L, D]``. Returns ``(scan + D * u) * silu(z)`` (Mamba's output
     before ``out_proj``; plain ``scan`` when both are None), ``[B, L, D]`` in u's dtype.
+    ``lengths`` (integers ``[B]``, optional): the real steps of each row of a right-padded
+    batch. Steps from ``lengths[b]`` on are skipped: their outputs are 0 and gradients to
+    them are ignored (0 when the padding's outputs are unused, as in a model that reads only
+    real positions); every output and gradient of the real steps is then the same, bit for
+    bit, as without ``lengths``.
     Gradients flow to every tensor given. Raises RuntimeError when the kernel is
     unavailable (see :func:`fused_scan_available`), ValueError for CUDA or float64 inputs.
     """
@@ -342,7 +364,8 @@ def fused_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     u32, delta32, A32, D32 = (t.to(torch.float32).contiguous() for t in (u, delta, A, D))
     # B, C, z may stay strided views (read in place) as long as their last dimension is dense
     B32, C32, z32 = (None if t is None else _dense_last(t.to(torch.float32)) for t in (B, C, z))
-    return _FusedScanFn.apply(u32, delta32, A32, B32, C32, D32, z32).to(u.dtype)  # [B L D]
+    lengths = _lengths(lengths, u.shape[0], u.shape[1], "fused_selective_scan")
+    return _FusedScanFn.apply(u32, delta32, A32, B32, C32, D32, z32, lengths).to(u.dtype)  # [B L D]
 
 
 def _dense_last(t: Tensor) -> Tensor:
