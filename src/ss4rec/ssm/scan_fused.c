@@ -169,6 +169,14 @@ static inline lanes lanes_decay(const float *restrict dt, const float *restrict 
 }
 #endif
 
+/* sig[j] = 1 / (1 + exp(-z[j])) over the lanes (a plain loop gcc vectorises whole; the gate's
+   lane loops written with scalars around it were left scalar, a third of the backward's time). */
+static inline lanes lanes_sigmoid(const float *restrict z) {
+    float s[W];
+    for (int j = 0; j < W; j++) s[j] = 1.0f / (1.0f + fast_exp(-z[j]));
+    return lanes_load(s);
+}
+
 /* Batch rows [b0, b1). */
 static void scan_forward_rows(const float *u, const float *delta, const float *A, const float *Bm,
                   int64_t sbB, int64_t stB, const float *Cm, int64_t sbC, int64_t stC,
@@ -199,14 +207,12 @@ static void scan_forward_rows(const float *u, const float *delta, const float *A
                     lanes_store(h + n * W, hn);
                     acc += ct[n] * hn;
                 }
-                lanes_store(out, acc);
-                if (z) {
+                acc += lanes_load(skip) * lanes_load(ut);
+                if (z) {  /* silu(z) = z sigmoid(z) */
                     load_lanes(zt, z + b * sbZ + t * stZ + d0, width);
-                    for (int j = 0; j < W; j++)  /* silu(z) = z / (1 + exp(-z)) */
-                        out[j] = (out[j] + skip[j] * ut[j]) * zt[j] / (1.0f + fast_exp(-zt[j]));
-                } else {
-                    for (int j = 0; j < W; j++) out[j] += skip[j] * ut[j];
+                    acc = acc * lanes_load(zt) * lanes_sigmoid(zt);
                 }
+                lanes_store(out, acc);
                 store_lanes(y + row, out, width);
             }
         }
@@ -233,7 +239,7 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
     float *decay = buffer(TT * block);
     float *ys = buffer(L * W);            /* the scan's own y_t, for the gate's gradient */
     float *gBl = buffer(L * block), *gCl = buffer(L * block);  /* per-lane dLoss/dB, dLoss/dC */
-    float dt[W], ut[W], zt[W], go[W], skip[W], gy[W], g_du[W], g_delta[W];
+    float dt[W], ut[W], zt[W], go[W], skip[W];
     float gz[W], gu[W], gd[W], gD[W];
     for (int64_t b = b0; b < b1; b++) {
         int64_t Lb = lens ? lens[b] : L;  /* real steps of this row; the padding's gradients are 0 */
@@ -276,20 +282,18 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
                     load_lanes(dt, delta + row, width);
                     load_lanes(ut, u + row, width);
                     load_lanes(go, grad_y + row, width);
+                    lanes utv = lanes_load(ut), gyv = lanes_load(go);
                     if (z) {  /* through the gate: out = (y + skip u) silu(z) */
                         load_lanes(zt, z + b * sbZ + t * stZ + d0, width);
-                        for (int j = 0; j < W; j++) {
-                            float sig = 1.0f / (1.0f + fast_exp(-zt[j]));
-                            gy[j] = go[j] * zt[j] * sig;
-                            /* silu'(z) = sig (1 + z (1 - sig)) */
-                            gz[j] = go[j] * (ys[t * W + j] + skip[j] * ut[j]) * sig * (1.0f + zt[j] * (1.0f - sig));
-                        }
+                        lanes zv = lanes_load(zt), sig = lanes_sigmoid(zt);
+                        lanes pre = lanes_load(ys + t * W) + lanes_load(skip) * utv;
+                        /* silu'(z) = sig (1 + z (1 - sig)) */
+                        lanes_store(gz, gyv * pre * sig * (1.0f + zv * (1.0f - sig)));
                         store_lanes(grad_z + row, gz, width);
-                    } else {
-                        for (int j = 0; j < W; j++) gy[j] = go[j];
+                        gyv = gyv * zv * sig;
                     }
-                    for (int j = 0; j < W; j++) gD[j] += gy[j] * ut[j];
-                    lanes dtv = lanes_load(dt), duv = dtv * lanes_load(ut), gyv = lanes_load(gy);
+                    lanes_store(gD, lanes_load(gD) + gyv * utv);
+                    lanes dtv = lanes_load(dt), duv = dtv * utv;
                     lanes gduv = {0}, gdeltav = {0};
                     const float *restrict prev = hs + (t - t0) * block, *restrict cur = hs + (t - t0 + 1) * block;
                     const float *restrict dec = decay + (t - t0) * block;
@@ -308,12 +312,8 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
                         lanes_store(gAn, lanes_load(gAn) + dtv * g_log_decay);
                         lanes_store(ghn, g * en);
                     }
-                    lanes_store(g_du, gduv);
-                    lanes_store(g_delta, gdeltav);
-                    for (int j = 0; j < W; j++) {
-                        gu[j] = g_du[j] * dt[j] + gy[j] * skip[j];
-                        gd[j] = g_delta[j] + g_du[j] * ut[j];
-                    }
+                    lanes_store(gu, gduv * dtv + gyv * lanes_load(skip));
+                    lanes_store(gd, gdeltav + gduv * utv);
                     store_lanes(grad_u + row, gu, width);
                     store_lanes(grad_delta + row, gd, width);
                 }
