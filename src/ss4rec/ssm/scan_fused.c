@@ -384,13 +384,30 @@ static void conv_backward_rows(const float *x, int64_t sb, int64_t st, const flo
                 float p = gt[d], sig = 1.0f / (1.0f + fast_exp(-p));
                 gt[d] = go[d] * sig * (1.0f + p * (1.0f - sig));
             }
-            for (int64_t d = 0; d < D; d++) grad_bias[d] += gt[d];
+        }
+        /* grad_bias[d] += sum_t g[t, d] and grad_w[k, d] += sum_t g[t, d] x[t - (K-1) + k, d],
+           summed over t in registers, W channels at a time (accumulating into grad_w at every
+           step chained each step's store to the next step's load: most of the backward) */
+        for (int64_t d0 = 0; d0 < D; d0 += W) {
+            if (d0 + W > D) {  /* a last partial block of channels */
+                for (int64_t d = d0; d < D; d++)
+                    for (int64_t t = 0; t < Lb; t++) {
+                        grad_bias[d] += g[t * D + d];
+                        for (int64_t k = 0; k < K; k++) {
+                            int64_t s = t - (K - 1) + k;
+                            if (s >= 0) grad_w[k * D + d] += g[t * D + d] * x[b * sb + s * st + d];
+                        }
+                    }
+                break;
+            }
+            lanes sum = {0};
+            for (int64_t t = 0; t < Lb; t++) sum += lanes_load(g + t * D + d0);
+            lanes_store(grad_bias + d0, lanes_load(grad_bias + d0) + sum);
             for (int64_t k = 0; k < K; k++) {
-                int64_t s = t - (K - 1) + k;
-                if (s < 0) continue;
-                const float *restrict xs = x + b * sb + s * st;
-                float *restrict gwk = grad_w + k * D;
-                for (int64_t d = 0; d < D; d++) gwk[d] += gt[d] * xs[d];
+                lanes acc = {0};
+                for (int64_t t = (K - 1) - k; t < Lb; t++)  /* s = t - (K-1) + k >= 0 */
+                    acc += lanes_load(g + t * D + d0) * lanes_load(x + b * sb + (t - (K - 1) + k) * st + d0);
+                lanes_store(grad_w + k * D + d0, lanes_load(grad_w + k * D + d0) + acc);
             }
         }
         for (int64_t s = 0; s < L; s++) {
