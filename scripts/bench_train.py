@@ -20,9 +20,14 @@ layer with embedding and hidden size 64; TiSASRec and BERT4Rec their defaults at
 
 How it measures:
 
+* ``--repeats`` rounds (default 3): each round runs every (model, length) once, in turn, so a
+  slow spell of a shared machine hits every model; the tables report each model's median
+  epoch and list every round's CPU seconds, and the verdict gives each round's own ratio
+  (a model's epoch moved by up to 20% between runs on the quiet 2-core VM this was written on).
 * Each (model, length) trains in its own subprocess, so peak memory does not mix: CPU peak
   is the subprocess's resident-set high-water mark (``ru_maxrss``, data included); CUDA peak
   is ``torch.cuda.max_memory_allocated``.
+* The CPU keeps freed memory for reuse (:mod:`ss4rec.training.host_memory`), as the trainer does.
 * The timed loop is the trainer's step (the batch loss -- ``calculate_loss`` in prefix mode,
   the window loss in sequence mode --, ``backward``, Adam ``step``) over the run's own train
   loader, so data loading is included. Both wall time and the process's CPU time are
@@ -75,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--lengths", nargs="+", type=int, default=[50, 200], help="MAX_ITEM_LIST_LENGTH values")
     parser.add_argument("--epochs", type=int, default=1, help="epochs to time (the mean is reported)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of every (model, length) subprocess, interleaved; the median is reported")
     parser.add_argument("--max-batches", type=int, default=None,
                         help="time only N batches per epoch and extrapolate to the epoch")
     parser.add_argument("--max-seconds", type=float, default=None,
@@ -94,6 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--max-batches must be >= 1")
     if args.epochs < 1:
         parser.error("--epochs must be >= 1")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
     return args
 
 
@@ -251,16 +260,34 @@ def _run_worker(job: dict, args) -> object:
 
 
 def train_table(rows: list[dict]) -> str:
-    lines = ["| model | max length | train mode | s / epoch (wall) | CPU s / epoch | how | "
+    lines = ["| model | max length | train mode | s / epoch (wall) | CPU s / epoch | CPU s, each round | how | "
              "peak memory (MB) | parameters | Mamba scan |",
-             "|---|---:|---|---:|---:|---|---:|---:|---|"]
+             "|---|---:|---|---:|---:|---|---|---:|---:|---|"]
     for r in rows:
         how = (f"extrapolated from {r['timed_batches']} batches (of {r['batches_per_epoch']})"
                if r["extrapolated"] else f"full epoch ({r['batches_per_epoch']} batches)")
+        each = ", ".join(f"{x:.1f}" for x in r.get("cpu_runs", [r["cpu_seconds_per_epoch"]]))
         lines.append(f"| {r['model']} | {r['length']} | {r['train_mode']} | {r['seconds_per_epoch']:.1f} | "
-                     f"{r['cpu_seconds_per_epoch']:.1f} | {how} | {r['peak_memory_mb']:.0f} | "
+                     f"{r['cpu_seconds_per_epoch']:.1f} | {each} | {how} | {r['peak_memory_mb']:.0f} | "
                      f"{r['parameters']:,} | {r['scan']} |")
     return "\n".join(lines)
+
+
+def median_rows(runs: list[dict]) -> list[dict]:
+    """One row per (model, length): the median epoch (CPU and wall separately) over the rounds,
+    with every round's CPU seconds in ``cpu_runs``; peak memory is the largest seen."""
+    rows = {}
+    for run in runs:
+        rows.setdefault((run["model"], run["length"]), []).append(run)
+    out = []
+    for group in rows.values():
+        row = {k: v for k, v in group[0].items() if k != "round"}
+        row["cpu_seconds_per_epoch"] = statistics.median(r["cpu_seconds_per_epoch"] for r in group)
+        row["seconds_per_epoch"] = statistics.median(r["seconds_per_epoch"] for r in group)
+        row["peak_memory_mb"] = max(r["peak_memory_mb"] for r in group)
+        row["cpu_runs"] = [r["cpu_seconds_per_epoch"] for r in group]
+        out.append(row)
+    return out
 
 
 def ratio_table(rows: list[dict]) -> str:
@@ -287,18 +314,23 @@ def ratio_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def verdict(rows: list[dict]) -> str:
+def verdict(rows: list[dict], runs: list[dict]) -> str:
+    """SS4Rec against SASRec per length: the ratio of the medians, and each round's own ratio."""
     by = {(r["model"], r["length"]): r for r in rows}
+    per_round = {(r["model"], r["length"], r["round"]): r["cpu_seconds_per_epoch"] for r in runs}
     out = []
     for length in sorted({r["length"] for r in rows}):
         if ("SS4Rec", length) in by and ("SASRec", length) in by:
             ss, sas = by[("SS4Rec", length)], by[("SASRec", length)]
             cpu = ss["cpu_seconds_per_epoch"] / sas["cpu_seconds_per_epoch"]
             wall = ss["seconds_per_epoch"] / sas["seconds_per_epoch"]
+            rounds = sorted({r["round"] for r in runs})
+            each = ", ".join(f"{per_round[('SS4Rec', length, i)] / per_round[('SASRec', length, i)]:.2f}"
+                             for i in rounds if ("SS4Rec", length, i) in per_round and ("SASRec", length, i) in per_round)
             ok = "yes" if cpu <= 1.0 else "NO"
             out.append(f"- length {length}: SS4Rec {ss['cpu_seconds_per_epoch']:.1f} vs SASRec "
-                       f"{sas['cpu_seconds_per_epoch']:.1f} CPU s per epoch ({cpu:.2f}x; wall {wall:.2f}x); "
-                       f"SS4Rec <= SASRec: {ok}")
+                       f"{sas['cpu_seconds_per_epoch']:.1f} CPU s per epoch, medians of {len(rounds)} rounds "
+                       f"({cpu:.2f}x; wall {wall:.2f}x; each round {each}); SS4Rec <= SASRec: {ok}")
     return "\n".join(out)
 
 
@@ -324,15 +356,18 @@ def main(argv=None) -> int:
 
     print(f"# bench_train: device {args.device}, {args.threads} thread(s), train_mode {args.train_mode}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs", flush=True)
-    rows = []
-    for length in args.lengths:
-        for model in args.models:
-            start = time.time()
-            rows.append(_run_worker({"kind": "train", "model": model, "length": length}, args))
-            print(f"#   {model} @ {length} ({rows[-1]['train_mode']}): {rows[-1]['seconds_per_epoch']:.1f} s/epoch, "
-                  f"CPU {rows[-1]['cpu_seconds_per_epoch']:.1f} s (subprocess {time.time() - start:.0f} s, "
-                  f"load {os.getloadavg()[0]:.2f})", flush=True)
-    print("\n" + ratio_table(rows) + "\n\n" + train_table(rows) + "\n\n" + verdict(rows), flush=True)
+    runs = []  # every subprocess's row; rounds interleave the models so a slow spell hits them all
+    for round_index in range(args.repeats):
+        for length in args.lengths:
+            for model in args.models:
+                start = time.time()
+                row = _run_worker({"kind": "train", "model": model, "length": length}, args)
+                runs.append({**row, "round": round_index})
+                print(f"#   round {round_index + 1}/{args.repeats}: {model} @ {length} ({row['train_mode']}): "
+                      f"{row['seconds_per_epoch']:.1f} s/epoch, CPU {row['cpu_seconds_per_epoch']:.1f} s "
+                      f"(subprocess {time.time() - start:.0f} s, load {os.getloadavg()[0]:.2f})", flush=True)
+    rows = median_rows(runs)
+    print("\n" + ratio_table(rows) + "\n\n" + train_table(rows) + "\n\n" + verdict(rows, runs), flush=True)
     block_rows = []
     if not args.skip_block:
         block_rows = _run_worker({"kind": "block"}, args)
@@ -340,7 +375,7 @@ def main(argv=None) -> int:
     print(f"\n# load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"train": rows, "block": block_rows, "args": vars(args)}, f, indent=2)
+            json.dump({"train": rows, "runs": runs, "block": block_rows, "args": vars(args)}, f, indent=2)
     return 0
 
 
