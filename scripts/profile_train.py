@@ -10,7 +10,8 @@ targets, hidden 64, CE), one real training batch of the loader. Each part of the
 timed alone (forward + backward, median CPU time of ``--repeats`` after one warm-up) on the tensors
 it sees in that batch, so the rows add up to about the whole step (the last rows compare
 the sum with the measured step). The loader row is one epoch of batches without the model,
-divided by the number of batches.
+divided by the number of batches. As in training: freed memory is kept for reuse
+(:mod:`ss4rec.training.host_memory`) and Mamba's kernels skip each window's right padding.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def profile(length: int, args) -> list:
             parts["Mamba: in_proj"] = parts.get("Mamba: in_proj", 0) + _median_time(_fwd_bwd(inp, x), args.repeats)
             xc_in, z = xz.chunk(2, dim=-1)
             fused = fused_scan_usable(x)
-            conv = lambda a: fused_causal_conv1d_silu(a, m.conv1d.weight, m.conv1d.bias)  # noqa: E731
+            lengths = batch[net.ITEM_SEQ_LEN]  # the model skips each window's right padding
+            conv = lambda a: fused_causal_conv1d_silu(a, m.conv1d.weight, m.conv1d.bias, lengths)  # noqa: E731
             parts["Mamba: causal conv1d + SiLU"] = parts.get("Mamba: causal conv1d + SiLU", 0) + _median_time(_fwd_bwd(conv, xc_in), args.repeats)
             xc = conv(xc_in).detach()
 
@@ -160,12 +162,12 @@ def profile(length: int, args) -> list:
                 return delta, B, C
             parts["Mamba: x_proj, dt_proj, softplus"] = parts.get("Mamba: x_proj, dt_proj, softplus", 0) + _median_time(_fwd_bwd(proj, xc), args.repeats)
             delta, B, C = (t.detach() for t in proj(xc))
-            scan = lambda u, d, b, c, zz: fused_selective_scan(u, d, -torch.exp(m.A_log), b, c, D=m.D, z=zz)  # noqa: E731
+            scan = lambda u, d, b, c, zz: fused_selective_scan(u, d, -torch.exp(m.A_log), b, c, D=m.D, z=zz, lengths=lengths)  # noqa: E731
             parts[f"Mamba: selective scan + skip + gate ({'fused C' if fused else 'torch'})"] = parts.get(f"Mamba: selective scan + skip + gate ({'fused C' if fused else 'torch'})", 0) + _median_time(_fwd_bwd(scan, xc, delta, B, C, z.contiguous()), args.repeats)
             ys = scan(xc, delta, B, C, z.contiguous()).detach()
             outp = lambda a: m.out_proj(a)  # noqa: E731
             parts["Mamba: out_proj"] = parts.get("Mamba: out_proj", 0) + _median_time(_fwd_bwd(outp, ys), args.repeats)
-            x = block(x, dt).detach()
+            x = block(x, dt, lengths).detach()
             del add
         rows.extend(parts.items())
     total = sum(t for _, t in rows)
@@ -180,6 +182,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from ss4rec.training.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # as the trainer does on the CPU
     import os
     results = {length: profile(length, args) for length in args.lengths}
     names = [name for name, _ in results[args.lengths[0]]]

@@ -5,7 +5,8 @@
 - :mod:`ss4rec.models.baselines`: RecBole's SASRec, GRU4Rec (every position scored) and BERT4Rec
   (cloze over windows), able to train on windows;
 - :mod:`ss4rec.models.scoring`: the tied item-embedding head (CE/BPR loss, predict, full sort);
-- :mod:`ss4rec.models.losses`: the loss of a batch of windows (``train_mode: sequence``).
+- :mod:`ss4rec.models.losses`: the loss of a batch of windows (``train_mode: sequence``);
+- :mod:`ss4rec.models.dropout`: ``nn.Dropout`` with faster CPU masks (SS4Rec's blocks).
 
 Layer rule: may import :mod:`ss4rec.ssm`, :mod:`ss4rec.data` (batch field names),
 :mod:`ss4rec.config` and :mod:`ss4rec.errors`; never training, pipeline, evaluation or commands.

@@ -8,6 +8,7 @@
 - :mod:`~ss4rec.training.devices`: the device's facts and peak memory for the results files;
 - :mod:`~ss4rec.training.runfolder`: one writer per run folder, atomic writes;
 - :mod:`~ss4rec.training.distributed`: DDP on CPU (gloo) and GPU (NCCL), ``--nproc``/torchrun;
+- :mod:`~ss4rec.training.host_memory`: on the CPU, freed memory kept for the next step (glibc);
 - :mod:`~ss4rec.training.threads`, :mod:`~ss4rec.training.progress`,
   :mod:`~ss4rec.training.curves`, :mod:`~ss4rec.training.wandb_logging`,
   :mod:`~ss4rec.training.notify`: CPU threads, progress lines, ``curves.png``, W&B, webhooks.
