@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-# Forward and backward of one SS4Rec block (the shape of an ML-100K batch at length 50), 12
-# times, after an optional keep_freed_memory(); prints the minor page faults of the last 8
+# Forward and backward of one SS4Rec block (the shape of an ML-100K batch at length 50), 26
+# times, after an optional keep_freed_memory(); prints the minor page faults of the last 16
 # and the log line.
 PROBE = textwrap.dedent(
     """
@@ -26,9 +26,9 @@ PROBE = textwrap.dedent(
     def steps(n):
         for _ in range(n):
             block(x, gaps).sum().backward()
-    steps(4)
+    steps(10)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    steps(8)
+    steps(16)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(line)
     """
@@ -55,9 +55,10 @@ def _is_glibc() -> bool:
 def test_kept_memory_stops_page_faults_from_repeated_allocations():
     default_faults, _ = _probe("default")
     kept_faults, line = _probe("keep")
-    # glibc's defaults give back and take again ~8 MB a step here (measured ~2,000 faults a step)
-    assert default_faults > 4_000, default_faults
-    assert kept_faults < default_faults / 10, (kept_faults, default_faults, line)
+    # glibc's defaults give back and take again MBs a step here (measured 600-2,000 faults a
+    # step); kept, a few hundred faults in all at most (one-off growth)
+    assert default_faults > 6_000, default_faults
+    assert kept_faults < 1_500 and kept_faults < default_faults / 5, (kept_faults, default_faults, line)
     assert line.startswith("host memory: freed blocks kept for reuse (glibc"), line
 
 

@@ -553,6 +553,27 @@ static void zoh_backward_rows(const float *scale, int64_t ssb, int64_t sst, cons
     free(next);
 }
 
+/* Dropout masks (ss4rec.models.dropout): out[i] = scale where u_i >= p, else 0, for uniforms
+   u_i on [0, 1) with 24 random bits each. Output k of SplitMix64 started at `seed` gives
+   u_{2k} (its top 24 bits) and u_{2k+1} (the next 24). Counter-based: every element's draw
+   depends only on (seed, i), so any split over threads gives the same masks. */
+static inline uint64_t splitmix64_at(uint64_t seed, uint64_t k) {
+    uint64_t z = seed + (k + 1) * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static void dropout_pairs(float *out, int64_t k0, int64_t k1, uint64_t seed, float p, float scale) {
+    for (int64_t k = k0; k < k1; k++) {
+        uint64_t z = splitmix64_at(seed, (uint64_t)k);
+        float u0 = (float)(int32_t)(z >> 40) * 0x1.0p-24f;
+        float u1 = (float)(int32_t)((z >> 16) & 0xFFFFFFu) * 0x1.0p-24f;
+        out[2 * k] = u0 >= p ? scale : 0.0f;
+        out[2 * k + 1] = u1 >= p ? scale : 0.0f;
+    }
+}
+
 /* Exported entry points: rows split over an OpenMP team of `threads` (the same libgomp
    runtime, and so the same thread pool, as PyTorch's own CPU ops; without OpenMP the
    caller's thread does all rows). Thread `tid` adds its grad_A / grad_D / grad_w / grad_bias
@@ -661,4 +682,16 @@ void zoh_backward(const float *scale, int64_t ssb, int64_t sst, const float *bas
                           r0, r1, L, P);
         denormals_restore(saved);
     TEAM_END
+}
+
+void dropout_mask(float *out, int64_t n, uint64_t seed, float p, float scale, int64_t threads) {
+    int64_t pairs = n / 2;
+    TEAM_BEGIN(threads)
+        ROWS(pairs)
+        dropout_pairs(out, r0, r1, seed, p, scale);
+    TEAM_END
+    if (n % 2) {  /* an odd last element: the first half of output `pairs` */
+        float u = (float)(int32_t)(splitmix64_at(seed, (uint64_t)pairs) >> 40) * 0x1.0p-24f;
+        out[n - 1] = u >= p ? scale : 0.0f;
+    }
 }

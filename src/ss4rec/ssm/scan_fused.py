@@ -154,8 +154,9 @@ def _build() -> ctypes.CDLL:
     lib.complex_scan.argtypes = [ptr, i64, i64, ptr, ptr, ptr] + [i64] * 5
     lib.zoh_forward.argtypes = [ptr, i64, i64, ptr, ptr, ctypes.c_float] + [ptr] * 4 + [i64] * 4
     lib.zoh_backward.argtypes = [ptr, i64, i64] + [ptr] * 12 + [i64] * 4
+    lib.dropout_mask.argtypes = [ptr, i64, ctypes.c_uint64, ctypes.c_float, ctypes.c_float, i64]
     for kernel in (lib.scan_forward, lib.scan_backward, lib.conv_forward, lib.conv_backward,
-                   lib.complex_scan, lib.zoh_forward, lib.zoh_backward):
+                   lib.complex_scan, lib.zoh_forward, lib.zoh_backward, lib.dropout_mask):
         kernel.restype = None
     return lib
 
@@ -494,3 +495,29 @@ def fused_zoh_scan(step_scale: Tensor, base_step: Tensor, lam: Tensor, scaled_in
     lam = lam.to(torch.complex64).contiguous()
     init = None if initial_state is None else initial_state.to(torch.complex64).contiguous()
     return _FusedZOHFn.apply(step_scale, base_step, lam, scaled_input.contiguous(), init, float(underflow))
+
+
+def fused_dropout_usable(x: Tensor) -> bool:
+    """Whether :func:`fused_dropout_mask` runs for a tensor like ``x`` (on the CPU, kernel built)."""
+    return x.device.type == "cpu" and _load()[0] is not None
+
+
+def fused_dropout_mask(shape, p: float) -> Tensor:
+    """A float32 CPU dropout mask of ``shape``: ``1 / (1 - p)`` with probability ``1 - p``, else 0.
+
+    The draws come from the C kernel's SplitMix64 (24-bit uniforms, counter-based), started
+    at a seed drawn from torch's default generator: ``torch.manual_seed`` fixes the masks, and
+    they do not depend on the thread count. ``0 < p < 1``.
+
+    >>> mask = fused_dropout_mask((4, 5), 0.2) if fused_dropout_usable(torch.zeros(1)) else None
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"fused_dropout_mask: p must be in (0, 1), got {p}")
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(f"fused_dropout_mask: {reason}")
+    seed = int(torch.randint(0, 2**62, (1,)).item())  # from torch's generator: seeding as torch's
+    mask = torch.empty(shape, dtype=torch.float32)
+    if mask.numel():
+        lib.dropout_mask(mask.data_ptr(), mask.numel(), seed, float(p), 1.0 / (1.0 - p), _threads(mask.numel()))
+    return mask
