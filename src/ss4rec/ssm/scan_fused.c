@@ -345,12 +345,23 @@ static void scan_backward_rows(const float *u, const float *delta, const float *
    start); the backward recomputes it rather than storing it. */
 static inline void conv_preactivation(const float *xb, int64_t st, const float *w, const float *bias,
                                       float *restrict o, int64_t t, int64_t D, int64_t K) {
-    for (int64_t d = 0; d < D; d++) o[d] = bias[d];
-    for (int64_t k = 0; k < K; k++) {
-        int64_t s = t - (K - 1) + k;
-        if (s < 0) continue;
-        const float *restrict xs = xb + s * st, *restrict wk = w + k * D;
-        for (int64_t d = 0; d < D; d++) o[d] += wk[d] * xs[d];
+    int64_t d = 0;
+    for (; d + W <= D; d += W) {  /* the taps summed in registers, W channels at a time (summed
+                                     through o, each tap's store fed the next tap's load) */
+        lanes acc = lanes_load(bias + d);
+        for (int64_t k = 0; k < K; k++) {
+            int64_t s = t - (K - 1) + k;
+            if (s >= 0) acc += lanes_load(w + k * D + d) * lanes_load(xb + s * st + d);
+        }
+        lanes_store(o + d, acc);
+    }
+    for (; d < D; d++) {  /* the channels after the last full block, in the same order */
+        float acc = bias[d];
+        for (int64_t k = 0; k < K; k++) {
+            int64_t s = t - (K - 1) + k;
+            if (s >= 0) acc += w[k * D + d] * xb[s * st + d];
+        }
+        o[d] = acc;
     }
 }
 
