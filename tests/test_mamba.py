@@ -244,3 +244,24 @@ def test_reference_scan_impl_matches_chunked_and_bad_impl_raises():
     layer.scan_impl = "blelloch"
     with pytest.raises(ConfigError, match="scan_impl"):
         layer(hidden)
+
+
+def test_narrow_linear_matches_f_linear_in_value_and_gradient():
+    """dt_proj's product with its faster backward (ss4rec.ssm.mamba.narrow_linear) is F.linear."""
+    from ss4rec.ssm.mamba import narrow_linear
+
+    torch.manual_seed(0)
+    packed = torch.randn(6, 50, 68, requires_grad=True)  # x_proj's output; dt is a strided view
+    weight = torch.randn(128, 4, requires_grad=True)
+    grad = torch.randn(6, 50, 128)
+    results = []
+    for fn in (torch.nn.functional.linear, narrow_linear):
+        out = fn(packed[..., :4], weight)
+        results.append((out, *torch.autograd.grad(out, [packed, weight], grad)))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the backward autocasts as the forward did
+        out = narrow_linear(packed[..., :4], weight)
+    assert out.dtype == torch.bfloat16
+    grad_packed, grad_weight = torch.autograd.grad(out.float().sum(), [packed, weight])
+    assert grad_weight.dtype == torch.float32 and torch.isfinite(grad_packed).all()

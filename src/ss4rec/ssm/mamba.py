@@ -238,6 +238,41 @@ def backend_facts(requested: str = "auto", device=None, model: Optional[nn.Modul
     }
 
 
+class _NarrowLinear(torch.autograd.Function):
+    """``x @ weight.T`` for a narrow input (``x [M R]``, ``weight [D R]``, R small: Mamba's
+    ``dt_proj``, R = d_model / 16), with the backward's products taken as ``[R, .]`` ones. CPU.
+
+    Autograd's own backward asks MKL for ``grad.T @ x`` (``[D M] x [M R]``) and
+    ``grad @ weight`` (``[M D] x [D R]``); at M = 3750, D = 128, R = 4 on this project's CPU
+    they took 0.66 and 0.57 ms, their transposes ``(x.T @ grad).T`` and
+    ``(weight.T @ grad.T).T`` 0.09 and 0.16 ms. Same sums (MKL orders them its own way).
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")  # the backward autocasts as the forward did (bf16)
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return x @ weight.t()  # [M D]
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = (weight.t() @ grad.t()).t() if ctx.needs_input_grad[0] else None  # [M R]
+        grad_weight = (x.t() @ grad).t() if ctx.needs_input_grad[1] else None  # [D R]
+        return grad_x, grad_weight
+
+
+def narrow_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """``F.linear(x, weight)`` (no bias) for ``x [..., R]`` with R small; see :class:`_NarrowLinear`.
+
+    >>> narrow_linear(torch.ones(2, 3, 4), torch.ones(8, 4)).shape
+    torch.Size([2, 3, 8])
+    """
+    flat = x.reshape(-1, x.shape[-1])  # [M R]
+    return _NarrowLinear.apply(flat, weight).reshape(*x.shape[:-1], weight.shape[0])
+
+
 class Mamba(nn.Module):
     """Mamba (S6) block: ``[B, L, d_model] -> [B, L, d_model]``; see the module docstring.
 
@@ -391,7 +426,9 @@ class Mamba(nn.Module):
         # the scan and what surrounds it run in fp32 at least (fp64 stays fp64)
         compute = torch.promote_types(hidden.dtype, torch.float32)
         # bias added in the compute dtype inside the softplus, as mamba-ssm's delta_bias
-        delta = F.softplus(F.linear(dt, self.dt_proj.weight).to(compute) + self.dt_proj.bias.to(compute))
+        # on the CPU, dt_proj's narrow product with a backward MKL runs 5x faster (_NarrowLinear)
+        dt = narrow_linear(dt, self.dt_proj.weight) if dt.device.type == "cpu" else F.linear(dt, self.dt_proj.weight)
+        delta = F.softplus(dt.to(compute) + self.dt_proj.bias.to(compute))
         A = -torch.exp(self.A_log.to(compute))  # [Di N], negative
         if self.scan_impl not in ("auto", "fused", "chunked", "reference"):
             raise ConfigError(
