@@ -258,8 +258,8 @@ def test_narrow_linear_matches_f_linear_in_value_and_gradient():
     for fn in (torch.nn.functional.linear, narrow_linear):
         out = fn(packed[..., :4], weight)
         results.append((out, *torch.autograd.grad(out, [packed, weight], grad)))
-    for got, want in zip(results[1], results[0]):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for got, want in zip(results[1], results[0]):  # sums in another order: rounding apart
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the backward autocasts as the forward did
         out = narrow_linear(packed[..., :4], weight)
     assert out.dtype == torch.bfloat16
