@@ -20,8 +20,8 @@ layer with embedding and hidden size 64; TiSASRec and BERT4Rec their defaults at
 
 How it measures:
 
-* ``--repeats`` rounds (default 3): each round runs every (model, length) once, in turn, so a
-  slow spell of a shared machine hits every model; the tables report each model's median
+* ``--repeats`` rounds (default 3): each round runs every (model, length) once, in turn (the
+  order reversed every other round), so a slow spell of a shared machine hits every model; the tables report each model's median
   epoch and list every round's CPU seconds, and the verdict gives each round's own ratio
   (a model's epoch moved by up to 20% between runs on the quiet 2-core VM this was written on).
 * Each (model, length) trains in its own subprocess, so peak memory does not mix: CPU peak
@@ -358,8 +358,9 @@ def main(argv=None) -> int:
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs", flush=True)
     runs = []  # every subprocess's row; rounds interleave the models so a slow spell hits them all
     for round_index in range(args.repeats):
+        order = args.models if round_index % 2 == 0 else args.models[::-1]  # no model always first
         for length in args.lengths:
-            for model in args.models:
+            for model in order:
                 start = time.time()
                 row = _run_worker({"kind": "train", "model": model, "length": length}, args)
                 runs.append({**row, "round": round_index})
